@@ -1,0 +1,25 @@
+# Two commands on a fresh machine: `make demo` (the main job on the embedded model) and `make test`.
+# Each creates the virtual environment in .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sdm-sample --num-samples 16 --out out/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check sdm convert calibration tests benchmarks examples
+
+clean:
+	rm -rf out .pytest_cache

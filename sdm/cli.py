@@ -1,0 +1,78 @@
+"""Click plumbing shared by every command: one-line errors and common options."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from sdm.errors import SDMError
+
+
+class Command(click.Command):
+    """A click command whose failures are one line on stderr, never a traceback or a usage dump."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except SDMError as err:
+            click.echo(f"Error: {err}", err=True)
+            sys.exit(2)
+        except click.ClickException as err:
+            click.echo(f"Error: {err.format_message()} (see --help)", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def command(**kwargs):
+    """`click.command` with this package's error handling."""
+    return click.command(cls=Command, **kwargs)
+
+
+def resolve_device(device: str | None) -> str:
+    """'auto' picks CUDA when present; an explicit 'cuda' without a GPU is a user error."""
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SDMError("--device cuda was asked for but no CUDA GPU is visible; pass --device cpu")
+    return device
+
+
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="cpu, cuda, cuda:N, or auto (CUDA when available).",
+)
+
+
+def ckpt_options(func):
+    """--ckpt (default: the embedded model) and --allow-pickle."""
+    func = click.option(
+        "--allow-pickle", is_flag=True,
+        help="Allow loading pickle (.bin) weights. Only for files you trust: unpickling can run code.",
+    )(func)
+    return click.option(
+        "--ckpt", default=None, metavar="HUB_ID_OR_DIR",
+        help="Hub id, pipeline directory or model directory [default: the embedded Fashion-MNIST DDPM].",
+    )(func)
+
+
+def sampling_options(func):
+    """--sampler, --steps, --seed, --batch-size: the shared sampler's knobs."""
+    from sdm.sampler import SAMPLERS
+
+    for decorator in reversed([
+        click.option("--sampler", type=click.Choice(SAMPLERS), default="ddim", show_default=True),
+        click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Denoising steps."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Image i uses seed SEED + i."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+    ]):
+        func = decorator(func)
+    return func

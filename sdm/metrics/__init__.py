@@ -1,0 +1,1 @@
+"""Sample-quality metrics. Every figure carries the name of the feature extractor that made it."""

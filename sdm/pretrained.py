@@ -1,0 +1,197 @@
+"""Find, load and save diffusion checkpoints: hub ids, pipeline directories and bare model directories.
+
+A checkpoint is what `--ckpt` names. Three layouts are understood:
+
+* a pipeline directory (what `DDPMPipeline.save_pretrained` writes): `unet/` + `scheduler/`;
+* a bare model directory: `config.json` + weights, optionally `scheduler_config.json`
+  (without it the DDPM linear schedule is assumed, and `LoadedModel.notes` says so);
+* a Hugging Face hub id holding either layout (downloaded to the hub cache).
+
+The embedded Fashion-MNIST DDPM shipped in this package is the default of every command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sdm.errors import SDMError
+from sdm.io import atomic_dir, write_json
+
+EMBEDDED_MODEL = Path(__file__).parent / "assets" / "fmnist-ddpm"
+EMBEDDED_NAME = "embedded:fmnist-ddpm"
+
+# The schedule every DDPM of the google/ddpm-* family was trained with.
+DDPM_LINEAR_SCHEDULE = {
+    "_class_name": "DDPMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "variance_type": "fixed_small",
+    "clip_sample": True,
+    "prediction_type": "epsilon",
+}
+
+SAFE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
+PICKLE_WEIGHTS = ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.bin.index.json")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    scheduler_config: dict
+    path: Path
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+
+def model_classes() -> dict[str, type]:
+    """Model classes a checkpoint's `config.json` may name, by `_class_name`.
+
+    Packages that build other models (conversion, for one) add theirs through the
+    `sdm.models` entry-point group, so this foundation never imports them.
+    """
+    from importlib.metadata import entry_points
+
+    from diffusers import UNet2DModel
+
+    classes = {"UNet2DModel": UNet2DModel}
+    for ep in entry_points(group="sdm.models"):
+        classes[ep.name] = ep.load()
+    return classes
+
+
+def resolve_checkpoint(ckpt: str | os.PathLike | None, allow_pickle: bool = False) -> Path:
+    """The local directory behind `ckpt` (None or the embedded name: the embedded model)."""
+    if ckpt is None or str(ckpt) == EMBEDDED_NAME:
+        if not (EMBEDDED_MODEL / "unet").is_dir():
+            raise SDMError(f"the embedded model is missing from {EMBEDDED_MODEL}; reinstall the package")
+        return EMBEDDED_MODEL
+    text = str(ckpt)
+    path = Path(os.path.expanduser(text))
+    if path.exists():
+        if not path.is_dir():
+            raise SDMError(f"checkpoint '{text}' is a file; pass the model directory that holds config.json")
+        return path
+    if _looks_like_path(text):
+        raise SDMError(f"checkpoint '{text}' not found: pass an existing model directory or a hub id")
+    return _download(text, allow_pickle)
+
+
+def _looks_like_path(text: str) -> bool:
+    """Hub ids are `org/name`; anything else that does not exist is a mistyped path."""
+    return text.startswith((".", "/", "~")) or text.count("/") != 1
+
+
+def _download(repo_id: str, allow_pickle: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors"] + (["*.bin"] if allow_pickle else [])
+    try:
+        return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns))
+    except Exception as err:  # the hub client raises many types (HTTP, offline, validation, OS)
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise SDMError(
+            f"could not fetch '{repo_id}' from the Hugging Face hub ({type(err).__name__}: {reason}); "
+            "check the id and the network, or pass a local model directory with --ckpt"
+        ) from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SDMError(f"could not read '{path}' ({err})") from None
+
+
+def locate(path: Path) -> tuple[Path, Path | None]:
+    """(model directory, scheduler directory or None) of a pipeline or bare model directory."""
+    if (path / "unet" / "config.json").is_file():
+        scheduler = path / "scheduler"
+        return path / "unet", scheduler if (scheduler / "scheduler_config.json").is_file() else None
+    if (path / "config.json").is_file():
+        return path, path if (path / "scheduler_config.json").is_file() else None
+    raise SDMError(
+        f"'{path}' is not a model directory: expected config.json (bare model) or unet/config.json (pipeline)"
+    )
+
+
+def load_model(
+    ckpt: str | os.PathLike | None = None, *, device: str | torch.device = "cpu", allow_pickle: bool = False
+) -> LoadedModel:
+    """Load the model and scheduler config behind `ckpt`, in float32, in eval mode."""
+    path = resolve_checkpoint(ckpt, allow_pickle)
+    model_dir, scheduler_dir = locate(path)
+    config = _read_json(model_dir / "config.json")
+    classes = model_classes()
+    name = config.get("_class_name")
+    if name not in classes:
+        raise SDMError(
+            f"'{model_dir}' holds a {name or 'model without _class_name'}, not a diffusion model this toolkit "
+            f"runs ({', '.join(classes)})"
+        )
+    if not any((model_dir / f).is_file() for f in SAFE_WEIGHTS):
+        if any((model_dir / f).is_file() for f in PICKLE_WEIGHTS):
+            if not allow_pickle:
+                raise SDMError(
+                    f"'{model_dir}' holds only pickle weights (.bin), which can run code when loaded; pass "
+                    "--allow-pickle if you trust them, or convert them to safetensors"
+                )
+        else:
+            raise SDMError(f"'{model_dir}' has a config.json but no weights (diffusion_pytorch_model.safetensors)")
+    try:
+        model = classes[name].from_pretrained(model_dir, use_safetensors=not allow_pickle, torch_dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0][:200]
+        raise SDMError(f"could not load the {name} in '{model_dir}' ({reason})") from None
+    notes = []
+    if scheduler_dir is None:
+        scheduler_config = dict(DDPM_LINEAR_SCHEDULE)
+        notes.append(
+            f"no scheduler config in '{path}': assumed the DDPM linear schedule (betas 1e-4..0.02, 1000 steps)"
+        )
+    else:
+        scheduler_config = _read_json(scheduler_dir / "scheduler_config.json")
+    source = EMBEDDED_NAME if path == EMBEDDED_MODEL else str(ckpt)
+    return LoadedModel(model.to(device).eval(), scheduler_config, path, source, notes)
+
+
+def save_pipeline(
+    model: torch.nn.Module, scheduler_config: dict, out: str | os.PathLike, dtype: torch.dtype | None = None
+) -> None:
+    """Write `out/unet`, `out/scheduler` and `out/model_index.json`, each atomically.
+
+    The result is a diffusers pipeline directory (`DDPMPipeline.from_pretrained` reads it); other
+    files already in `out` (training state, logs) are left alone.
+    """
+    import copy
+
+    from diffusers import DDPMScheduler
+
+    out = Path(out)
+    with atomic_dir(out / "unet") as tmp:
+        to_save = copy.deepcopy(model).to(dtype) if dtype is not None else model
+        to_save.save_pretrained(tmp, safe_serialization=True)
+    with atomic_dir(out / "scheduler") as tmp:
+        config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+        DDPMScheduler.from_config(config).save_pretrained(tmp)
+    write_json(
+        {
+            "_class_name": "DDPMPipeline",
+            "_diffusers_version": _diffusers_version(),
+            "scheduler": ["diffusers", "DDPMScheduler"],
+            "unet": ["diffusers", type(model).__name__],
+        },
+        out / "model_index.json",
+    )
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__

@@ -1,0 +1,99 @@
+"""The one sampler: ANN, converted and directly trained models all denoise through this loop.
+
+Any eps-predicting model with `UNet2DModel`'s call signature works; diffusers schedulers do the
+update. Image i is drawn from its own generator seeded with `seed + i`, so an image depends on its
+seed only, not on the batch size or on how many processes shared the work.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sdm.errors import SDMError
+from sdm.images import to_uint8
+
+SAMPLERS = ("ddpm", "ddim", "dpm")
+
+
+def make_scheduler(name: str, config: dict):
+    """A fresh diffusers scheduler of kind `name` for the training schedule in `config`."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    if name == "ddpm":
+        return DDPMScheduler.from_config(config)
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "dpm":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    raise SDMError(f"unknown sampler '{name}': choose one of {', '.join(SAMPLERS)}")
+
+
+def model_signature(model: torch.nn.Module) -> tuple[int, int, torch.dtype, torch.device]:
+    """(image size, channels, dtype, device) from the model's diffusers-style config."""
+    config = getattr(model, "config", None)
+    try:
+        size, channels = int(config.sample_size), int(config.in_channels)
+    except (AttributeError, TypeError, ValueError):
+        raise SDMError(
+            f"{type(model).__name__} has no config.sample_size / config.in_channels; "
+            "the sampler needs a diffusers-style model"
+        ) from None
+    param = next(model.parameters())
+    return size, channels, param.dtype, param.device
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    scheduler_config: dict,
+    num_samples: int,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
+    """Draw `num_samples` images (seeds `seed`..`seed + num_samples - 1`) as uint8 N x H x W x C."""
+    if num_samples < 1:
+        raise SDMError(f"--num-samples must be at least 1, got {num_samples}")
+    if steps < 1:
+        raise SDMError(f"--steps must be at least 1, got {steps}")
+    if batch_size < 1:
+        raise SDMError(f"--batch-size must be at least 1, got {batch_size}")
+    make_scheduler(sampler, scheduler_config)  # validate the name before any work
+    size, channels, dtype, device = model_signature(model)
+    n_batches = math.ceil(num_samples / batch_size)
+    out = []
+    with tqdm(total=n_batches * steps, desc=f"sampling {sampler}-{steps}", disable=not progress, unit="step") as bar:
+        for b in range(n_batches):
+            seeds = range(seed + b * batch_size, seed + min((b + 1) * batch_size, num_samples))
+            out.append(_sample_batch(model, scheduler_config, sampler, steps, seeds, (channels, size, size), dtype, device, bar))
+    return np.concatenate(out)
+
+
+def _sample_batch(model, scheduler_config, sampler, steps, seeds, shape, dtype, device, bar) -> np.ndarray:
+    from diffusers.utils.torch_utils import randn_tensor
+
+    scheduler = make_scheduler(sampler, scheduler_config)
+    if steps > scheduler.config.num_train_timesteps:
+        raise SDMError(f"--steps {steps} exceeds the {scheduler.config.num_train_timesteps} training timesteps")
+    scheduler.set_timesteps(steps)
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    x = randn_tensor((len(generators), *shape), generator=generators, device=device, dtype=dtype)
+    x = x * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        x_in = scheduler.scale_model_input(x, t)
+        eps = model(x_in, t.expand(len(x)).to(device), return_dict=False)[0]
+        if not torch.isfinite(eps).all():
+            raise SDMError(
+                f"the model produced NaN or inf at timestep {int(t)}; check the checkpoint (and any thresholds)"
+            )
+        x = scheduler.step(eps, t, x, generator=generators).prev_sample
+        bar.update(1)
+    return to_uint8(x)

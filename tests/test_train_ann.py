@@ -1,0 +1,85 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdm.errors import SDMError
+from sdm.pretrained import load_model
+from sdm.train_ann import TrainConfig, batch_indices, train
+
+
+def _config(data, out, **kw):
+    return TrainConfig(data=str(data), out=str(out), **{"preset": "tiny", "steps": 6, "batch_size": 8,
+                                                        "save_every": 2, "warmup": 2, **kw})
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt_at(step_to_stop):
+    def on_step(step, loss):
+        if step == step_to_stop:
+            raise Interrupted
+
+    return on_step
+
+
+def test_interrupted_run_resumes_to_the_same_state(fake_fmnist, tmp_path):
+    train(_config(fake_fmnist, tmp_path / "straight"), progress=False)
+    with pytest.raises(Interrupted):
+        train(_config(fake_fmnist, tmp_path / "resumed"), progress=False, on_step=_interrupt_at(3))
+    assert json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())["step"] == 2
+    train(_config(fake_fmnist, tmp_path / "resumed"), progress=False, resume=True)
+    for name in ("model", "ema", "optimizer"):
+        a = load_file(tmp_path / "straight" / "checkpoint" / f"{name}.safetensors")
+        b = load_file(tmp_path / "resumed" / "checkpoint" / f"{name}.safetensors")
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())["step"] == 6
+
+
+def test_output_is_a_loadable_pipeline_with_ema_weights(fake_fmnist, tmp_path):
+    out = train(_config(fake_fmnist, tmp_path / "run", sample_every=6), progress=False)
+    loaded = load_model(out)
+    ema = load_file(out / "checkpoint" / "ema.safetensors")
+    assert all(torch.equal(v, ema[k]) for k, v in loaded.model.state_dict().items())
+    raw = load_file(out / "checkpoint" / "model.safetensors")
+    assert any(not torch.equal(v, raw[k]) for k, v in ema.items())
+    assert (out / "samples" / "step_0000006.png").is_file()
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 6 and log[-1]["loss"] > 0
+
+
+def test_training_lowers_the_loss(fake_fmnist, tmp_path):
+    losses = []
+    train(_config(fake_fmnist, tmp_path / "run", steps=40, save_every=40, lr=2e-3, warmup=1), progress=False,
+          on_step=lambda step, loss: losses.append(loss))
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_refuses_to_overwrite_or_mix_runs(fake_fmnist, tmp_path):
+    train(_config(fake_fmnist, tmp_path / "run", steps=2), progress=False)
+    with pytest.raises(SDMError, match="--resume"):
+        train(_config(fake_fmnist, tmp_path / "run", steps=4), progress=False)
+    with pytest.raises(SDMError, match="lr=0.0002 differ"):
+        train(_config(fake_fmnist, tmp_path / "run", steps=4, lr=1e-3), progress=False, resume=True)
+    with pytest.raises(SDMError, match="already trained for 2 steps"):
+        train(_config(fake_fmnist, tmp_path / "run", steps=2), progress=False, resume=True)
+
+
+def test_bad_settings_write_nothing(fake_fmnist, tmp_path):
+    for kw, match in [({"steps": 0}, "--steps"), ({"ema_decay": 1.0}, "--ema-decay"), ({"preset": "huge"}, "preset")]:
+        with pytest.raises(SDMError, match=match):
+            train(_config(fake_fmnist, tmp_path / "bad", **kw), progress=False)
+    with pytest.raises(SDMError, match="not found"):
+        train(_config(tmp_path / "missing.npz", tmp_path / "bad"), progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_batches_walk_through_seeded_epochs():
+    first_epoch = torch.cat([batch_indices(s, 4, 10, seed=3) for s in range(2)])
+    wrap = batch_indices(2, 4, 10, seed=3)
+    assert sorted(torch.cat([first_epoch, wrap[:2]]).tolist()) == list(range(10))
+    assert torch.equal(batch_indices(5, 4, 10, seed=3), batch_indices(5, 4, 10, seed=3))
