@@ -1,0 +1,115 @@
+"""A diffusers UNet as a torch.fx graph whose activation call sites have stable names.
+
+`torch.fx.symbolic_trace` cannot trace `UNet2DModel` (Python control flow); `torch.export` can. The
+export is made with a dynamic batch, then its shape guards are dropped, so the graph runs at any
+batch size (folding T spiking steps into the batch makes batches far larger than the example).
+Calibration observes, and conversion replaces, the nodes this module names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from sdm.errors import SDMError
+
+aten = torch.ops.aten
+
+ACTIVATIONS = {
+    aten.silu.default: "silu", aten.silu_.default: "silu",
+    aten.relu.default: "relu", aten.relu_.default: "relu",
+    aten.gelu.default: "gelu", aten.gelu_.default: "gelu",
+}
+# Export bookkeeping that pins shapes or dtypes to the example; meaningless once the batch is folded.
+_GUARD_TARGETS = {aten._assert_tensor_metadata.default, aten.sym_constrain_range_for_size.default,
+                  aten._assert_scalar.default}
+
+
+@dataclass(frozen=True)
+class ActivationSite:
+    """One call of an activation function: the unit that gets its own neuron and threshold."""
+
+    name: str      # e.g. "down_blocks.0.resnets.0.nonlinearity#2": the module and which of its calls
+    node: str      # the graph node's name
+    op: str        # silu | relu | gelu
+
+
+def capture(model: torch.nn.Module, example_batch: int = 2) -> fx.GraphModule:
+    """Export `model(sample, timestep)` to a plain GraphModule that runs at any batch size."""
+    from torch.export import Dim
+
+    size, channels = int(model.config.sample_size), int(model.config.in_channels)
+    param = next(model.parameters())
+    sample = torch.randn(example_batch, channels, size, size, device=param.device, dtype=param.dtype)
+    timestep = torch.linspace(0, 999, example_batch, device=param.device).long()
+    batch = Dim("batch", max=63)  # diffusers' Upsample2D branches on batch >= 64; the graph takes the other
+    was_training = model.training
+    model.eval()
+    try:
+        program = torch.export.export(model, (sample, timestep), dynamic_shapes={"sample": {0: batch}, "timestep": {0: batch}})
+    except Exception as err:  # export raises many internal types; the user needs the first line
+        reason = str(err).strip().splitlines()[0][:200]
+        raise SDMError(f"torch.export could not capture {type(model).__name__} as a graph ({reason})") from None
+    finally:
+        model.train(was_training)
+    exported = program.module()
+    graph = fx.Graph()
+    values: dict[fx.Node, fx.Node] = {}
+    out = graph.graph_copy(exported.graph, values)
+    graph.output(out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out)
+    for node in list(graph.nodes):
+        is_guard = node.op == "call_module" and node.target.startswith("_guards")
+        if (is_guard or node.target in _GUARD_TARGETS) and not node.users:
+            graph.erase_node(node)
+    graph.lint()
+    module = fx.GraphModule(exported, graph)
+    module.delete_all_unused_submodules()
+    return module
+
+
+def _site_base(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return node.name
+    key = list(stack.keys())[-1]
+    path = stack[key][0] if isinstance(stack[key], tuple) else key
+    call = key.rsplit("@", 1)[1] if "@" in key else "0"
+    return f"{path or 'model'}#{call}"
+
+
+def sample_dependent(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes whose value depends on the first input (the noisy image), not only on the timestep."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    dependent = {placeholders[0]}
+    for node in graph.nodes:
+        if node.op in ("call_function", "call_module", "call_method", "output"):
+            if node.target is aten.sym_size.int:  # a shape, not a value of the image
+                continue
+            if any(i in dependent for i in node.all_input_nodes):
+                dependent.add(node)
+    return dependent
+
+
+def activation_sites(module: fx.GraphModule) -> list[ActivationSite]:
+    """Every activation call that acts on the image path, in graph order, with unique names.
+
+    Activations of the timestep embedding depend on t alone; they stay analog (computed once per
+    denoising step) and are not listed.
+    """
+    dependent = sample_dependent(module.graph)
+    sites, seen = [], {}
+    for node in module.graph.nodes:
+        if node.op == "call_function" and node.target in ACTIVATIONS and node in dependent:
+            base = _site_base(node)
+            seen[base] = seen.get(base, 0) + 1
+            name = base if seen[base] == 1 else f"{base}.{seen[base] - 1}"
+            sites.append(ActivationSite(name, node.name, ACTIVATIONS[node.target]))
+    return sites
+
+
+def timestep_activation_count(module: fx.GraphModule) -> int:
+    """Activation calls that depend on the timestep alone (kept analog)."""
+    dependent = sample_dependent(module.graph)
+    return sum(1 for n in module.graph.nodes if n.op == "call_function" and n.target in ACTIVATIONS and n not in dependent)

@@ -1,0 +1,179 @@
+"""Multi-step spiking neurons (SpikingJelly's convention: inputs shaped [T, B, ...]).
+
+One set of classes serves conversion (thresholds from calibration, signed spikes, half-threshold
+initial potential) and direct training (binary spikes, surrogate gradients). State persists across
+calls, as in SpikingJelly, until `reset()`; models call `reset_neurons` before every forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from sdm.errors import SDMError
+
+
+class _Heaviside(torch.autograd.Function):
+    """Step function forward, a smooth surrogate derivative backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.alpha, ctx.kind = alpha, kind
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return grad * SURROGATES[ctx.kind](x, ctx.alpha), None, None
+
+
+def _atan(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    return (alpha / 2) / (1 + (math.pi / 2 * alpha * x) ** 2)
+
+
+def _sigmoid(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    s = torch.sigmoid(alpha * x)
+    return alpha * s * (1 - s)
+
+
+def _rectangle(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    return (x.abs() < 0.5 / alpha).to(x.dtype) * alpha
+
+
+SURROGATES = {"atan": _atan, "sigmoid": _sigmoid, "rectangle": _rectangle}
+
+
+def heaviside(x: torch.Tensor, surrogate: str = "atan", alpha: float = 2.0) -> torch.Tensor:
+    return _Heaviside.apply(x, alpha, surrogate)
+
+
+class SpikingNeuron(nn.Module):
+    """Integrate, fire, reset; the output is the spike times the threshold (signed for negative spikes).
+
+    Args:
+        threshold: firing threshold theta, a scalar or one value per channel (dim 2 of [T, B, C, ...]).
+        neg_threshold: theta_n > 0 makes the neuron signed: it also fires -theta_n, so activations with a
+            negative range (SiLU, GELU) survive conversion. 0 disables negative spikes.
+        v_init: initial membrane potential as a fraction of the threshold. 0.5 turns the T-step spike
+            count into rounding instead of flooring, removing the expected quantisation bias. It is
+            applied as the equivalent threshold offset, so negative spikes round symmetrically.
+        reset: 'subtract' (keeps the residue; what conversion wants) or 'value' (set to `reset_value`).
+        decay: membrane leak per step; 1.0 is integrate-and-fire, below 1 is leaky.
+        surrogate, alpha: the surrogate derivative used by backpropagation through time.
+    """
+
+    def __init__(
+        self,
+        threshold: float | torch.Tensor = 1.0,
+        *,
+        neg_threshold: float | torch.Tensor = 0.0,
+        v_init: float = 0.0,
+        reset: str = "subtract",
+        reset_value: float = 0.0,
+        decay: float = 1.0,
+        surrogate: str = "atan",
+        alpha: float = 2.0,
+    ):
+        super().__init__()
+        if reset not in ("subtract", "value"):
+            raise SDMError(f"unknown reset '{reset}': use subtract or value")
+        if surrogate not in SURROGATES:
+            raise SDMError(f"unknown surrogate '{surrogate}': use one of {', '.join(SURROGATES)}")
+        if not 0.0 < decay <= 1.0:
+            raise SDMError(f"decay must lie in (0, 1], got {decay}")
+        threshold = torch.as_tensor(threshold, dtype=torch.float32)
+        neg_threshold = torch.as_tensor(neg_threshold, dtype=torch.float32)
+        if (threshold <= 0).any() or (neg_threshold < 0).any() or not torch.isfinite(threshold).all():
+            raise SDMError("thresholds must be finite, threshold > 0 and neg_threshold >= 0")
+        self.register_buffer("threshold", threshold)
+        self.register_buffer("neg_threshold", neg_threshold)
+        self.v_init, self.reset_mode, self.reset_value = float(v_init), reset, float(reset_value)
+        self.decay, self.surrogate, self.alpha = float(decay), surrogate, float(alpha)
+        self.threshold_scale = 1.0
+        self.v: torch.Tensor | None = None
+        self.record = False
+        self.spike_count = 0
+        self.neuron_steps = 0
+
+    @property
+    def signed(self) -> bool:
+        return bool((self.neg_threshold > 0).any())
+
+    def reset(self) -> None:
+        """Forget the membrane potential: the next call starts a new input."""
+        self.v = None
+
+    def reset_stats(self) -> None:
+        self.spike_count, self.neuron_steps = 0, 0
+
+    def extra_repr(self) -> str:
+        kind = "IF" if self.decay == 1.0 else f"LIF(decay={self.decay})"
+        theta = f"{self.threshold.item():.4g}" if self.threshold.numel() == 1 else f"[{self.threshold.numel()} channels]"
+        return f"{kind}, threshold={theta}, signed={self.signed}, v_init={self.v_init}, reset={self.reset_mode}"
+
+    def _broadcast(self, value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if value.numel() == 1:
+            return value.reshape(())
+        return value.view(-1, *([1] * (like.dim() - 2)))
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if x_seq.dim() < 2:
+            raise SDMError(f"neurons take [T, B, ...] inputs, got shape {tuple(x_seq.shape)}")
+        theta = self._broadcast(self.threshold, x_seq[0]).to(x_seq.dtype) * self.threshold_scale
+        theta_n = self._broadcast(self.neg_threshold, x_seq[0]).to(x_seq.dtype) * self.threshold_scale
+        signed = self.signed
+        v = torch.zeros_like(x_seq[0]) if self.v is None else self.v
+        fire_at, fire_neg_at = theta * (1 - self.v_init), theta_n * (1 - self.v_init)
+        out = []
+        for x in x_seq:
+            v = v * self.decay + x if self.decay != 1.0 else v + x
+            pos = heaviside(v - fire_at, self.surrogate, self.alpha)
+            spike = pos * theta
+            if signed:
+                neg = heaviside(-v - fire_neg_at, self.surrogate, self.alpha) * (theta_n > 0)
+                spike = spike - neg * theta_n
+            if self.reset_mode == "subtract":
+                v = v - spike
+            else:
+                fired = (spike != 0).to(v.dtype)
+                v = v * (1 - fired) + self.reset_value * fired
+            out.append(spike)
+        self.v = v
+        spikes = torch.stack(out)
+        if self.record:
+            self.spike_count += int((spikes != 0).sum())
+            self.neuron_steps += spikes.numel()
+        return spikes
+
+
+class IFNeuron(SpikingNeuron):
+    """Integrate-and-fire: no leak."""
+
+    def __init__(self, threshold: float | torch.Tensor = 1.0, **kwargs):
+        super().__init__(threshold, decay=1.0, **kwargs)
+
+
+class LIFNeuron(SpikingNeuron):
+    """Leaky integrate-and-fire: v <- (1 - 1/tau) v + x each step."""
+
+    def __init__(self, threshold: float | torch.Tensor = 1.0, *, tau: float = 2.0, **kwargs):
+        if tau <= 1.0:
+            raise SDMError(f"tau must exceed 1 (tau = 1 forgets everything each step), got {tau}")
+        super().__init__(threshold, decay=1.0 - 1.0 / tau, **kwargs)
+        self.tau = tau
+
+
+NEURONS = {"if": IFNeuron, "lif": LIFNeuron}
+
+
+def spiking_neurons(model: nn.Module) -> list[SpikingNeuron]:
+    return [m for m in model.modules() if isinstance(m, SpikingNeuron)]
+
+
+def reset_neurons(model: nn.Module) -> None:
+    """Explicit state reset between independent inputs (each denoising step is one)."""
+    for neuron in spiking_neurons(model):
+        neuron.reset()
