@@ -60,3 +60,24 @@ def save_npz(images: np.ndarray, path: str | os.PathLike, **arrays) -> None:
     with atomic_file(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, images=images, **arrays)
+
+
+def save_comparison(panels: list[tuple[str, np.ndarray]], path: str | os.PathLike, scale: int = 2) -> None:
+    """Sample grids side by side under their labels (same seeds in the same cells)."""
+    from PIL import Image, ImageDraw
+
+    grids = [make_grid(images) for _, images in panels]
+    grids = [g.repeat(scale, axis=0).repeat(scale, axis=1) for g in grids]
+    grids = [np.repeat(g, 3, axis=-1) if g.shape[-1] == 1 else g for g in grids]
+    label_h, gap = 18, 8
+    height = max(g.shape[0] for g in grids) + label_h
+    width = sum(g.shape[1] for g in grids) + gap * (len(grids) - 1)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for (label, _), grid in zip(panels, grids, strict=True):
+        draw.text((x + 2, 3), label, fill=(0, 0, 0))
+        canvas.paste(Image.fromarray(grid), (x, label_h))
+        x += grid.shape[1] + gap
+    with atomic_file(path) as tmp:
+        canvas.save(tmp, format="PNG")

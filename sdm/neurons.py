@@ -55,8 +55,11 @@ class SpikingNeuron(nn.Module):
 
     Args:
         threshold: firing threshold theta, a scalar or one value per channel (dim 2 of [T, B, C, ...]).
-        neg_threshold: theta_n > 0 makes the neuron signed: it also fires -theta_n, so activations with a
-            negative range (SiLU, GELU) survive conversion. 0 disables negative spikes.
+        neg_threshold: the size of spikes below zero, for activations with a negative range (SiLU, GELU).
+        signed: allow downward spikes. A signed neuron keeps its net spike count: while it is positive,
+            a downward spike undoes an earlier +theta (so an early spike that the later input does not
+            confirm is taken back); at or below zero it fires -theta_n (when theta_n > 0). Its output
+            then tracks the running input sum from both sides, as a rounding quantiser would.
         v_init: initial membrane potential as a fraction of the threshold. 0.5 turns the T-step spike
             count into rounding instead of flooring, removing the expected quantisation bias. It is
             applied as the equivalent threshold offset, so negative spikes round symmetrically.
@@ -70,6 +73,7 @@ class SpikingNeuron(nn.Module):
         threshold: float | torch.Tensor = 1.0,
         *,
         neg_threshold: float | torch.Tensor = 0.0,
+        signed: bool = False,
         v_init: float = 0.0,
         reset: str = "subtract",
         reset_value: float = 0.0,
@@ -90,21 +94,23 @@ class SpikingNeuron(nn.Module):
             raise SDMError("thresholds must be finite, threshold > 0 and neg_threshold >= 0")
         self.register_buffer("threshold", threshold)
         self.register_buffer("neg_threshold", neg_threshold)
+        if signed and reset != "subtract":
+            raise SDMError("signed neurons need reset by subtraction (their spikes move the membrane both ways)")
+        if not 0.0 <= v_init < 1.0:
+            raise SDMError(f"v_init must lie in [0, 1), got {v_init}")
+        self.signed = bool(signed)
         self.v_init, self.reset_mode, self.reset_value = float(v_init), reset, float(reset_value)
         self.decay, self.surrogate, self.alpha = float(decay), surrogate, float(alpha)
         self.threshold_scale = 1.0
         self.v: torch.Tensor | None = None
+        self.level: torch.Tensor | None = None  # net spike count of signed neurons
         self.record = False
         self.spike_count = 0
         self.neuron_steps = 0
 
-    @property
-    def signed(self) -> bool:
-        return bool((self.neg_threshold > 0).any())
-
     def reset(self) -> None:
         """Forget the membrane potential: the next call starts a new input."""
-        self.v = None
+        self.v, self.level = None, None
 
     def reset_stats(self) -> None:
         self.spike_count, self.neuron_steps = 0, 0
@@ -124,29 +130,57 @@ class SpikingNeuron(nn.Module):
             raise SDMError(f"neurons take [T, B, ...] inputs, got shape {tuple(x_seq.shape)}")
         theta = self._broadcast(self.threshold, x_seq[0]).to(x_seq.dtype) * self.threshold_scale
         theta_n = self._broadcast(self.neg_threshold, x_seq[0]).to(x_seq.dtype) * self.threshold_scale
-        signed = self.signed
         v = torch.zeros_like(x_seq[0]) if self.v is None else self.v
-        fire_at, fire_neg_at = theta * (1 - self.v_init), theta_n * (1 - self.v_init)
+        level = torch.zeros_like(x_seq[0]) if self.level is None else self.level
+        margin = 1.0 - self.v_init
         out = []
         for x in x_seq:
             v = v * self.decay + x if self.decay != 1.0 else v + x
-            pos = heaviside(v - fire_at, self.surrogate, self.alpha)
-            spike = pos * theta
-            if signed:
-                neg = heaviside(-v - fire_neg_at, self.surrogate, self.alpha) * (theta_n > 0)
-                spike = spike - neg * theta_n
+            if self.signed:
+                up = torch.where(level >= 0, theta, theta_n)
+                down = torch.where(level > 0, theta, theta_n)
+                fire_up = heaviside(v - up * margin, self.surrogate, self.alpha) * (up > 0)
+                fire_down = heaviside(-v - down * margin, self.surrogate, self.alpha) * (down > 0)
+                spike = fire_up * up - fire_down * down
+                level = level + fire_up.detach() - fire_down.detach()
+            else:
+                spike = heaviside(v - theta * margin, self.surrogate, self.alpha) * theta
             if self.reset_mode == "subtract":
                 v = v - spike
             else:
                 fired = (spike != 0).to(v.dtype)
                 v = v * (1 - fired) + self.reset_value * fired
             out.append(spike)
+        self.level = level if self.signed else None
         self.v = v
-        spikes = torch.stack(out)
+        return self._counted(torch.stack(out))
+
+    def _counted(self, spikes: torch.Tensor) -> torch.Tensor:
         if self.record:
             self.spike_count += int((spikes != 0).sum())
             self.neuron_steps += spikes.numel()
         return spikes
+
+    def constant_response(self, x: torch.Tensor, T: int) -> torch.Tensor:
+        """The spike train [T, ...] of a fresh neuron driven by the same input `x` at every step.
+
+        For an integrate-and-fire neuron reset by subtraction the count after t steps is known in closed
+        form, n_t = min(t, floor(t*a/theta + v_init)) (mirrored with theta_n below zero), so no step loop
+        is needed; tests check it against `forward`. Leaky neurons are simulated.
+        """
+        if self.decay != 1.0 or self.reset_mode != "subtract" or self.v is not None or torch.is_grad_enabled():
+            return self.forward(x.unsqueeze(0).expand(T, *x.shape))
+        theta = self._broadcast(self.threshold, x).to(x.dtype) * self.threshold_scale
+        theta_n = self._broadcast(self.neg_threshold, x).to(x.dtype) * self.threshold_scale
+        side = torch.where(x >= 0, theta, theta_n) if self.signed else theta  # below zero: theta_n-sized spikes
+        rate = x.abs() / side.clamp(min=1e-12) if self.signed else x / theta
+        steps = torch.arange(1, T + 1, device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
+        count = torch.minimum(steps, (steps * rate).add_(self.v_init).floor_()).clamp_(min=0)
+        spikes = torch.diff(count, dim=0, prepend=torch.zeros_like(count[:1]))
+        spikes.mul_(torch.sign(x) * side if self.signed else theta)
+        self.v = x * T - spikes.sum(0)
+        self.level = (count[-1] * torch.sign(x) * (side > 0)) if self.signed else None
+        return self._counted(spikes)
 
 
 class IFNeuron(SpikingNeuron):

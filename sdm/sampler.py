@@ -77,7 +77,8 @@ def sample(
     return np.concatenate(out)
 
 
-def _sample_batch(model, scheduler_config, sampler, steps, seeds, shape, dtype, device, bar) -> np.ndarray:
+def _sample_batch(model, scheduler_config, sampler, steps, seeds, shape, dtype, device, bar, on_step=None) -> np.ndarray:
+    """Denoise one batch; `on_step(x_in, t)` sees every model input (trajectory recording)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     scheduler = make_scheduler(sampler, scheduler_config)
@@ -89,11 +90,31 @@ def _sample_batch(model, scheduler_config, sampler, steps, seeds, shape, dtype, 
     x = x * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         x_in = scheduler.scale_model_input(x, t)
+        if on_step is not None:
+            on_step(x_in, t)
         eps = model(x_in, t.expand(len(x)).to(device), return_dict=False)[0]
         if not torch.isfinite(eps).all():
             raise SDMError(
                 f"the model produced NaN or inf at timestep {int(t)}; check the checkpoint (and any thresholds)"
             )
         x = scheduler.step(eps, t, x, generator=generators).prev_sample
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
     return to_uint8(x)
+
+
+@torch.no_grad()
+def trajectory(
+    model: torch.nn.Module, scheduler_config: dict, seeds: range, *, sampler: str = "ddim", steps: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model inputs (x_t, t) met while sampling `seeds`: len(seeds) * steps pairs spanning all t."""
+    make_scheduler(sampler, scheduler_config)
+    size, channels, dtype, device = model_signature(model)
+    xs, ts = [], []
+
+    def record(x_in, t):
+        xs.append(x_in.detach().cpu())
+        ts.append(t.expand(len(x_in)).cpu())
+
+    _sample_batch(model, scheduler_config, sampler, steps, seeds, (channels, size, size), dtype, device, None, record)
+    return torch.cat(xs), torch.cat(ts)

@@ -1,10 +1,14 @@
 """Running a network over T spiking steps with T folded into the batch.
 
 Stateless ops see one [T*B, ...] batch; neurons unfold it to [T, B, ...]. Ops that are neither
-spiking nor linear (GroupNorm, softmax attention) are fed running means: at step t they see the mean
-of their inputs over steps 1..t and emit what makes their own running output mean equal to the op
-applied to that input mean. Their T-step average is then exactly the op on the T-step average
-input, and every step still depends only on steps up to t.
+spiking nor linear (GroupNorm, softmax attention) are analog and handled in one of two ways, both of
+which make their T-step average exactly the op applied to the T-step average input:
+
+* 'running' (causal): at step t the op sees the mean of its inputs over steps 1..t and emits what
+  makes its own running output mean equal to the op of that mean; step t depends on steps <= t only.
+* 'window' (layer-synchronous): the op waits for all T steps, applies itself once to their mean and
+  presents the result at every step; the neurons after it then see a constant input, which makes
+  them exact T-level rounding quantisers.
 """
 
 from __future__ import annotations
@@ -62,33 +66,63 @@ class MeanTime(nn.Module):
         return unfold(x, self.T).mean(0)
 
 
-class FoldedNeuron(nn.Module):
-    """A multi-step neuron placed in a folded graph."""
+ANALOG_MODES = ("window", "running")
 
-    def __init__(self, neuron: SpikingNeuron, T: int):
-        super().__init__()
-        self.neuron, self.T = neuron, T
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fold(self.neuron(unfold(x, self.T)))
+def analog_over_time(fn: Callable, args: list, sequence_args: tuple[int, ...], T: int, mode: str, kwargs: dict):
+    """Apply a non-spiking op to folded step sequences in `mode` (see the module docstring)."""
+    args = list(args)
+    if mode == "window":
+        for i in sequence_args:
+            args[i] = unfold(args[i], T).mean(0)
+        y = fn(*args, **kwargs)
+        return y.unsqueeze(0).expand(T, *y.shape).flatten(0, 1)
+    if mode == "running":
+        for i in sequence_args:
+            args[i] = fold(running_mean(unfold(args[i], T)))
+        return fold(increments_of_running_mean(unfold(fn(*args, **kwargs), T)))
+    raise ValueError(f"unknown analog mode {mode!r}; use one of {ANALOG_MODES}")
 
 
 class TemporalMean(nn.Module):
-    """Running-mean feeding of a non-spiking, non-linear op `fn` (see the module docstring).
+    """A non-spiking, non-linear op `fn` over T steps, in 'window' or 'running' mode.
 
     `sequence_args` are the positions of the arguments that vary over steps; the others (weights,
     sizes) pass through unchanged.
     """
 
-    def __init__(self, fn: Callable, sequence_args: tuple[int, ...], T: int, name: str = ""):
+    def __init__(self, fn: Callable, sequence_args: tuple[int, ...], T: int, mode: str = "window", name: str = ""):
         super().__init__()
-        self.fn, self.sequence_args, self.T, self.name = fn, tuple(sequence_args), T, name
+        self.fn, self.sequence_args, self.T, self.mode, self.name = fn, tuple(sequence_args), T, mode, name
 
     def extra_repr(self) -> str:
-        return f"{self.name or getattr(self.fn, '__name__', self.fn)}, T={self.T}"
+        return f"{self.name or getattr(self.fn, '__name__', self.fn)}, T={self.T}, mode={self.mode}"
 
     def forward(self, *args, **kwargs):
-        args = list(args)
-        for i in self.sequence_args:
-            args[i] = fold(running_mean(unfold(args[i], self.T)))
-        return fold(increments_of_running_mean(unfold(self.fn(*args, **kwargs), self.T)))
+        return analog_over_time(self.fn, args, self.sequence_args, self.T, self.mode, kwargs)
+
+
+class SpikingActivation(nn.Module):
+    """An activation call site of a converted network, on folded [T*B, ...] tensors.
+
+    An IF neuron's firing rate is a clipped ReLU of its mean input, so a ReLU needs the neuron
+    alone (`activation=None`). Smooth activations (SiLU, GELU) are not rates of any integrate-and-fire
+    dynamics: the activation is evaluated on the mean input, as the analog ops are, and the neuron
+    encodes the result in spikes (signed where the activation goes negative).
+    """
+
+    def __init__(self, neuron: SpikingNeuron, T: int, activation: Callable | None = None, mode: str = "window"):
+        super().__init__()
+        self.neuron, self.T, self.activation, self.mode = neuron, T, activation, mode
+
+    def extra_repr(self) -> str:
+        name = getattr(self.activation, "__name__", "relu (IF)") if self.activation else "relu (IF)"
+        return f"activation={name}, T={self.T}, mode={self.mode}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "window":  # the neuron sees the activation of the window mean at every step
+            mean = unfold(x, self.T).mean(0)
+            return fold(self.neuron.constant_response(self.activation(mean) if self.activation else mean, self.T))
+        if self.activation is not None:
+            x = analog_over_time(self.activation, [x], (0,), self.T, self.mode, {})
+        return fold(self.neuron(unfold(x, self.T)))

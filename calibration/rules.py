@@ -1,0 +1,103 @@
+"""Threshold rules: from an activation's statistics to a neuron's thresholds.
+
+A neuron with threshold theta and initial potential v_init*theta, driven for T steps by a constant
+input a, emits theta/T * clip(floor(a*T/theta + v_init), 0, T): a T-level quantiser. The rules pick
+theta (and theta_n for the negative part of signed neurons):
+
+* max:        the largest value seen (no clipping, coarsest levels);
+* percentile: the p-th percentile (clips the rare tail);
+* mse:        the theta that minimises the quantiser's mean squared error on the observed values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sdm.errors import SDMError
+
+RULES = ("max", "percentile", "mse")
+_CANDIDATES = np.linspace(0.01, 1.0, 400)
+
+
+def quantise(values: np.ndarray, theta: np.ndarray | float, T: int, v_init: float) -> np.ndarray:
+    """What T steps of a non-negative spiking neuron make of constant inputs `values` (>= 0)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    levels = np.clip(np.floor(values * T / theta + v_init), 0, T)
+    return levels * theta / T
+
+
+def _centres(hist: list[int], extent: float) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.asarray(hist, dtype=np.float64)
+    width = extent / max(len(counts), 1)
+    return (np.arange(len(counts)) + 0.5) * width, counts
+
+
+def _mse_threshold(hist: list[int], extent: float, T: int, v_init: float) -> float:
+    centres, counts = _centres(hist, extent)
+    if extent <= 0 or counts.sum() == 0:
+        return 0.0
+    candidates = _CANDIDATES * extent
+    errors = ((centres[None, :] - quantise(centres[None, :], candidates[:, None], T, v_init)) ** 2 * counts).sum(1)
+    return float(candidates[int(np.argmin(errors))])
+
+
+def _upper_quantile(hist: list[int], extent: float, below: float, total: float, q: float) -> float:
+    """The value where the CDF reaches q, given `below` values lie under this histogram's range."""
+    counts = np.asarray(hist, dtype=np.float64)
+    if extent <= 0 or counts.sum() == 0:
+        return 0.0
+    cdf = (below + np.cumsum(counts)) / total
+    i = int(np.searchsorted(cdf, q))
+    if i >= len(counts):
+        return extent
+    prev = (below + (counts[:i].sum())) / total
+    frac = 0.0 if counts[i] == 0 else (q - prev) / (counts[i] / total)
+    return float((i + np.clip(frac, 0.0, 1.0)) * extent / len(counts))
+
+
+def _from_histograms(h: dict, rule: str, T: int, v_init: float, percentile: float) -> tuple[float, float]:
+    pos_hist, neg_hist = h["pos_hist"], h["neg_hist"]
+    pos_range, neg_range = h["pos_range"], h["neg_range"]
+    n_pos, n_neg = float(sum(pos_hist)), float(sum(neg_hist))
+    total = n_pos + n_neg + h["zeros"]
+    if rule == "max":
+        return pos_range, neg_range
+    if rule == "percentile":
+        q = percentile / 100.0
+        theta = _upper_quantile(pos_hist, pos_range, total - n_pos, total, q)
+        theta_n = _upper_quantile(neg_hist, neg_range, total - n_neg, total, q) if n_neg else 0.0
+        return theta, theta_n
+    return _mse_threshold(pos_hist, pos_range, T, v_init), _mse_threshold(neg_hist, neg_range, T, v_init)
+
+
+def site_thresholds(
+    stats: dict, rule: str, *, T: int, v_init: float = 0.5, percentile: float = 99.9,
+    per_channel: bool = False, signed: bool = True,
+) -> dict:
+    """{'threshold': theta, 'neg_threshold': theta_n} for one site (lists when per channel)."""
+    if rule not in RULES:
+        raise SDMError(f"unknown threshold rule '{rule}': choose one of {', '.join(RULES)}")
+    if not 0.0 < percentile <= 100.0:
+        raise SDMError(f"--percentile must lie in (0, 100], got {percentile}")
+    if T < 1:
+        raise SDMError(f"--T must be at least 1, got {T}")
+    if stats.get("count", 0) == 0:
+        raise SDMError(f"activation site '{stats.get('name', '?')}' saw no values during calibration")
+    if per_channel:
+        channels = stats.get("channels")
+        if channels is None:
+            raise SDMError("per-channel thresholds need per-channel statistics: calibrate with --per-channel")
+        pairs = []
+        for c in range(len(channels["max"])):
+            h = {"pos_hist": channels["pos_hist"][c], "neg_hist": channels["neg_hist"][c],
+                 "pos_range": max(channels["max"][c], 0.0), "neg_range": max(-channels["min"][c], 0.0)}
+            h["zeros"] = 0
+            pairs.append(_from_histograms(h, rule, T, v_init, percentile))
+        theta, theta_n = (list(x) for x in zip(*pairs, strict=True))
+        fallback = _from_histograms(stats, rule, T, v_init, percentile)[0] or 1.0
+        theta = [t if t > 0 else fallback for t in theta]  # a channel that never fired still needs a threshold
+        return {"threshold": theta, "neg_threshold": theta_n if signed else [0.0] * len(theta_n)}
+    theta, theta_n = _from_histograms(stats, rule, T, v_init, percentile)
+    if theta <= 0:
+        theta = 1.0  # the site never went positive: any threshold gives the same (silent) neuron
+    return {"threshold": theta, "neg_threshold": theta_n if signed else 0.0}

@@ -1,0 +1,138 @@
+"""ConvertedUNet: a UNet2DModel run as a spiking network, with UNet2DModel's call signature.
+
+Saved as `config.json` (the ANN's config, T, neuron settings and every threshold, readable) plus
+`diffusion_pytorch_model.safetensors`; loading rebuilds the graph from the config with the same pass,
+so nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from calibration.stats import check_sites, model_fingerprint
+from convert.passes import spiking_graph
+from sdm.errors import SDMError
+from sdm.graph import ActivationSite, activation_sites, capture
+from sdm.io import atomic_dir, write_json
+from sdm.neurons import NEURONS, SpikingNeuron, reset_neurons, spiking_neurons
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+@dataclass(frozen=True)
+class NeuronConfig:
+    """How every converted activation spikes."""
+
+    kind: str = "if"            # if | lif
+    tau: float = 2.0            # lif only
+    v_init: float = 0.5         # initial potential, fraction of the threshold
+    reset: str = "subtract"     # subtract | value
+    signed: bool = True         # negative spikes where the activation goes negative
+
+    def validate(self) -> None:
+        if self.kind not in NEURONS:
+            raise SDMError(f"unknown neuron '{self.kind}': choose one of {', '.join(NEURONS)}")
+        if not 0.0 <= self.v_init < 1.0:
+            raise SDMError(f"v_init must lie in [0, 1), got {self.v_init}")
+
+    def make(self, threshold, neg_threshold) -> SpikingNeuron:
+        extra = {"tau": self.tau} if self.kind == "lif" else {}
+        neg = neg_threshold if self.signed else 0.0
+        return NEURONS[self.kind](torch.as_tensor(threshold), neg_threshold=torch.as_tensor(neg), signed=self.signed,
+                                  v_init=self.v_init, reset=self.reset, **extra)
+
+
+class ConvertedUNet(nn.Module):
+    """The spiking counterpart of a UNet2DModel. Build it with `convert.convert`."""
+
+    def __init__(self, unet_config: dict, T: int, neuron: dict | NeuronConfig, thresholds: dict[str, dict],
+                 unet: nn.Module | None = None, source: dict | None = None, analog_mode: str = "window"):
+        super().__init__()
+        from diffusers import UNet2DModel
+        from diffusers.configuration_utils import FrozenDict
+
+        neuron = neuron if isinstance(neuron, NeuronConfig) else NeuronConfig(**neuron)
+        neuron.validate()
+        if not isinstance(T, int) or T < 1:
+            raise SDMError(f"--T must be an integer of at least 1, got {T}")
+        unet_config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
+        unet = unet if unet is not None else UNet2DModel.from_config(unet_config)
+        captured = capture(unet)
+        sites = activation_sites(captured)
+        check_sites(list(thresholds), [s.name for s in sites], "the thresholds")
+
+        def make(site: ActivationSite) -> SpikingNeuron:
+            th = thresholds[site.name]
+            return neuron.make(th["threshold"], th["neg_threshold"])
+
+        self.graph, self.summary = spiking_graph(captured, sites, make, T, analog_mode)
+        self.T, self.neuron_config, self.thresholds, self.analog_mode = T, neuron, thresholds, analog_mode
+        self.unet_config, self.source = unet_config, source or {}
+        self.config = FrozenDict(
+            _class_name=type(self).__name__, sample_size=unet_config["sample_size"],
+            in_channels=unet_config["in_channels"], out_channels=unet_config["out_channels"], T=T,
+            neuron=asdict(neuron), analog_mode=analog_mode, model_fingerprint=model_fingerprint(unet_config),
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def neurons(self) -> dict[str, SpikingNeuron]:
+        """Call site -> neuron."""
+        modules = dict(self.graph.named_modules())
+        return {site: modules[path].neuron for site, path in self.summary.neurons.items()}
+
+    def reset_state(self) -> None:
+        reset_neurons(self)
+
+    def set_threshold_scale(self, scale: float) -> None:
+        for neuron in spiking_neurons(self):
+            neuron.threshold_scale = scale
+
+    def forward(self, sample: torch.Tensor, timestep, class_labels=None, return_dict: bool = True):
+        from diffusers.models.unets.unet_2d import UNet2DOutput
+
+        if class_labels is not None:
+            raise SDMError("class-conditional UNets are not supported by conversion yet")
+        timestep = torch.as_tensor(timestep, device=sample.device)
+        if timestep.dim() == 0:
+            timestep = timestep.expand(sample.shape[0])
+        reset_neurons(self)
+        out = self.graph(sample, timestep)
+        return UNet2DOutput(sample=out) if return_dict else (out,)
+
+    def save_pretrained(self, directory: str | os.PathLike, scheduler_config: dict | None = None) -> None:
+        """`directory`: config.json, the weights in safetensors and, given one, the scheduler config."""
+        with atomic_dir(directory) as tmp:
+            write_json({**dict(self.config), "unet_config": self.unet_config, "thresholds": self.thresholds,
+                        "source": self.source}, tmp / "config.json")
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, tmp / WEIGHTS)
+            if scheduler_config is not None:
+                write_json(scheduler_config, tmp / "scheduler_config.json")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None, **_) -> ConvertedUNet:
+        directory = Path(directory)
+        try:
+            config = json.loads((directory / "config.json").read_text())
+            model = cls(config["unet_config"], config["T"], config["neuron"], config["thresholds"],
+                        source=config.get("source"), analog_mode=config["analog_mode"])
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+            raise SDMError(f"'{directory}' is not a saved ConvertedUNet ({type(err).__name__}: {err})") from None
+        try:
+            model.load_state_dict(load_file(directory / WEIGHTS))
+        except (OSError, RuntimeError) as err:
+            raise SDMError(f"the weights in '{directory}' do not fit its config ({str(err).splitlines()[0][:160]})") from None
+        return model.to(torch_dtype) if torch_dtype is not None else model

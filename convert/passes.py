@@ -1,0 +1,146 @@
+"""The graph pass: an exported ANN graph -> the same graph run over T spiking steps.
+
+Every node on the image path becomes a sequence node ([T*B, ...], T folded into the batch):
+activation calls become neurons (one per call site, so no membrane state is shared between sites),
+foldable ops run unchanged, non-linear analog ops are fed running means, and tensors of the
+timestep path (which depend on t alone) are computed once and repeated over the T steps where
+they meet the image path. The input is presented at every step; the output is the T-step mean.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from convert.ops import RUNNING_MEAN, is_foldable, touches_batch_dim
+from sdm.errors import SDMError
+from sdm.graph import ACTIVATIONS, ActivationSite, sample_dependent, timestep_activation_count
+from sdm.neurons import SpikingNeuron
+from sdm.temporal import ANALOG_MODES, MeanTime, RepeatTime, SpikingActivation, TemporalMean
+
+aten = torch.ops.aten
+
+
+class UnsupportedOpError(SDMError):
+    """An op on the image path whose behaviour over spiking steps is unknown."""
+
+
+@dataclass
+class ConversionSummary:
+    neurons: dict[str, str] = field(default_factory=dict)        # call site -> neuron module
+    analog_ops: Counter = field(default_factory=Counter)          # running-mean ops by type
+    timestep_activations: int = 0                                 # analog, once per denoising step
+
+
+def module_key(site: str) -> str:
+    return site.replace(".", "_").replace("#", "__call")
+
+
+def _has_batch_dim(node: fx.Node) -> bool:
+    value = node.meta.get("val")
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and isinstance(value.shape[0], torch.SymInt)
+
+
+def _where(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    path = list(stack.values())[-1][0] if stack else ""
+    return f"node '{node.name}'" + (f" in module '{path}'" if path else "")
+
+
+def spiking_graph(
+    captured: fx.GraphModule,
+    sites: list[ActivationSite],
+    make_neuron: Callable[[ActivationSite], SpikingNeuron],
+    T: int,
+    analog_mode: str = "window",
+) -> tuple[fx.GraphModule, ConversionSummary]:
+    """Rewrite `captured` (from `sdm.graph.capture`) in place of its own graph; returns the new module."""
+    if T < 1:
+        raise SDMError(f"--T must be at least 1, got {T}")
+    if analog_mode not in ANALOG_MODES:
+        raise SDMError(f"unknown analog mode '{analog_mode}': choose one of {', '.join(ANALOG_MODES)}")
+    if not sites:
+        raise SDMError("the model has no activation call sites on its image path: nothing to convert")
+    dependent = sample_dependent(captured.graph)
+    site_of = {s.node: s for s in sites}
+    summary = ConversionSummary(timestep_activations=timestep_activation_count(captured))
+    captured.add_submodule("repeat_time", RepeatTime(T))
+    captured.add_submodule("mean_time", MeanTime(T))
+    captured.add_submodule("neurons", nn.ModuleDict())
+    captured.add_submodule("analog", nn.ModuleDict())
+
+    graph = fx.Graph()
+    static: dict[fx.Node, fx.Node] = {}
+    sequence: dict[fx.Node, fx.Node] = {}
+    repeated: dict[fx.Node, fx.Node] = {}
+    placeholders = [n for n in captured.graph.nodes if n.op == "placeholder"]
+
+    def as_sequence(n: fx.Node) -> fx.Node:
+        """The value of `n` as seen by a sequence op."""
+        if n in sequence:
+            return sequence[n]
+        if n.target is aten.sym_size.int and n.args[0] in sequence and n.args[1] == 0:
+            if n not in repeated:
+                repeated[n] = graph.call_function(aten.sym_size.int, (sequence[n.args[0]], 0))
+            return repeated[n]
+        if _has_batch_dim(n):
+            if n not in repeated:
+                repeated[n] = graph.call_module("repeat_time", (static[n],))
+            return repeated[n]
+        return static[n]
+
+    for node in captured.graph.nodes:
+        if node.op == "placeholder":
+            static[node] = graph.placeholder(node.name)
+            static[node].meta = dict(node.meta)
+            if node is placeholders[0]:
+                sequence[node] = graph.call_module("repeat_time", (static[node],))
+            continue
+        if node.op == "output":
+            out = node.args[0]
+            if not isinstance(out, fx.Node):
+                raise SDMError("the model must return a single tensor")
+            graph.output(graph.call_module("mean_time", (as_sequence(out),)) if out in dependent else static[out])
+            continue
+        if node not in dependent:
+            static[node] = graph.node_copy(node, lambda n: static[n])
+            continue
+        positions = {i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a in dependent}
+        if node.target in ACTIVATIONS:
+            site = site_of[node.name]
+            key = module_key(site.name)
+            if len(node.args) > 1:
+                raise UnsupportedOpError(f"{node.target} at {_where(node)} has extra positional arguments")
+            smooth = None if site.op == "relu" else functools.partial(node.target, **node.kwargs)
+            captured.neurons[key] = SpikingActivation(make_neuron(site), T, smooth, analog_mode)
+            summary.neurons[site.name] = f"neurons.{key}"
+            sequence[node] = graph.call_module(f"neurons.{key}", (as_sequence(node.args[0]),))
+        elif touches_batch_dim(node):
+            raise UnsupportedOpError(f"{node.target} at {_where(node)} works along the batch dimension, "
+                                     "where spiking steps are folded; it cannot be converted")
+        elif is_foldable(node, len(positions), positions):
+            sequence[node] = graph.node_copy(node, as_sequence)
+        elif node.target in RUNNING_MEAN:
+            if any(isinstance(v, fx.Node) and v in dependent for v in node.kwargs.values()):
+                raise UnsupportedOpError(f"{node.target} at {_where(node)} takes a step-varying keyword argument")
+            name = f"{len(captured.analog)}_{node.target.__name__.split('.')[0]}"
+            captured.analog[name] = TemporalMean(node.target, tuple(sorted(positions)), T, analog_mode,
+                                                  name=_where(node))
+            summary.analog_ops[node.target.__name__.split(".")[0]] += 1
+            args = tuple(as_sequence(a) if isinstance(a, fx.Node) else a for a in node.args)
+            kwargs = {k: static[v] if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()}
+            sequence[node] = graph.call_module(f"analog.{name}", args, kwargs)
+        else:
+            raise UnsupportedOpError(
+                f"unsupported op {node.target} at {_where(node)}: its meaning over spiking steps is unknown; "
+                "supported ops are listed in convert/ops.py"
+            )
+    graph.lint()
+    if not summary.neurons:
+        raise SDMError("the pass converted no activation: nothing on the image path became a neuron")
+    return fx.GraphModule(captured, graph), summary

@@ -1,0 +1,144 @@
+"""Observers, threshold rules against brute-force references, files, and calibration inputs."""
+
+import numpy as np
+import pytest
+import torch
+
+from calibration import CalibrationStats, calibrate, calibration_pairs, load_stats, prepare, probe_pairs
+from calibration.inputs import PROBE_SEED
+from calibration.observer import ActivationObserver
+from calibration.rules import quantise, site_thresholds
+from sdm.errors import SDMError
+from sdm.presets import build_unet
+from sdm.pretrained import DDPM_LINEAR_SCHEDULE
+
+
+@pytest.fixture(scope="module")
+def silu_stats():
+    """An observer fed SiLU of Gaussian pre-activations, and the raw values."""
+    torch.manual_seed(0)
+    values = torch.nn.functional.silu(torch.randn(64, 8, 16, 16) * 1.5)
+    observer = ActivationObserver("site", "silu", per_channel=True, per_batch=10**6, per_channel_batch=10**6)
+    for chunk in values.split(16):
+        observer(chunk)
+    return observer.summary(), values.numpy()
+
+
+def _brute_force_mse(values: np.ndarray, T: int) -> tuple[float, float]:
+    """The best threshold on a fine grid, evaluated on the raw values (independent of histograms)."""
+    grid = np.linspace(0.05, values.max(), 600)
+    errors = [np.mean((values - quantise(values, th, T, 0.5)) ** 2) for th in grid]
+    i = int(np.argmin(errors))
+    return grid[i], errors[i]
+
+
+def test_max_rule_is_exact(silu_stats):
+    stats, values = silu_stats
+    th = site_thresholds(stats, "max", T=4)
+    assert th["threshold"] == pytest.approx(values.max()) and th["neg_threshold"] == pytest.approx(-values.min())
+
+
+@pytest.mark.parametrize("p", [99.0, 99.9])
+def test_percentile_rule_matches_numpy(silu_stats, p):
+    stats, values = silu_stats
+    th = site_thresholds(stats, "percentile", T=4, percentile=p)
+    assert th["threshold"] == pytest.approx(np.percentile(values, p), rel=0.01)
+
+
+@pytest.mark.parametrize("T", [2, 4, 16])
+def test_mse_rule_matches_brute_force(silu_stats, T):
+    stats, values = silu_stats
+    positive = np.clip(values, 0, None).ravel()
+    best_theta, best_error = _brute_force_mse(positive, T)
+    theta = site_thresholds(stats, "mse", T=T)["threshold"]
+    error = np.mean((positive - quantise(positive, theta, T, 0.5)) ** 2)
+    assert error <= best_error * 1.01
+    assert theta == pytest.approx(best_theta, rel=0.05)
+
+
+def test_quantiser_levels_by_hand():
+    # theta 2, T 4: levels 0, 0.5, 1, 1.5, 2; rounding thanks to v_init 0.5, clipped at theta.
+    assert quantise(np.array([0.2, 0.3, 1.1, 1.9, 7.0]), 2.0, 4, 0.5).tolist() == [0.0, 0.5, 1.0, 2.0, 2.0]
+    assert quantise(np.array([0.3, 0.49]), 2.0, 4, 0.0).tolist() == [0.0, 0.0]  # no initial potential: floor
+
+
+def test_per_channel_thresholds(silu_stats):
+    stats, values = silu_stats
+    th = site_thresholds(stats, "max", T=4, per_channel=True)
+    assert np.allclose(th["threshold"], values.max(axis=(0, 2, 3)))
+    assert len(th["neg_threshold"]) == 8
+    with pytest.raises(SDMError, match="--per-channel"):
+        site_thresholds({k: v for k, v in stats.items() if k != "channels"}, "max", T=4, per_channel=True)
+
+
+def test_bad_rule_arguments(silu_stats):
+    stats, _ = silu_stats
+    for kwargs, match in [({"rule": "kl"}, "unknown threshold rule"), ({"rule": "percentile", "percentile": 0}, "percentile"),
+                          ({"rule": "max", "T": 0}, "--T")]:
+        rule = kwargs.pop("rule")
+        with pytest.raises(SDMError, match=match):
+            site_thresholds(stats, rule, **{"T": 4, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    torch.manual_seed(3)
+    return build_unet("tiny").eval()
+
+
+def _image_path_silu_calls(unet) -> int:
+    """Independent count: forward hooks on every SiLU module, counting calls on 4-d (image) tensors."""
+    calls = []
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(i[0].dim())) for m in unet.modules()
+             if isinstance(m, torch.nn.SiLU)]
+    with torch.no_grad():
+        unet(torch.randn(2, 1, 16, 16), torch.tensor([3, 700]))
+    for h in hooks:
+        h.remove()
+    return sum(1 for d in calls if d == 4)
+
+
+def test_prepare_observes_every_call_site(tiny_unet):
+    observed = prepare(tiny_unet)
+    # 8 resnets (2 down, 2 mid, 4 up) call SiLU twice on the image path, plus conv_act: 17.
+    assert len(observed.observers()) == _image_path_silu_calls(tiny_unet) == 17
+    names = list(observed.observers())
+    assert "down_blocks.0.resnets.0.nonlinearity#0" in names and "down_blocks.0.resnets.0.nonlinearity#2" in names
+    with pytest.raises(SDMError, match="calibrate"):
+        observed.stats()
+
+
+def test_stats_round_trip_and_refusal_for_another_model(tiny_unet, tmp_path):
+    observed = calibrate(prepare(tiny_unet), calibration_pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 8), progress=False)
+    stats = observed.stats({"source": "trajectory"})
+    stats.save(tmp_path / "stats.json")
+    again = load_stats(tmp_path / "stats.json", tiny_unet)
+    assert again.thresholds("mse", T=4).sites == stats.thresholds("mse", T=4).sites
+    other = build_unet("tiny", block_out_channels=(16, 16), norm_num_groups=8)
+    with pytest.raises(SDMError, match="another model"):
+        load_stats(tmp_path / "stats.json", other)
+    with pytest.raises(SDMError, match="not found"):
+        CalibrationStats.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"kind": "thresholds"}')
+    with pytest.raises(SDMError, match="not a calibration-stats file"):
+        CalibrationStats.load(tmp_path / "bad.json")
+
+
+def test_calibration_inputs_span_t(tiny_unet, fake_fmnist):
+    from sdm.data import load_dataset
+
+    x, t = calibration_pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 64)
+    assert x.shape == (64, 1, 16, 16) and t.max() >= 900 and t.min() <= 100
+    images = load_dataset(fake_fmnist, 16, 1)
+    x, t = calibration_pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 200, source="data", data=images, seed=1)
+    assert t.float().std() > 200 and x.shape == (200, 1, 16, 16)
+    with pytest.raises(SDMError, match="--data"):
+        calibration_pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 8, source="data")
+    with pytest.raises(SDMError, match="reserved for probes"):
+        calibration_pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 8, seed=PROBE_SEED)
+
+
+def test_probes_spread_over_t_plus_low_t(tiny_unet):
+    x, t, spread = probe_pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 16)
+    assert spread.sum() == 16 and len(t) == 24
+    assert (t[~spread] < 100).all() and t[spread].max() >= 900 and t[spread].min() <= 20

@@ -1,0 +1,202 @@
+"""The graph pass: exactness against quantised ANNs, convergence in T, coverage, files and errors."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import ModelMixin, UNet2DModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+
+from calibration import calibrate, calibration_pairs, prepare, probe_pairs
+from convert import ConvertedUNet, NeuronConfig, UnsupportedOpError, convert
+from convert.report import compute_profile, eps_fidelity
+from sdm.errors import SDMError
+from sdm.graph import activation_sites, capture
+from sdm.presets import build_unet, preset_config
+from sdm.pretrained import DDPM_LINEAR_SCHEDULE
+
+
+def _calibrated(act_fn: str, seed: int = 0):
+    torch.manual_seed(seed)
+    unet = build_unet("tiny", act_fn=act_fn).eval()
+    observed = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
+    return unet, observed
+
+
+@pytest.fixture(scope="module")
+def relu_model():
+    return _calibrated("relu")
+
+
+@pytest.fixture(scope="module")
+def silu_model():
+    return _calibrated("silu")
+
+
+def _inputs(n=4, size=16):
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(n, 1, size, size, generator=g), torch.tensor([999, 500, 60, 3])[:n]
+
+
+def _quantised_ann(unet, thresholds, T, x, t):
+    """Independent reference: forward hooks quantise every image-path activation call, found by call order.
+
+    (The ReLU UNet still ends in diffusers' fixed SiLU `conv_act`, quantised with its negative part.)
+    """
+    calls = {}
+
+    def hook(module, inputs, output, name=None):
+        if output.dim() != 4:  # the timestep path stays analog
+            calls[name] = calls.get(name, 0) + 1
+            return None
+        k = calls.get(name, 0)
+        calls[name] = k + 1
+        theta, theta_n = thresholds[f"{name}#{k}"]["threshold"], thresholds[f"{name}#{k}"]["neg_threshold"]
+        positive = torch.clamp(torch.floor(output * T / theta + 0.5), 0, T) * theta / T
+        negative = torch.clamp(torch.floor(-output * T / theta_n + 0.5), 0, T) * theta_n / T if theta_n else 0
+        return positive - negative
+
+    handles = [m.register_forward_hook(lambda m, i, o, n=name: hook(m, i, o, n))
+               for name, m in unet.named_modules() if isinstance(m, (torch.nn.ReLU, torch.nn.SiLU))]
+    try:
+        with torch.no_grad():
+            return unet(x, t).sample
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("T", [2, 5])
+def test_converted_relu_network_equals_the_T_level_quantised_ann(relu_model, T):
+    unet, observed = relu_model
+    snn = convert(observed, T=T, rule="max")
+    x, t = _inputs()
+    with torch.no_grad():
+        out = snn(x, t).sample
+    expected = _quantised_ann(unet, snn.thresholds, T, x, t)
+    assert torch.allclose(out, expected, atol=1e-4), (out - expected).abs().max()
+
+
+@pytest.mark.parametrize("act_fn, mode", [("relu", "window"), ("relu", "running"), ("silu", "window"),
+                                          ("silu", "running")])
+def test_snn_approaches_the_ann_as_T_grows(relu_model, silu_model, act_fn, mode):
+    unet, observed = relu_model if act_fn == "relu" else silu_model
+    x, t = _inputs()
+    with torch.no_grad():
+        ref = unet(x, t).sample.flatten(1)
+    errors = []
+    for T in (2, 8, 64):
+        with torch.no_grad():
+            out = convert(observed, T=T, rule="max", analog_mode=mode)(x, t).sample.flatten(1)
+        errors.append((out - ref).pow(2).sum().item() / ref.pow(2).sum().item())
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.01
+
+
+def test_eps_fidelity_improves_with_T(silu_model):
+    unet, observed = silu_model
+    probes = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 8)
+    low, high = (eps_fidelity(unet, convert(observed, T=T, rule="mse"), probes) for T in (2, 32))
+    assert high["eps_cosine"] > low["eps_cosine"] and high["eps_cosine"] > 0.97
+    assert high["eps_rel_mse"] < low["eps_rel_mse"]
+    assert 0 < high["firing_rate"] < 1 and high["probes"] == {"spread_over_t": 8, "t_lt_100": 5}
+
+
+def test_every_activation_call_of_the_cifar10_32_architecture_is_converted():
+    torch.manual_seed(0)
+    unet = UNet2DModel(**preset_config("cifar10-32")).eval()
+    calls = []
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(i[0].dim())) for m in unet.modules()
+             if isinstance(m, torch.nn.SiLU)]
+    with torch.no_grad():
+        unet(torch.randn(1, 3, 32, 32), torch.tensor([10]))
+    for h in hooks:
+        h.remove()
+    sites = activation_sites(capture(unet))
+    thresholds = {s.name: {"threshold": 3.0, "neg_threshold": 0.28} for s in sites}
+    snn = ConvertedUNet(dict(unet.config), 2, NeuronConfig(), thresholds, unet=unet)
+    image_calls = sum(1 for d in calls if d == 4)
+    assert len(snn.summary.neurons) == image_calls == 45
+    assert len(snn.summary.neurons) + snn.summary.timestep_activations == len(calls) == 68
+    assert len({id(n) for n in snn.neurons().values()}) == 45  # one neuron per call site, none shared
+    with torch.no_grad():
+        out = snn(torch.randn(33, 3, 32, 32), torch.full((33,), 500)).sample  # T x batch = 66 > 63
+    assert out.shape == (33, 3, 32, 32) and torch.isfinite(out).all()
+    # 22 resnets x 2 + 6 attention blocks + conv_norm_out GroupNorms; 2 + 1 + 3 attention blocks.
+    assert snn.summary.analog_ops == {"group_norm": 51, "scaled_dot_product_attention": 6}
+
+
+def test_save_and_load_give_identical_outputs(silu_model, tmp_path):
+    from sdm.pretrained import load_model
+
+    _, observed = silu_model
+    snn = convert(observed, T=3, rule="percentile", percentile=99.0, per_channel=False)
+    snn.save_pretrained(tmp_path / "snn", scheduler_config=DDPM_LINEAR_SCHEDULE)
+    config = json.loads((tmp_path / "snn" / "config.json").read_text())
+    assert config["T"] == 3 and config["neuron"]["kind"] == "if" and len(config["thresholds"]) == 17
+    loaded = load_model(tmp_path / "snn")  # through the sdm.models entry point
+    assert isinstance(loaded.model, ConvertedUNet) and loaded.notes == []
+    x, t = _inputs()
+    with torch.no_grad():
+        assert torch.equal(snn(x, t).sample, loaded.model(x, t).sample)
+
+
+def test_per_channel_and_lif_variants_run(silu_model):
+    unet, _ = silu_model
+    observed = calibrate(prepare(unet, per_channel=True), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 16),
+                         progress=False)
+    snn = convert(observed, T=4, rule="mse", per_channel=True, neuron=NeuronConfig(kind="lif", tau=4.0))
+    neuron = next(iter(snn.neurons().values()))
+    assert neuron.threshold.numel() == 8 and neuron.decay == 0.75
+    x, t = _inputs()
+    with torch.no_grad():
+        assert torch.isfinite(snn(x, t).sample).all()
+
+
+def test_profile_separates_spiking_and_analog_compute(silu_model):
+    _, observed = silu_model
+    profile = compute_profile(convert(observed, T=2))
+    assert profile["spiking_input_synaptic_ops_dense"] > 0 and profile["analog_input_macs"] > 0
+    assert 0 < profile["analog_share"] < 1
+
+
+class Toy(ModelMixin, ConfigMixin):
+    """A diffusers-style model with a chosen op after its activation."""
+
+    @register_to_config
+    def __init__(self, sample_size=8, in_channels=1, out_channels=1, op="cumsum", activate=True):
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, sample, timestep, return_dict=True):
+        h = self.a(sample)
+        h = F.silu(h) if self.config.activate else h
+        if self.config.op == "cumsum":
+            h = torch.cumsum(h, dim=-1)
+        return (self.b(h),)
+
+
+def test_unknown_op_is_named():
+    toy = Toy().eval()
+    thresholds = {s.name: {"threshold": 1.0, "neg_threshold": 0.2} for s in activation_sites(capture(toy))}
+    with pytest.raises(UnsupportedOpError, match=r"unsupported op aten\.cumsum\.default at node 'cumsum'"):
+        ConvertedUNet(dict(toy.config), 2, NeuronConfig(), thresholds, unet=toy)
+
+
+def test_nothing_to_convert_raises():
+    with pytest.raises(SDMError, match="nothing to convert"):
+        prepare(Toy(op="none", activate=False))
+
+
+def test_bad_T_and_foreign_thresholds(silu_model):
+    unet, observed = silu_model
+    with pytest.raises(SDMError, match="--T"):
+        convert(observed, T=0)
+    thresholds = convert(observed, T=2).thresholds
+    other = build_unet("tiny", layers_per_block=2)
+    with pytest.raises(SDMError, match="another model"):
+        ConvertedUNet(dict(other.config), 2, NeuronConfig(), thresholds, unet=other)
+    with pytest.raises(SDMError, match="another model architecture"):
+        convert(other, observed.stats(), T=2)
