@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from calibration import RULES, SOURCES, calibrate, calibration_pairs, load_stats, prepare, probe_pairs
-from convert.model import ConvertedUNet, NeuronConfig
+from convert.model import EXECUTORS, ConvertedUNet, NeuronConfig
 from convert.report import compute_profile, eps_fidelity
 from convert.workflow import convert
 from sdm.cli import ckpt_options, command, device_option, resolve_device, sampling_options
@@ -56,6 +56,9 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
 @click.option("--analog", type=click.Choice(ANALOG_MODES), default="window", show_default=True,
               help="How GroupNorm, attention and smooth activations meet spikes: window (layer-synchronous) "
                    "or running (causal running means).")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="steps", show_default=True,
+              help="steps: simulate every spiking step; rate: the exact rate form of a window-mode SNN, T times "
+                   "faster, same outputs and spike counts.")
 @click.option("--v-init", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
               help="Initial membrane potential, as a fraction of the threshold.")
 @click.option("--signed/--unsigned", default=True, show_default=True, help="Allow negative spikes.")
@@ -67,7 +70,7 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
 @click.option("--save-samples", is_flag=True, help="Also write samples_ann.npz and samples_snn.npz.")
 @device_option
 def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, calib_source, data, calib_samples,
-         stats, analog, v_init, signed, probes, num_samples, sampler, steps, seed, batch_size, out, save_samples,
+         stats, analog, executor, v_init, signed, probes, num_samples, sampler, steps, seed, batch_size, out, save_samples,
          device):
     out = Path(out)
     _check_out(out)
@@ -98,6 +101,7 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
                                           "data": data})
         snn = convert(ann, calibration, T=T, rule=calib, percentile=percentile, per_channel=per_channel,
                       neuron=neuron_config, analog_mode=analog)
+        snn.set_executor(executor)
         convert_seconds = time.perf_counter() - started
 
         fidelity = eps_fidelity(ann, snn, probe_pairs(ann, loaded.scheduler_config, probes), batch_size=batch_size)
@@ -106,6 +110,7 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
         snn.save_pretrained(tmp / "snn", scheduler_config=loaded.scheduler_config)
         report = {
             "ckpt": loaded.source, "T": T, "neuron": neuron_config.__dict__ | {"analog_mode": analog},
+            "executor": executor,
             "calibration": {"rule": calib, **({"percentile": percentile} if calib == "percentile" else {}),
                             "per_channel": per_channel, **calibration.source, "sites": len(calibration.sites)},
             "convert_seconds": round(convert_seconds, 2),

@@ -22,8 +22,10 @@ from sdm.errors import SDMError
 from sdm.graph import ActivationSite, activation_sites, capture
 from sdm.io import atomic_dir, write_json
 from sdm.neurons import NEURONS, SpikingNeuron, reset_neurons, spiking_neurons
+from sdm.temporal import use_rate_form
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+EXECUTORS = ("steps", "rate")
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class ConvertedUNet(nn.Module):
 
         self.graph, self.summary = spiking_graph(captured, sites, make, T, analog_mode)
         self.T, self.neuron_config, self.thresholds, self.analog_mode = T, neuron, thresholds, analog_mode
+        self.executor = "steps"
         self.unet_config, self.source = unet_config, source or {}
         self.config = FrozenDict(
             _class_name=type(self).__name__, sample_size=unet_config["sample_size"],
@@ -96,6 +99,16 @@ class ConvertedUNet(nn.Module):
 
     def reset_state(self) -> None:
         reset_neurons(self)
+
+    def set_executor(self, executor: str) -> None:
+        """'steps' simulates every spiking step; 'rate' evaluates a window-mode graph in its exact rate
+        form, T times faster (see `sdm.temporal.use_rate_form`)."""
+        if executor not in EXECUTORS:
+            raise SDMError(f"unknown executor '{executor}': choose one of {', '.join(EXECUTORS)}")
+        if executor == "rate" and self.analog_mode != "window":
+            raise SDMError("--executor rate needs --analog window (running-mode graphs must be simulated step by step)")
+        use_rate_form(self, executor == "rate")
+        self.executor = executor
 
     def set_threshold_scale(self, scale: float) -> None:
         for neuron in spiking_neurons(self):

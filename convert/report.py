@@ -99,6 +99,8 @@ def compute_profile(snn: torch.nn.Module) -> dict:
     layers fed by analog values, and the FLOPs of analog non-linear ops, make the analog share.
     """
     T, size, channels = snn.T, snn.config.sample_size, snn.config.in_channels
+    executor = snn.executor
+    snn.set_executor("steps")  # count on the step-by-step graph, whose shapes carry the T steps
     graph_module = snn.graph
     device = next(snn.parameters()).device
     interpreter = _Shapes(graph_module)
@@ -137,6 +139,7 @@ def compute_profile(snn: torch.nn.Module) -> dict:
         elif node.op == "call_module" and node.target in neuron_targets and modules[node.target].activation is not None:
             runs = 1 if modules[node.target].mode == "window" else T
             nonlinear_flops += 4 * (numel(node) // T) * runs
+    snn.set_executor(executor)
     total = 2 * (spiking_macs + analog_macs) + nonlinear_flops
     return {
         "spiking_input_synaptic_ops_dense": spiking_macs,

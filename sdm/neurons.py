@@ -161,6 +161,25 @@ class SpikingNeuron(nn.Module):
             self.neuron_steps += spikes.numel()
         return spikes
 
+    def constant_rate(self, x: torch.Tensor, T: int) -> torch.Tensor:
+        """`constant_response(x, T).mean(0)` without the [T, ...] spike tensor (IF, fresh, no grad).
+
+        The spikes are still counted, so firing rates stay exact.
+        """
+        if self.decay != 1.0 or self.reset_mode != "subtract" or self.v is not None or torch.is_grad_enabled():
+            return self.constant_response(x, T).mean(0)
+        theta = self._broadcast(self.threshold, x).to(x.dtype) * self.threshold_scale
+        theta_n = self._broadcast(self.neg_threshold, x).to(x.dtype) * self.threshold_scale
+        side = torch.where(x >= 0, theta, theta_n) if self.signed else theta
+        rate = x.abs() / side.clamp(min=1e-12) if self.signed else x / theta
+        count = torch.clamp(torch.floor(rate * T + self.v_init), 0, T)
+        if self.signed:
+            count = count * (side > 0)
+        if self.record:
+            self.spike_count += int(count.sum())
+            self.neuron_steps += count.numel() * T
+        return count * (torch.sign(x) * side if self.signed else theta) / T
+
     def constant_response(self, x: torch.Tensor, T: int) -> torch.Tensor:
         """The spike train [T, ...] of a fresh neuron driven by the same input `x` at every step.
 

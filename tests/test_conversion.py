@@ -94,6 +94,26 @@ def test_snn_approaches_the_ann_as_T_grows(relu_model, silu_model, act_fn, mode)
     assert errors[2] < 0.01
 
 
+@pytest.mark.parametrize("act_fn", ["relu", "silu"])
+def test_rate_form_equals_step_by_step_simulation(relu_model, silu_model, act_fn):
+    unet, observed = relu_model if act_fn == "relu" else silu_model
+    probes = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 6)
+    for T in (2, 5):
+        snn = convert(observed, T=T, rule="mse")
+        steps = eps_fidelity(unet, snn, probes)
+        x, t = probes[0], probes[1]
+        with torch.no_grad():
+            a = snn(x, t).sample
+            snn.set_executor("rate")
+            b = snn(x, t).sample
+        rate = eps_fidelity(unet, snn, probes)
+        assert torch.allclose(a, b, atol=1e-4)
+        assert rate["firing_rate"] == pytest.approx(steps["firing_rate"], abs=1e-5)
+        assert rate["eps_cosine"] == pytest.approx(steps["eps_cosine"], abs=1e-5)
+    with pytest.raises(SDMError, match="window"):
+        convert(observed, T=2, analog_mode="running").set_executor("rate")
+
+
 def test_eps_fidelity_improves_with_T(silu_model):
     unet, observed = silu_model
     probes = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 8)

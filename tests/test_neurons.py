@@ -98,6 +98,9 @@ def test_closed_form_constant_response_equals_simulation(signed, threshold, neg)
             b = slow(x.unsqueeze(0).expand(T, *x.shape))
         assert torch.allclose(a, b, atol=1e-6)
         assert torch.allclose(fast.v, slow.v, atol=1e-5)
+        fast.reset()
+        with torch.no_grad():
+            assert torch.allclose(fast.constant_rate(x, T), b.mean(0), atol=1e-6)
 
 
 def test_surrogate_gradient_reaches_inputs_and_thresholds():
