@@ -21,7 +21,7 @@ from convert.passes import spiking_graph
 from sdm.errors import SDMError
 from sdm.graph import ActivationSite, activation_sites, capture
 from sdm.io import atomic_dir, write_json
-from sdm.neurons import NEURONS, SpikingNeuron, reset_neurons, spiking_neurons
+from sdm.neurons import NEURONS, SpikingNeuron, reset_neurons
 from sdm.temporal import use_rate_form
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -109,10 +109,6 @@ class ConvertedUNet(nn.Module):
             raise SDMError("--executor rate needs --analog window (running-mode graphs must be simulated step by step)")
         use_rate_form(self, executor == "rate")
         self.executor = executor
-
-    def set_threshold_scale(self, scale: float) -> None:
-        for neuron in spiking_neurons(self):
-            neuron.threshold_scale = scale
 
     def forward(self, sample: torch.Tensor, timestep, class_labels=None, return_dict: bool = True):
         from diffusers.models.unets.unet_2d import UNet2DOutput

@@ -7,6 +7,7 @@ calls, as in SpikingJelly, until `reset()`; models call `reset_neurons` before e
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -224,6 +225,25 @@ NEURONS = {"if": IFNeuron, "lif": LIFNeuron}
 
 def spiking_neurons(model: nn.Module) -> list[SpikingNeuron]:
     return [m for m in model.modules() if isinstance(m, SpikingNeuron)]
+
+
+@contextlib.contextmanager
+def scaled_thresholds(model: nn.Module, scale: float):
+    """Threshold guidance: every neuron's threshold times `scale` inside the block (training-free;
+    above 1 inhibits, below 1 excites). Scale 1 leaves any model, ANN included, untouched."""
+    neurons = spiking_neurons(model)
+    if scale != 1.0 and not neurons:
+        raise SDMError(f"threshold guidance needs a spiking model; this {type(model).__name__} has no neurons")
+    if not scale > 0:
+        raise SDMError(f"--threshold-scale must be positive, got {scale}")
+    previous = [n.threshold_scale for n in neurons]
+    for n in neurons:
+        n.threshold_scale = scale
+    try:
+        yield model
+    finally:
+        for n, value in zip(neurons, previous, strict=True):
+            n.threshold_scale = value
 
 
 def reset_neurons(model: nn.Module) -> None:

@@ -60,7 +60,9 @@ def model_classes() -> dict[str, type]:
 
     from diffusers import UNet2DModel
 
-    classes = {"UNet2DModel": UNet2DModel}
+    from sdm.spiking_unet import SpikingUNet
+
+    classes = {"UNet2DModel": UNet2DModel, "SpikingUNet": SpikingUNet}
     for ep in entry_points(group="sdm.models"):
         classes[ep.name] = ep.load()
     return classes
@@ -185,7 +187,7 @@ def save_pipeline(
             "_class_name": "DDPMPipeline",
             "_diffusers_version": _diffusers_version(),
             "scheduler": ["diffusers", "DDPMScheduler"],
-            "unet": ["diffusers", type(model).__name__],
+            "unet": [type(model).__module__.split(".")[0], type(model).__name__],
         },
         out / "model_index.json",
     )

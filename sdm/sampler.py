@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from sdm.errors import SDMError
 from sdm.images import to_uint8
+from sdm.neurons import scaled_thresholds
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
 
@@ -57,9 +58,13 @@ def sample(
     steps: int = 50,
     seed: int = 0,
     batch_size: int = 64,
+    threshold_scale: float = 1.0,
     progress: bool = True,
 ) -> np.ndarray:
-    """Draw `num_samples` images (seeds `seed`..`seed + num_samples - 1`) as uint8 N x H x W x C."""
+    """Draw `num_samples` images (seeds `seed`..`seed + num_samples - 1`) as uint8 N x H x W x C.
+
+    `threshold_scale` is threshold guidance for spiking models (see `sdm.neurons.scaled_thresholds`).
+    """
     if num_samples < 1:
         raise SDMError(f"--num-samples must be at least 1, got {num_samples}")
     if steps < 1:
@@ -70,7 +75,8 @@ def sample(
     size, channels, dtype, device = model_signature(model)
     n_batches = math.ceil(num_samples / batch_size)
     out = []
-    with tqdm(total=n_batches * steps, desc=f"sampling {sampler}-{steps}", disable=not progress, unit="step") as bar:
+    with scaled_thresholds(model, threshold_scale), \
+            tqdm(total=n_batches * steps, desc=f"sampling {sampler}-{steps}", disable=not progress, unit="step") as bar:
         for b in range(n_batches):
             seeds = range(seed + b * batch_size, seed + min((b + 1) * batch_size, num_samples))
             out.append(_sample_batch(model, scheduler_config, sampler, steps, seeds, (channels, size, size), dtype, device, bar))

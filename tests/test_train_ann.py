@@ -6,7 +6,8 @@ from safetensors.torch import load_file
 
 from sdm.errors import SDMError
 from sdm.pretrained import load_model
-from sdm.train_ann import TrainConfig, batch_indices, train
+from sdm.train_ann import TrainConfig, train
+from sdm.training import batch_indices
 
 
 def _config(data, out, **kw):

@@ -15,13 +15,16 @@ from sdm.pretrained import load_model
 from sdm.sampler import sample
 
 
-@command(help="Sample a diffusion model; writes OUT/grid.png, OUT/samples.npz and OUT/report.json.")
+@command(help="Sample any model the toolkit knows (ANN, converted SNN, directly trained SNN); writes "
+              "OUT/grid.png, OUT/samples.npz and OUT/report.json.")
 @ckpt_options
 @click.option("--num-samples", type=click.IntRange(min=1), default=16, show_default=True)
 @sampling_options
+@click.option("--threshold-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Threshold guidance for spiking models: every threshold times this (>1 inhibits, <1 excites).")
 @click.option("--out", type=click.Path(file_okay=False), default="samples", show_default=True)
 @device_option
-def main(ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_size, out, device):
+def main(ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_size, threshold_scale, out, device):
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise click.BadParameter(f"'{out}' is a file", param_hint="--out")
@@ -30,13 +33,14 @@ def main(ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_size, out,
         click.echo(f"note: {note}", err=True)
     started = time.perf_counter()
     images = sample(loaded.model, loaded.scheduler_config, num_samples, sampler=sampler, steps=steps, seed=seed,
-                    batch_size=batch_size)
+                    batch_size=batch_size, threshold_scale=threshold_scale)
     seconds = time.perf_counter() - started
     seeds = np.arange(seed, seed + num_samples)
     save_npz(images, out / "samples.npz", seeds=seeds)
     save_grid(images[:64], out / "grid.png", scale=2)
     report = {
-        "ckpt": loaded.source, "sampler": sampler, "steps": steps, "num_samples": num_samples,
+        "ckpt": loaded.source, "model": type(loaded.model).__name__, "sampler": sampler, "steps": steps,
+        "threshold_scale": threshold_scale, "num_samples": num_samples,
         "seeds": [int(seeds[0]), int(seeds[-1])], "device": str(next(loaded.model.parameters()).device),
         "seconds": round(seconds, 3), "images_per_second": round(num_samples / seconds, 3), "notes": loaded.notes,
     }

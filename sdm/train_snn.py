@@ -1,0 +1,65 @@
+"""Direct training of the spiking UNet: surrogate-gradient BPTT, pre-spike stage then TSM stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdm.errors import SDMError
+from sdm.pretrained import locate, resolve_checkpoint
+from sdm.spiking_unet import SPIKING_PRESETS, SpikingUNet
+from sdm.training import TrainSettings, train_diffusion
+
+STAGES = ("prespike", "tsm")
+
+
+@dataclass
+class SNNTrainConfig(TrainSettings):
+    preset: str = "fmnist-small"
+    T: int | None = None            # default: 4, or the parent's T in the TSM stage
+    neuron: str = "lif"
+    stage: str = "prespike"
+    init_from: str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.preset not in SPIKING_PRESETS:
+            raise SDMError(f"unknown preset '{self.preset}': choose one of {', '.join(SPIKING_PRESETS)}")
+        if self.stage not in STAGES:
+            raise SDMError(f"unknown stage '{self.stage}': choose prespike or tsm")
+        if self.stage == "tsm" and self.init_from is None:
+            raise SDMError("--stage tsm fine-tunes a pre-spike model: pass --init-from DIR (a pre-spike run)")
+        if self.T is not None and self.T < 1:
+            raise SDMError(f"--T must be at least 1, got {self.T}")
+
+
+def train_snn(config: SNNTrainConfig, *, resume: bool = False, progress: bool = True,
+              on_step: Callable[[int, float], None] | None = None, report: Callable[[str], None] = print) -> Path:
+    """Train a SpikingUNet; the TSM stage starts from the pre-spike weights in `config.init_from`."""
+    config.validate()
+    if config.stage == "tsm":
+        parent_dir = locate(resolve_checkpoint(config.init_from))[0]
+        child, new = SpikingUNet.from_prespike(parent_dir)
+        if config.T is not None and config.T != child.config.T:
+            raise SDMError(f"--T {config.T} differs from the pre-spike model's T = {child.config.T}")
+        model_config = dict(child.config)
+        report(f"TSM stage from {parent_dir}: every inherited weight copied by name; {len(new)} new parameters "
+               f"({len(new) * child.config.T} factors p_t, all 1.0): {', '.join(new[:3])}{', ...' if len(new) > 3 else ''}")
+
+        def build():
+            return SpikingUNet.from_config(model_config)
+
+        def initialise(model):
+            model.load_state_dict(child.state_dict())
+    else:
+        model_config = {**SPIKING_PRESETS[config.preset], "T": config.T or 4, "neuron": config.neuron}
+
+        def build():
+            return SpikingUNet(**model_config)
+
+        initialise = None
+    settings = {"preset": config.preset, "stage": config.stage, "init_from": config.init_from,
+                "T": model_config["T"], "neuron": model_config["neuron"]}
+    return train_diffusion(config, settings, build, initialise=initialise, resume=resume, progress=progress,
+                           on_step=on_step)

@@ -1,0 +1,222 @@
+"""The diffusion training loop shared by the ANN trainer and the spiking-UNet trainer.
+
+Epsilon objective on the linear 1e-4..0.02 schedule, AdamW, gradient clipping, EMA; `accelerate`
+takes care of devices, bf16 on GPUs and several processes (`accelerate launch` or `torchrun`). Every
+random draw of step s comes from a generator seeded with (seed, s, rank), and the data order from
+one seeded permutation per epoch, so a resumed run retraces the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from sdm.checkpoint import load_training_state, save_training_state
+from sdm.data import load_dataset
+from sdm.ema import ema_decay, make_ema, update_ema
+from sdm.errors import SDMError
+from sdm.images import save_grid, to_model_range
+from sdm.io import write_json
+from sdm.pretrained import DDPM_LINEAR_SCHEDULE, save_pipeline
+from sdm.sampler import sample
+
+CHECKPOINT_DIR = "checkpoint"
+CONFIG_FILE = "train_config.json"
+# Settings a resumed run must share with the run it continues (the step count may grow).
+RESUME_INVARIANT = ("data", "batch_size", "lr", "warmup", "weight_decay", "ema_decay", "seed", "hflip", "fit")
+
+
+@dataclass
+class TrainSettings:
+    """What every diffusion training run is configured by, whatever the model."""
+
+    data: str
+    out: str
+    steps: int = 10_000
+    batch_size: int = 64
+    lr: float = 2e-4
+    warmup: int = 500
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    hflip: bool = True
+    fit: str = "auto"
+    save_every: int = 1000
+    sample_every: int = 0
+    log_every: int = 50
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "save_every": self.save_every}
+        for name, value in positive.items():
+            if not value > 0:
+                raise SDMError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise SDMError(f"--ema-decay must lie in [0, 1), got {self.ema_decay}")
+        if self.warmup < 0 or self.sample_every < 0 or self.grad_clip <= 0:
+            raise SDMError("--warmup and --sample-every must be >= 0 and --grad-clip > 0")
+
+
+def _noise_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator("cpu").manual_seed(seed * 7919 + epoch))
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor:
+    """Indices of batch `step`: consecutive slices of one seeded permutation per epoch."""
+    parts, position, taken = [], step * batch_size, 0
+    while taken < batch_size:
+        epoch, offset = divmod(position, n)
+        take = min(batch_size - taken, n - offset)
+        parts.append(_epoch_permutation(n, seed, epoch)[offset : offset + take])
+        position, taken = position + take, taken + take
+    return torch.cat(parts)
+
+
+def diffusion_loss(model, images: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator,
+                   hflip: bool) -> torch.Tensor:
+    """The DDPM epsilon objective on one batch of [-1, 1] images."""
+    n = images.shape[0]
+    t = torch.randint(0, len(alphas_cumprod), (n,), generator=generator)
+    noise = torch.randn(images.shape, generator=generator)
+    if hflip:
+        flip = torch.rand(n, generator=generator) < 0.5
+        images = torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
+    device = images.device
+    t, noise = t.to(device), noise.to(device)
+    a = alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
+    pred = model(a.sqrt() * images + (1 - a).sqrt() * noise, t, return_dict=False)[0]
+    return F.mse_loss(pred.float(), noise)
+
+
+def _check_resume(out: Path, record: dict, resume: bool) -> bool:
+    """Whether to resume; refuses to overwrite or to mix runs with different settings."""
+    if not (out / CHECKPOINT_DIR / "state.json").is_file():
+        return False
+    if not resume:
+        raise SDMError(f"'{out}' already holds a training run; pass --resume to continue it or choose another --out")
+    saved = json.loads((out / CONFIG_FILE).read_text())
+    changed = [k for k in RESUME_INVARIANT if saved.get(k) != record.get(k)]
+    changed += [f"model.{k}" for k in record["model"] if saved.get("model", {}).get(k) != record["model"][k]]
+    if changed:
+        shown = ", ".join(f"{k}={saved.get(k, saved.get('model', {}).get(k.removeprefix('model.')))!r}" for k in changed)
+        raise SDMError(f"cannot resume '{out}': {shown} differ from this command; use the original settings or "
+                       "another --out")
+    return True
+
+
+def train_diffusion(
+    settings: TrainSettings,
+    model_settings: dict,
+    build_model: Callable[[], nn.Module],
+    *,
+    initialise: Callable[[nn.Module], None] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> Path:
+    """Train `build_model()` per `settings`; writes a pipeline directory at `settings.out`.
+
+    `model_settings` (JSON-able) describe the model and must match when resuming; `initialise` runs
+    on a fresh (not resumed) model, e.g. to copy weights from a parent checkpoint. `on_step(step,
+    loss)` runs after every optimiser step (logging, tests that interrupt a run).
+    """
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+
+    settings.validate()
+    out = Path(settings.out)
+    record = {**dataclasses.asdict(settings), "model": model_settings}
+    resuming = _check_resume(out, record, resume)
+    on_gpu = settings.device.startswith("cuda")
+    accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if settings.batch_size % world:
+        raise SDMError(f"--batch-size {settings.batch_size} must be divisible by the {world} processes")
+
+    torch.manual_seed(settings.seed)
+    model = build_model()
+    size, channels = int(model.config.sample_size), int(model.config.in_channels)
+    data = load_dataset(settings.data, size, channels, fit=settings.fit)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    ema = make_ema(model)
+    step = 0
+    if resuming:
+        step = load_training_state(out / CHECKPOINT_DIR, model=model, ema=ema, optimizer=optimizer)["step"]
+    elif initialise is not None:
+        initialise(model)
+        ema.load_state_dict(model.state_dict())
+    if step >= settings.steps:
+        raise SDMError(f"'{out}' is already trained for {step} steps; pass a larger --steps to continue")
+    model.train()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema.to(accelerator.device)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(record, out / CONFIG_FILE)
+    scheduler_config = dict(DDPM_LINEAR_SCHEDULE)
+    alphas_cumprod = DDPMScheduler.from_config(scheduler_config).alphas_cumprod.float()
+
+    losses, started = [], time.time()
+    bar = tqdm(total=settings.steps, initial=step, desc="train", unit="step",
+               disable=not progress or not accelerator.is_main_process)
+    while step < settings.steps:
+        indices = batch_indices(step, settings.batch_size, len(data), settings.seed)[rank::world]
+        images = to_model_range(data[indices].to(accelerator.device))
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * min(1.0, (step + 1) / max(1, settings.warmup))
+        with accelerator.autocast():
+            loss = diffusion_loss(model, images, alphas_cumprod, _noise_generator(settings.seed, step, rank),
+                                  settings.hflip)
+        if not torch.isfinite(loss):
+            raise SDMError(f"the loss became {loss.item()} at step {step}; lower --lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        update_ema(ema, accelerator.unwrap_model(model), ema_decay(step, settings.ema_decay))
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if accelerator.is_main_process:
+            _checkpoint(settings, out, step, accelerator.unwrap_model(model), ema, optimizer, scheduler_config,
+                        losses, started)
+        if on_step is not None:
+            on_step(step, loss.item())
+    bar.close()
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _checkpoint(settings, out, step, model, ema, optimizer, scheduler_config, losses, started) -> None:
+    """Logging, checkpoints and sample grids due after `step` (main process only)."""
+    last = step == settings.steps
+    if step % settings.log_every == 0 or last:
+        entry = {"step": step, "loss": sum(losses) / len(losses), "lr": optimizer.param_groups[0]["lr"],
+                 "seconds": round(time.time() - started, 1)}
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        losses.clear()
+    if step % settings.save_every == 0 or last:
+        save_training_state(out / CHECKPOINT_DIR, step=step, model=model, ema=ema, optimizer=optimizer)
+        save_pipeline(ema, scheduler_config, out)
+    if settings.sample_every and (step % settings.sample_every == 0 or last):
+        ema.eval()
+        grid = sample(ema, scheduler_config, 16, sampler="ddim", steps=50, seed=0, progress=False)
+        save_grid(grid, out / "samples" / f"step_{step:07d}.png", nrow=4, scale=2)

@@ -1,0 +1,150 @@
+"""The directly trained spiking UNet, TSM, threshold guidance and sdm-train."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from sdm.commands import train as train_command
+from sdm.errors import SDMError
+from sdm.neurons import scaled_thresholds, spiking_neurons
+from sdm.pretrained import DDPM_LINEAR_SCHEDULE, load_model
+from sdm.sampler import sample
+from sdm.spiking_unet import SPIKING_PRESETS, SpikingUNet
+from sdm.train_snn import SNNTrainConfig, train_snn
+
+
+def _tiny(**kw) -> SpikingUNet:
+    torch.manual_seed(0)
+    return SpikingUNet(**{**SPIKING_PRESETS["tiny"], **kw})
+
+
+def _batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 16, 16, generator=g), torch.randint(0, 1000, (n,), generator=g)
+
+
+@pytest.mark.parametrize("tsm", [False, True])
+def test_gradients_reach_every_weight(tsm):
+    model = _tiny(tsm=tsm)
+    x, t = _batch(8)
+    model(x, t).sample.pow(2).mean().backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert silent == []
+
+
+def test_tsm_factors_start_at_one_and_move():
+    model = _tiny(tsm=True)
+    factors = model.tsm_parameters()
+    assert factors and all(torch.equal(p, torch.ones(4)) for p in factors.values())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, t = _batch()
+    model(x, t).sample.pow(2).mean().backward()
+    optimizer.step()
+    assert all(not torch.equal(p, torch.ones(4)) for p in factors.values())
+
+
+def test_tsm_child_with_unit_factors_reproduces_its_parent(tmp_path):
+    parent = _tiny().eval()
+    parent.save_pretrained(tmp_path / "parent")
+    child, new = SpikingUNet.from_prespike(tmp_path / "parent")
+    assert new == sorted(child.tsm_parameters()) and len(new) == 41
+    x, t = _batch()
+    with torch.no_grad():
+        assert torch.equal(parent(x, t).sample, child.eval()(x, t).sample)
+    child.save_pretrained(tmp_path / "child")
+    with pytest.raises(SDMError, match="already has TSM"):
+        SpikingUNet.from_prespike(tmp_path / "child")
+
+
+def _firing_rate(model, x, t, scale):
+    neurons = spiking_neurons(model)
+    for n in neurons:
+        n.reset_stats()
+        n.record = True
+    with torch.no_grad(), scaled_thresholds(model, scale):
+        model(x, t)
+    return sum(n.spike_count for n in neurons) / sum(n.neuron_steps for n in neurons)
+
+
+def test_higher_threshold_scale_lowers_firing_rates():
+    model = _tiny().eval()
+    x, t = _batch(8)
+    rates = [_firing_rate(model, x, t, s) for s in (0.8, 1.0, 1.25)]
+    assert rates[0] > rates[1] > rates[2] > 0
+    assert all(n.threshold_scale == 1.0 for n in spiking_neurons(model))  # restored afterwards
+
+
+def test_threshold_guidance_changes_samples_and_refuses_anns():
+    model = _tiny().eval()
+    plain = sample(model, DDPM_LINEAR_SCHEDULE, 2, steps=3, progress=False)
+    guided = sample(model, DDPM_LINEAR_SCHEDULE, 2, steps=3, threshold_scale=1.2, progress=False)
+    assert not (plain == guided).all()
+    from sdm.presets import build_unet
+
+    with pytest.raises(SDMError, match="needs a spiking model"):
+        sample(build_unet("tiny"), DDPM_LINEAR_SCHEDULE, 1, steps=2, threshold_scale=1.1, progress=False)
+
+
+def test_neuron_state_never_leaks_between_batches():
+    model = _tiny().eval()
+    x1, t1 = _batch(4, seed=1)
+    x2, t2 = _batch(3, seed=2)
+    with torch.no_grad():
+        fresh = model(x2, t2).sample
+        model(x1, t1)
+        assert torch.equal(model(x2, t2).sample, fresh)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_state(fake_fmnist, tmp_path):
+    def config(out):
+        return SNNTrainConfig(data=str(fake_fmnist), out=str(out), preset="tiny", steps=4, batch_size=4, save_every=2,
+                              warmup=1)
+
+    train_snn(config(tmp_path / "a"), progress=False, report=lambda _: None)
+
+    def stop(step, loss):
+        if step == 3:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_snn(config(tmp_path / "b"), progress=False, on_step=stop, report=lambda _: None)
+    train_snn(config(tmp_path / "b"), progress=False, resume=True, report=lambda _: None)
+    for name in ("model", "ema", "optimizer"):
+        a = load_file(tmp_path / "a" / "checkpoint" / f"{name}.safetensors")
+        b = load_file(tmp_path / "b" / "checkpoint" / f"{name}.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert isinstance(load_model(tmp_path / "a").model, SpikingUNet)
+
+
+def test_tsm_stage_through_the_cli(fake_fmnist, tmp_path):
+    runner = CliRunner()
+    base = ["--data", fake_fmnist, "--preset", "tiny", "--batch-size", 4, "--steps", 2]
+    result = runner.invoke(train_command.main, [str(a) for a in [*base, "--out", tmp_path / "pre"]])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(train_command.main, [str(a) for a in [*base, "--out", tmp_path / "tsm", "--stage", "tsm",
+                                                                  "--init-from", tmp_path / "pre"]])
+    assert result.exit_code == 0, result.output
+    assert "41 new parameters" in result.stderr
+    record = json.loads((tmp_path / "tsm" / "train_config.json").read_text())
+    assert record["model"]["stage"] == "tsm" and load_model(tmp_path / "tsm").model.config.tsm
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--stage", "tsm"], "--init-from"),
+    (["--T", 0], "--T"),
+    (["--preset", "huge"], "--preset"),
+    (["--stage", "tsm", "--init-from", "./nope"], "not found"),
+])
+def test_train_bad_inputs_write_nothing(fake_fmnist, tmp_path, args, fragment):
+    result = CliRunner().invoke(train_command.main, [str(a) for a in ["--data", fake_fmnist, "--out", tmp_path / "o", *args]])
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert not (tmp_path / "o").exists()
