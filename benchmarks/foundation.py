@@ -20,7 +20,8 @@ from sdm.cli import ckpt_options, command, device_option, resolve_device
 from sdm.data import load_dataset
 from sdm.images import save_npz
 from sdm.io import write_json, write_text
-from sdm.metrics.fid import fid_fmnist
+from sdm.metrics.extractors import FMNISTExtractor
+from sdm.metrics.quality import evaluate_quality
 from sdm.pretrained import load_model
 from sdm.sampler import sample
 
@@ -49,10 +50,11 @@ def main(ckpt, allow_pickle, data, num_samples, batch_size, out, device):
     loaded = load_model(ckpt, device=device, allow_pickle=allow_pickle)
     images = sample(loaded.model, loaded.scheduler_config, num_samples, sampler="ddim", steps=50, batch_size=batch_size)
     save_npz(images, Path(out) / "samples_ddim50.npz", seeds=np.arange(num_samples))
-    model_fid = fid_fmnist(images, device=device)
+    extractor = FMNISTExtractor(device)
+    model_fid = evaluate_quality(images, extractor, metrics=("fid",))[0][0]
     train = load_dataset(data, 28, 1, split="train").permute(0, 2, 3, 1).numpy()
     floor_idx = np.random.default_rng(0).choice(len(train), size=min(num_samples, len(train)), replace=False)
-    floor = fid_fmnist(train[floor_idx], device=device)
+    floor = evaluate_quality(train[floor_idx], extractor, metrics=("fid",))[0][0]
     speed = {f"{device} batch {b}": round(sampling_speed(loaded, b, 50), 2) for b in (1, 64)}
     meta = provenance(__spec__.name)
     result = {**meta, "ckpt": loaded.source, "model": model_fid.to_dict(), "floor": floor.to_dict(),

@@ -97,6 +97,12 @@ class ConvertedUNet(nn.Module):
         modules = dict(self.graph.named_modules())
         return {site: modules[path].neuron for site, path in self.summary.neurons.items()}
 
+    def layer_activity(self, sample: torch.Tensor, timestep: torch.Tensor):
+        """Per-layer activity of one forward pass, for `sdm.energy.energy_report`."""
+        from convert.report import layer_activity
+
+        return layer_activity(self, sample, timestep)
+
     def reset_state(self) -> None:
         reset_neurons(self)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import fx
 
+from sdm.energy import LayerActivity
 from sdm.graph import sample_dependent
 from sdm.neurons import spiking_neurons
 
@@ -73,79 +75,97 @@ def _carries_spikes(node: fx.Node, neuron_targets: set[str]) -> bool:
     return node.op == "call_module" and node.target in neuron_targets
 
 
-class _Shapes(fx.Interpreter):
-    """Runs the graph once and keeps every tensor result's shape."""
+@dataclass
+class _OpRecord:
+    """What one walk through the graph learnt about one op, per image, summed over the T steps."""
 
-    def __init__(self, module: fx.GraphModule):
-        super().__init__(module)
-        self.shapes: dict[fx.Node, tuple] = {}
+    name: str
+    kind: str          # spiking | analog | timestep (synaptic layers) or nonlinear (analog ops)
+    ops: float         # dense MACs of synaptic layers, FLOPs of non-linear analog ops
+    input_rate: float  # fraction of non-zero inputs (synaptic layers)
+
+
+class _Walk(fx.Interpreter):
+    """Runs the step-by-step graph once and records every synaptic layer and analog op."""
+
+    def __init__(self, snn, batch: int):
+        super().__init__(snn.graph)
+        self.T, self.batch = snn.T, batch
+        self.neurons = set(snn.summary.neurons.values())
+        self.image_path = sample_dependent(snn.graph.graph)
+        self.modules = dict(snn.graph.named_modules())
+        self.records: list[_OpRecord] = []
 
     def run_node(self, node: fx.Node):
         result = super().run_node(node)
-        if isinstance(result, torch.Tensor):
-            self.shapes[node] = tuple(result.shape)
+        if node.op == "call_function" and node.target in (aten.conv2d.default, aten.linear.default):
+            x, weight = self.env[node.args[0]], self.env[node.args[1]]
+            macs = result.numel() * weight[0].numel() / self.batch
+            kind = ("timestep" if node not in self.image_path
+                    else "spiking" if _carries_spikes(node.args[0], self.neurons) else "analog")
+            rate = float((x != 0).float().mean()) if x.numel() else 0.0
+            self.records.append(_OpRecord(_label(node), kind, macs, rate))
+        elif node.op == "call_module" and (node.target.startswith("analog.") or node.target in self.neurons):
+            module = self.modules[node.target]
+            runs = 1 if module.mode == "window" else self.T
+            if node.target in self.neurons:
+                flops = 0 if module.activation is None else 4 * result.numel() / self.T / self.batch * runs
+            elif "scaled_dot_product_attention" in node.target:
+                q, k = self.env[node.args[0]].shape, self.env[node.args[1]].shape
+                flops = (4 * math.prod(q[1:]) * k[-2] + 5 * math.prod(q[1:-1]) * k[-2]) * runs
+            else:
+                flops = 8 * result.numel() / self.T / self.batch * runs
+            if flops:
+                self.records.append(_OpRecord(getattr(module, "name", "") or node.target, "nonlinear", flops, 0.0))
         return result
 
 
+def _label(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else node.name
+
+
 @torch.no_grad()
-def compute_profile(snn: torch.nn.Module) -> dict:
+def walk(snn, sample: torch.Tensor, timestep: torch.Tensor) -> list[_OpRecord]:
+    """Records of one step-by-step forward pass of `snn` on (sample, timestep)."""
+    executor = snn.executor
+    snn.set_executor("steps")  # account on the step-by-step graph, whose tensors carry the T steps
+    try:
+        snn.reset_state()
+        interpreter = _Walk(snn, sample.shape[0])
+        interpreter.run(sample, timestep.expand(sample.shape[0]) if timestep.dim() == 0 else timestep)
+        return interpreter.records
+    finally:
+        snn.set_executor(executor)
+
+
+def layer_activity(snn, sample: torch.Tensor, timestep: torch.Tensor) -> list[LayerActivity]:
+    """Synaptic layers (and attention products, analog) for `sdm.energy.energy_report`."""
+    return [LayerActivity(r.name, r.kind == "spiking", r.ops, r.input_rate) for r in walk(snn, sample, timestep)
+            if r.kind != "nonlinear" or "attention" in r.name]
+
+
+def compute_profile(snn) -> dict:
     """Operations of one denoising step (all T spiking steps) for one image.
 
     The timestep path (embedding MLP and its per-block projections) depends on t alone and is
-    reported apart: it is a per-step constant that hardware would tabulate.
-
-    Synaptic operations of layers fed by spikes are counted densely (every synapse, as if every
-    neuron fired every step: an upper bound; `firing_rate` scales it to what spikes cost). MACs of
-    layers fed by analog values, and the FLOPs of analog non-linear ops, make the analog share.
+    reported apart: it is a per-step constant that hardware would tabulate. Synaptic operations of
+    layers fed by spikes are counted densely here (every synapse, as if every neuron fired every
+    step); the energy report scales them by the firing rates. MACs of layers fed by analog values,
+    and the FLOPs of analog non-linear ops, make the analog share.
     """
-    T, size, channels = snn.T, snn.config.sample_size, snn.config.in_channels
-    executor = snn.executor
-    snn.set_executor("steps")  # count on the step-by-step graph, whose shapes carry the T steps
-    graph_module = snn.graph
     device = next(snn.parameters()).device
-    interpreter = _Shapes(graph_module)
-    snn.reset_state()
-    interpreter.run(torch.zeros(1, channels, size, size, device=device), torch.zeros(1, dtype=torch.long, device=device))
-    shapes = interpreter.shapes
-
-    def numel(node: fx.Node) -> int:
-        return math.prod(shapes.get(node, (0,)))
-    neuron_targets = set(snn.summary.neurons.values())
-    image_path = sample_dependent(graph_module.graph)
-    modules = dict(graph_module.named_modules())
-    spiking_macs = analog_macs = nonlinear_flops = timestep_macs = 0
-    analog_layers: Counter = Counter()
-    for node in graph_module.graph.nodes:
-        if node.op == "call_function" and node.target in (aten.conv2d.default, aten.linear.default):
-            fan_in = math.prod(shapes[node.args[1]][1:])
-            macs = numel(node) * fan_in  # over the folded T*1 batch
-            if node not in image_path:  # the timestep path: computed once per denoising step
-                timestep_macs += macs
-            elif _carries_spikes(node.args[0], neuron_targets):
-                spiking_macs += macs
-            else:
-                analog_macs += macs
-                analog_layers[f"{node.target.__name__.split('.')[0]} (analog input)"] += 1
-        elif node.op == "call_module" and node.target.startswith("analog."):
-            op = modules[node.target]
-            runs = 1 if op.mode == "window" else T
-            out = numel(node) // T
-            if "scaled_dot_product_attention" in node.target:
-                q, k = shapes[node.args[0]], shapes[node.args[1]]
-                flops = 4 * math.prod(q[1:]) * k[-2] + 5 * math.prod(q[1:-1]) * k[-2]
-            else:
-                flops = 8 * out
-            nonlinear_flops += flops * runs
-        elif node.op == "call_module" and node.target in neuron_targets and modules[node.target].activation is not None:
-            runs = 1 if modules[node.target].mode == "window" else T
-            nonlinear_flops += 4 * (numel(node) // T) * runs
-    snn.set_executor(executor)
-    total = 2 * (spiking_macs + analog_macs) + nonlinear_flops
+    size, channels = snn.config.sample_size, snn.config.in_channels
+    records = walk(snn, torch.zeros(1, channels, size, size, device=device), torch.zeros(1, dtype=torch.long, device=device))
+    total = {kind: sum(r.ops for r in records if r.kind == kind) for kind in ("spiking", "analog", "timestep", "nonlinear")}
+    analog_layers = Counter(f"{'conv2d' if 'conv' in r.name else 'linear'} (analog input)" for r in records
+                            if r.kind == "analog")
+    everything = 2 * (total["spiking"] + total["analog"]) + total["nonlinear"]
     return {
-        "spiking_input_synaptic_ops_dense": spiking_macs,
-        "analog_input_macs": analog_macs,
-        "analog_nonlinear_flops": nonlinear_flops,
-        "timestep_path_macs": timestep_macs,
-        "analog_share": round((2 * analog_macs + nonlinear_flops) / total, 4) if total else 0.0,
+        "spiking_input_synaptic_ops_dense": total["spiking"],
+        "analog_input_macs": total["analog"],
+        "analog_nonlinear_flops": total["nonlinear"],
+        "timestep_path_macs": total["timestep"],
+        "analog_share": round((2 * total["analog"] + total["nonlinear"]) / everything, 4) if everything else 0.0,
         "analog_layers": dict(analog_layers),
     }

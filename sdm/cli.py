@@ -76,3 +76,29 @@ def sampling_options(func):
     ]):
         func = decorator(func)
     return func
+
+
+class CommaList(click.ParamType):
+    """`a,b,c` -> a list, each item cast and (optionally) checked against choices."""
+
+    name = "list"
+
+    def __init__(self, cast=str, choices=None):
+        self.cast, self.choices = cast, choices
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        items = []
+        for raw in str(value).split(","):
+            raw = raw.strip()
+            try:
+                item = self.cast(raw)
+            except ValueError:
+                self.fail(f"'{raw}' is not a valid {self.cast.__name__}", param, ctx)
+            if self.choices is not None and item not in self.choices:
+                self.fail(f"'{raw}' is not one of {', '.join(map(str, self.choices))}", param, ctx)
+            items.append(item)
+        if not items or any(i == "" for i in items):
+            self.fail("give at least one value", param, ctx)
+        return items

@@ -22,6 +22,7 @@ from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
+from sdm.energy import LayerActivity, record_synaptic_layers
 from sdm.errors import SDMError
 from sdm.neurons import NEURONS, SpikingNeuron, reset_neurons
 from sdm.temporal import fold, unfold
@@ -251,6 +252,42 @@ class SpikingUNet(ModelMixin, ConfigMixin):
                 h = stage["upsample"](h)
         out = self.decode(self.out_spike(h)).mean(0)  # the non-firing output layer's membrane over T
         return UNet2DOutput(sample=out) if return_dict else (out,)
+
+    def layer_activity(self, sample: torch.Tensor, timestep: torch.Tensor) -> list[LayerActivity]:
+        """Per-layer activity of one forward pass, for `sdm.energy.energy_report`.
+
+        Every convolution but the encoder receives spikes; the time-embedding MLP and projections are
+        analog (once per pass); the attention products multiply spike maps (accumulates).
+        """
+        synaptic = {name: m for name, m in self.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        attention = {name: m for name, m in self.named_modules() if isinstance(m, SpikingSelfAttention)}
+        products: dict[str, list[float]] = {}
+
+        def count(name):
+            def hook(module, inputs, output):
+                T, B, C, H, W = inputs[0].shape
+                d = C // module.heads
+                spikes = [module.spike_q, module.spike_k, module.spike_v]
+                rate = sum(n.spike_count for n in spikes) / max(sum(n.neuron_steps for n in spikes), 1)
+                products[name] = [2 * T * C * d * H * W, rate]
+            return hook
+
+        handles = [m.register_forward_hook(count(name)) for name, m in attention.items()]
+        neurons = [n for m in attention.values() for n in (m.spike_q, m.spike_k, m.spike_v)]
+        for n in neurons:
+            n.reset_stats()
+            n.record = True
+        try:
+            layers = record_synaptic_layers(
+                synaptic, lambda: self(sample, timestep), sample.shape[0],
+                spiking=lambda name: isinstance(synaptic[name], nn.Conv2d) and not name.startswith("encode."))
+        finally:
+            for n in neurons:
+                n.record = False
+            for h in handles:
+                h.remove()
+        return layers + [LayerActivity(f"{name} (Q K V products)", True, ops, rate)
+                         for name, (ops, rate) in products.items()]
 
     def tsm_parameters(self) -> dict[str, nn.Parameter]:
         return {name: p for name, p in self.named_parameters() if name.endswith(".tsm")}

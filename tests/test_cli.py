@@ -76,11 +76,13 @@ def test_train_ann_cli_runs(tmp_path, fake_fmnist):
 def test_eval_on_sample_archive(tmp_path, fake_fmnist):
     x = np.load(fake_fmnist)["x_train"][..., None]
     np.savez(tmp_path / "s.npz", images=x)
-    result = _run(evaluate, ["--samples", tmp_path / "s.npz", "--out", tmp_path / "fid.json"])
+    result = _run(evaluate, ["--samples", tmp_path / "s.npz", "--extractor", "fmnist", "--reference", fake_fmnist,
+                             "--out", tmp_path / "fid.json"])
     assert result.exit_code == 0, result.output
-    assert "FID-FMNIST = " in result.stdout and "not comparable" in result.stdout
+    assert "FID-FMNIST = " in result.stdout and "not comparable" in result.stdout and "KID-FMNIST" in result.stdout
     report = json.loads((tmp_path / "fid.json").read_text())
-    assert report["results"][0]["metric"] == "FID-FMNIST" and report["results"][0]["n"] == 48
+    assert [r["metric"] for r in report["results"]] == ["FID-FMNIST", "KID-FMNIST", "IS-FMNIST"]
+    assert report["results"][0]["n"] == 48
 
 
 def test_eval_inception_offline_names_the_fix(tmp_path, fake_fmnist, monkeypatch):
@@ -92,11 +94,11 @@ def test_eval_inception_offline_names_the_fix(tmp_path, fake_fmnist, monkeypatch
     monkeypatch.setattr(inception, "load_state_dict_from_url", offline)
     x = np.load(fake_fmnist)["x_train"][..., None]
     np.savez(tmp_path / "s.npz", images=x)
-    args = ["--samples", tmp_path / "s.npz", "--reference", fake_fmnist]
-    _one_line_error(_run(evaluate, args + ["--metric", "fid-inception"]), "--inception-weights")
+    args = ["--samples", tmp_path / "s.npz", "--reference", fake_fmnist, "--metrics", "fid"]
+    _one_line_error(_run(evaluate, args + ["--extractor", "inception"]), "--inception-weights")
     fallback = _run(evaluate, args)
     assert fallback.exit_code == 0 and "FID-FMNIST = " in fallback.stdout
-    assert "reporting FID-FMNIST instead" in fallback.stderr
+    assert "reporting the FMNIST-classifier proxies instead" in fallback.stderr
 
 
 def test_console_script_error_is_one_line(tmp_path):

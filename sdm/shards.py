@@ -1,0 +1,112 @@
+"""Sampling N images in resumable shards, across processes.
+
+Shard k holds the images of seeds `seed + k*size` .. (exclusive) `seed + (k+1)*size`. Each process
+(rank r of W, from `accelerate launch` or `torchrun`) draws the shards k = r, r + W, ...; a shard is
+written atomically, so a killed run leaves only whole shards, and a rerun skips them. A manifest ties
+the directory to the model (a hash of its weights) and the sampling settings: shards of another
+model or setting are never mixed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdm.errors import SDMError
+from sdm.images import save_npz
+from sdm.io import write_json
+from sdm.sampler import sample
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the model's class, config and every parameter and buffer."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    config = getattr(model, "config", {})
+    digest.update(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}, sort_keys=True,
+                             default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _shard_path(directory: Path, k: int) -> Path:
+    return directory / f"shard_{k:05d}.npz"
+
+
+def _valid(path: Path, seeds: np.ndarray) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as shard:
+            return np.array_equal(shard["seeds"], seeds) and len(shard["images"]) == len(seeds)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def sample_sharded(
+    model: torch.nn.Module,
+    scheduler_config: dict,
+    num_samples: int,
+    work_dir: str | os.PathLike,
+    *,
+    settings: dict,
+    seed: int = 0,
+    shard_size: int = 1000,
+    rank: int = 0,
+    world: int = 1,
+    progress: bool = True,
+    on_shard: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Draw this process's missing shards; returns the paths of all shards (in order).
+
+    `settings` are the sampler's keyword arguments (sampler, steps, batch_size, threshold_scale).
+    """
+    if num_samples < 1 or shard_size < 1:
+        raise SDMError("--num-samples and --shard-size must be at least 1")
+    directory = Path(work_dir)
+    manifest = {"model": model_fingerprint(model), "num_samples": num_samples, "seed": seed,
+                "shard_size": shard_size, **{k: v for k, v in settings.items() if k != "batch_size"}}
+    manifest_path = directory / "manifest.json"
+    if manifest_path.is_file():
+        previous = json.loads(manifest_path.read_text())
+        if previous != manifest:
+            changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
+            raise SDMError(f"'{directory}' holds samples of another model or setting ({', '.join(changed)} differ); "
+                           "choose another --work-dir")
+    elif rank == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(manifest, manifest_path)
+    shards = math.ceil(num_samples / shard_size)
+    paths = []
+    for k in range(shards):
+        start, stop = seed + k * shard_size, seed + min((k + 1) * shard_size, num_samples)
+        path = _shard_path(directory, k)
+        paths.append(path)
+        if k % world != rank or _valid(path, np.arange(start, stop)):
+            continue
+        images = sample(model, scheduler_config, stop - start, seed=start, progress=progress, **settings)
+        save_npz(images, path, seeds=np.arange(start, stop))
+        if on_shard is not None:
+            on_shard(k)
+    return paths
+
+
+def gather_shards(paths: list[Path], num_samples: int, seed: int) -> np.ndarray:
+    """All shards as one uint8 array, checked to be exactly the images of seeds seed..seed+N-1."""
+    images, seeds = [], []
+    for path in paths:
+        if not path.is_file():
+            raise SDMError(f"shard '{path}' is missing; rerun the command to draw it")
+        with np.load(path, allow_pickle=False) as shard:
+            images.append(shard["images"])
+            seeds.append(shard["seeds"])
+    seeds = np.concatenate(seeds)
+    if not np.array_equal(seeds, np.arange(seed, seed + num_samples)):
+        raise SDMError("the shards do not hold exactly the requested seeds; remove the --work-dir and rerun")
+    return np.concatenate(images)
