@@ -97,7 +97,7 @@ def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor
     acs = sum(layer.accumulates for layer in layers)
     macs = sum(layer.macs for layer in layers)
     step_pj = acs * E_AC_PJ + macs * E_MAC_PJ
-    reference_macs = ann_macs(ann, sample, timestep) if ann is not None else sum(l.dense_ops for l in layers) / T
+    reference_macs = ann_macs(ann, sample, timestep) if ann is not None else sum(layer.dense_ops for layer in layers) / T
     spiking_layers = [layer for layer in layers if layer.spiking_input]
     return {
         "T": T,
@@ -109,8 +109,8 @@ def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor
                 "energy_mJ_per_image": reference_macs * E_MAC_PJ * denoising_steps / 1e9,
                 "source": "FLOP counter on the ANN" if ann is not None else "dense operations of the SNN / T"},
         "energy_ratio_snn_to_ann": step_pj / (reference_macs * E_MAC_PJ) if reference_macs else math.nan,
-        "mean_input_firing_rate": (sum(l.input_rate * l.dense_ops for l in spiking_layers)
-                                   / max(sum(l.dense_ops for l in spiking_layers), 1e-12)),
+        "mean_input_firing_rate": (sum(layer.input_rate * layer.dense_ops for layer in spiking_layers)
+                                   / max(sum(layer.dense_ops for layer in spiking_layers), 1e-12)),
         "constants": {"E_AC_pJ": E_AC_PJ, "E_MAC_pJ": E_MAC_PJ},
         "layers": [{**asdict(layer), "accumulates": layer.accumulates, "macs": layer.macs,
                     "energy_pJ": layer.energy_pj} for layer in layers],
