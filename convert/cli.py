@@ -14,9 +14,10 @@ from convert.report import compute_profile, eps_fidelity
 from convert.workflow import convert
 from sdm.cli import ckpt_options, command, device_option, resolve_device, sampling_options
 from sdm.data import load_dataset
+from sdm.energy import energy_markdown, energy_report
 from sdm.errors import SDMError
 from sdm.images import save_comparison, save_grid, save_npz
-from sdm.io import atomic_dir, write_json
+from sdm.io import atomic_dir, write_json, write_text
 from sdm.neurons import NEURONS
 from sdm.pretrained import load_model
 from sdm.sampler import sample
@@ -104,8 +105,12 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
         snn.set_executor(executor)
         convert_seconds = time.perf_counter() - started
 
-        fidelity = eps_fidelity(ann, snn, probe_pairs(ann, loaded.scheduler_config, probes), batch_size=batch_size)
+        probe_set = probe_pairs(ann, loaded.scheduler_config, probes)
+        fidelity = eps_fidelity(ann, snn, probe_set, batch_size=batch_size)
         profile = compute_profile(snn)
+        spread = probe_set[0][probe_set[2]][:: max(1, probes // 8)]  # a few probes over all t
+        spread_t = probe_set[1][probe_set[2]][:: max(1, probes // 8)]
+        energy = energy_report(snn, spread.to(ann.device), spread_t.to(ann.device), denoising_steps=steps, ann=ann)
         calibration.save(tmp / "calibration_stats.json")
         snn.save_pretrained(tmp / "snn", scheduler_config=loaded.scheduler_config)
         report = {
@@ -117,6 +122,7 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
             **fidelity,
             "analog_ops": _analog_ops(snn, profile),
             "compute_per_image_per_denoising_step": profile,
+            "energy": energy,
             "notes": loaded.notes,
         }
         if num_samples:
@@ -132,11 +138,13 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
             save_comparison([("ANN", sampled["ann"][:64]), (f"SNN T={T}", sampled["snn"][:64])], tmp / "comparison.png")
             report["sampling"] = {"sampler": sampler, "steps": steps, "seeds": [seed, seed + num_samples - 1]}
         write_json(report, tmp / "report.json")
+        write_text(energy_markdown(energy) + "\n", tmp / "energy.md")
     click.echo(
         f"{loaded.source} -> SNN at T={T} ({neuron}, {calib}) in {convert_seconds:.1f} s: eps cosine "
         f"{fidelity['eps_cosine']:.4f} (t<100: {fidelity['eps_cosine_t_lt_100']:.4f}), rel. MSE "
         f"{fidelity['eps_rel_mse']:.4f}, firing rate {fidelity['firing_rate']:.3f}; analog share "
-        f"{profile['analog_share']:.1%}. Wrote {out}/report.json, {out}/snn/"
+        f"{profile['analog_share']:.1%}; energy {energy['per_image']['energy_mJ']:.3g} mJ per image "
+        f"(ANN {energy['ann']['energy_mJ_per_image']:.3g} mJ). Wrote {out}/report.json, {out}/snn/"
     )
 
 

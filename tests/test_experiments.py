@@ -1,0 +1,71 @@
+"""sdm-sweep and sdm-compare on tiny models."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from convert import sweep
+from sdm.commands import compare, train
+
+
+def _run(command, args):
+    return CliRunner().invoke(command.main, [str(a) for a in args])
+
+
+SWEEP = ["--calib", "max,percentile", "--percentile", "99,99.9", "--neuron", "if", "--calib-samples", 16,
+         "--probes", 4, "--batch-size", 8]
+
+
+def test_sweep_writes_tables_and_skips_finished_cells(tiny_pipeline, tmp_path):
+    out = tmp_path / "sweep"
+    first = _run(sweep, ["--ckpt", tiny_pipeline, *SWEEP, "--T", "2", "--out", out])
+    assert first.exit_code == 0, first.output
+    rows = (out / "sweep.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3  # max, percentile 99, percentile 99.9
+    assert (out / "sweep.png").stat().st_size > 0 and "| T | rule |" in (out / "sweep.md").read_text()
+    stamp = (out / "cells" / "T2_max_if.json").stat().st_mtime_ns
+    again = _run(sweep, ["--ckpt", tiny_pipeline, *SWEEP, "--T", "2,8", "--out", out])
+    assert again.exit_code == 0, again.output
+    assert again.stderr.count("done earlier, skipped") == 3 and "T8_max_if: eps cosine" in again.stderr
+    assert (out / "cells" / "T2_max_if.json").stat().st_mtime_ns == stamp
+    assert len((out / "sweep.csv").read_text().strip().splitlines()) == 1 + 6
+
+
+def test_sweep_with_a_sample_metric(tiny_pipeline, tmp_path):
+    result = _run(sweep, ["--ckpt", tiny_pipeline, "--T", 2, "--calib", "mse", "--calib-samples", 16, "--probes", 4,
+                          "--fid", 4, "--steps", 2, "--extractor", "fmnist", "--out", tmp_path / "s"])
+    assert result.exit_code == 0, result.output
+    cell = json.loads((tmp_path / "s" / "cells" / "T2_mse_if.json").read_text())
+    assert cell["sample_metric"] == "FID-FMNIST" and cell["sample_value"] > 0
+
+
+@pytest.mark.parametrize("args, fragment", [(["--T", "2,0"], "--T"), (["--calib", "max,kl"], "--calib"),
+                                            (["--percentile", "120"], "--percentile")])
+def test_sweep_bad_lists(tiny_pipeline, tmp_path, args, fragment):
+    result = _run(sweep, ["--ckpt", tiny_pipeline, *args, "--out", tmp_path / "s"])
+    assert result.exit_code != 0 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
+    from convert import cli as convert_cli
+
+    converted = _run(convert_cli, ["--ckpt", tiny_pipeline, "--T", 2, "--calib-samples", 16, "--probes", 4,
+                                   "--num-samples", 0, "--out", tmp_path / "conv"])
+    assert converted.exit_code == 0, converted.output
+    trained = _run(train, ["--data", fake_fmnist, "--out", tmp_path / "sdm", "--preset", "tiny", "--steps", 2,
+                           "--batch-size", 4])
+    assert trained.exit_code == 0, trained.output
+    result = _run(compare, ["--ann", tiny_pipeline, "--converted", tmp_path / "conv" / "snn", "--direct", tmp_path / "sdm",
+                            "--num-samples", 4, "--steps", 2, "--extractor", "fmnist", "--reference", fake_fmnist,
+                            "--metrics", "fid,is", "--out", tmp_path / "cmp"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["label"] for r in report["rows"]] == ["ANN", "converted SNN", "SDM (direct)"]
+    assert all("FID-FMNIST" in r["metrics"] and r["energy_mJ_per_image"] > 0 for r in report["rows"])
+    assert report["rows"][0]["firing_rate"] is None and 0 < report["rows"][2]["firing_rate"] < 1
+    assert "| converted SNN | T=2, if, mse thresholds |" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
+    empty = _run(compare, ["--out", tmp_path / "none"])
+    assert empty.exit_code != 0 and "at least one of" in empty.stderr
