@@ -33,3 +33,21 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def sample_metric(model, scheduler_config: dict, num_samples: int, work_dir, *, steps: int = 50, seed: int = 0,
+                  batch_size: int = 250, threshold_scale: float = 1.0, extractor=None):
+    """FID-FMNIST (or whatever `extractor` gives) of `num_samples` DDIM samples, drawn in resumable shards."""
+    import time
+
+    from sdm.metrics.extractors import FMNISTExtractor
+    from sdm.metrics.quality import evaluate_quality
+    from sdm.shards import gather_shards, sample_sharded
+
+    settings = {"sampler": "ddim", "steps": steps, "batch_size": batch_size, "threshold_scale": threshold_scale}
+    started = time.perf_counter()
+    paths = sample_sharded(model, scheduler_config, num_samples, work_dir, settings=settings, seed=seed, shard_size=500)
+    seconds = time.perf_counter() - started
+    images = gather_shards(paths, num_samples, seed)
+    result = evaluate_quality(images, extractor or FMNISTExtractor(), metrics=("fid",))[0][0]
+    return result, images, seconds

@@ -24,17 +24,19 @@ def read_images(source: str) -> np.ndarray:
     return load_dataset(source, None, None, split="test").permute(0, 2, 3, 1).numpy()
 
 
-def spiking_energy(model, scheduler_config: dict, sampler: str, steps: int, probes: int = 4) -> dict | None:
-    """Energy per denoising step and image, measured along real sampling trajectories."""
+def spiking_energy(model, scheduler_config: dict, sampler: str, steps: int, threshold_scale: float = 1.0,
+                   probes: int = 4) -> dict | None:
+    """Energy per denoising step and image, measured along real (guided) sampling trajectories."""
     from sdm.energy import energy_report
-    from sdm.neurons import spiking_neurons
+    from sdm.neurons import scaled_thresholds, spiking_neurons
     from sdm.sampler import trajectory
 
     if not spiking_neurons(model):
         return None
-    x, t = trajectory(model, scheduler_config, range(probes), sampler=sampler, steps=min(steps, 8))
-    device = next(model.parameters()).device
-    return energy_report(model, x.to(device), t.to(device), denoising_steps=steps)
+    with scaled_thresholds(model, threshold_scale):
+        x, t = trajectory(model, scheduler_config, range(probes), sampler=sampler, steps=min(steps, 8))
+        device = next(model.parameters()).device
+        return energy_report(model, x.to(device), t.to(device), denoising_steps=steps)
 
 
 @command(help="Sample quality (FID, KID, IS) of a model or of saved samples, always labelled with the extractor "
@@ -52,6 +54,8 @@ def spiking_energy(model, scheduler_config: dict, sampler: str, steps: int, prob
               help="Real images: a .npz, an image folder or fashion-mnist | mnist | cifar10 (test split).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False), default=None,
               help="Local Inception-v3 weights (.pth state dict or .safetensors) for offline Inception metrics.")
+@click.option("--executor", type=click.Choice(["steps", "rate"]), default="steps", show_default=True,
+              help="How converted SNNs run ('rate': exact and T times faster for window-mode graphs).")
 @click.option("--kid-subset-size", type=click.IntRange(min=2), default=1000, show_default=True)
 @click.option("--work-dir", type=click.Path(file_okay=False), default="sdm_eval_work", show_default=True,
               help="Where sample shards go; a rerun skips the shards already there.")
@@ -59,7 +63,7 @@ def spiking_energy(model, scheduler_config: dict, sampler: str, steps: int, prob
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
 @device_option
 def main(samples, ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_size, threshold_scale, metrics,
-         extractor, reference, inception_weights, kid_subset_size, work_dir, shard_size, out, device):
+         extractor, reference, inception_weights, executor, kid_subset_size, work_dir, shard_size, out, device):
     from accelerate import PartialState
 
     state = PartialState()
@@ -76,6 +80,8 @@ def main(samples, ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_s
         from sdm.shards import gather_shards, sample_sharded
 
         loaded = load_model(ckpt, device=device, allow_pickle=allow_pickle)
+        if hasattr(loaded.model, "set_executor"):
+            loaded.model.set_executor(executor)
         settings = {"sampler": sampler, "steps": steps, "batch_size": batch_size, "threshold_scale": threshold_scale}
         started = time.perf_counter()
         paths = sample_sharded(loaded.model, loaded.scheduler_config, num_samples, work_dir, settings=settings,
@@ -85,10 +91,10 @@ def main(samples, ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_s
         if not state.is_main_process:
             return
         images = gather_shards(paths, num_samples, seed)
-        report.update(ckpt=loaded.source, model=type(loaded.model).__name__, **settings, seeds=[seed, seed + num_samples - 1],
+        report.update(ckpt=loaded.source, model=type(loaded.model).__name__, executor=executor, **settings, seeds=[seed, seed + num_samples - 1],
                       sampling_seconds_this_run=round(time.perf_counter() - started, 2), processes=state.num_processes,
                       notes=loaded.notes)
-        energy = spiking_energy(loaded.model, loaded.scheduler_config, sampler, steps)
+        energy = spiking_energy(loaded.model, loaded.scheduler_config, sampler, steps, threshold_scale)
         if energy is not None:
             report["energy"] = energy
     feature_extractor, notes = make_extractor(extractor, weights_path=inception_weights, device=device)

@@ -1,0 +1,57 @@
+"""FID-FMNIST of converted samples at several T beside the ANN's (same seeds, DDIM).
+
+    python -m benchmarks.conversion_fid --num-samples 2000
+
+Window-mode SNNs are evaluated with the rate executor: exactly the step-by-step outputs (tests compare
+them), T times faster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from benchmarks.common import markdown_table, provenance, sample_metric
+from calibration import calibrate, calibration_pairs, prepare
+from convert import convert
+from sdm.cli import CommaList, command
+from sdm.images import save_comparison
+from sdm.io import write_json, write_text
+from sdm.pretrained import load_model
+
+
+@command(help="FID-FMNIST of the ANN and of its conversions at several T.")
+@click.option("--ckpt", default=None, help="[default: the embedded model]")
+@click.option("--T", "Ts", type=CommaList(int), default="4,8,16", show_default=True)
+@click.option("--calib", default="mse", show_default=True)
+@click.option("--num-samples", type=click.IntRange(min=2), default=2000, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--out", type=click.Path(), default="benchmarks/results/conversion_fid", show_default=True)
+def main(ckpt, Ts, calib, num_samples, steps, out):
+    out = Path(out)
+    meta = provenance(__spec__.name)
+    loaded = load_model(ckpt)
+    ann = loaded.model
+    observed = calibrate(prepare(ann), calibration_pairs(ann, loaded.scheduler_config, 256), progress=False)
+    ann_fid, ann_images, _ = sample_metric(ann, loaded.scheduler_config, num_samples, out / "work" / "ann", steps=steps)
+    rows = [{"model": "ANN", "T": "", "FID-FMNIST": f"{ann_fid.value:.3f}", "ratio to ANN": "1.00"}]
+    grids = [("ANN", ann_images[:16])]
+    for T in Ts:
+        snn = convert(observed, T=T, rule=calib)
+        snn.set_executor("rate")
+        fid, images, _ = sample_metric(snn, loaded.scheduler_config, num_samples, out / "work" / f"snn_T{T}", steps=steps)
+        rows.append({"model": f"SNN ({calib}, IF, window)", "T": T, "FID-FMNIST": f"{fid.value:.3f}",
+                     "ratio to ANN": f"{fid.value / ann_fid.value:.2f}"})
+        grids.append((f"SNN T={T}", images[:16]))
+    save_comparison(grids, out / "samples.png")
+    write_json({**meta, "ckpt": loaded.source, "num_samples": num_samples, "steps": steps, "rows": rows},
+               out / "results.json")
+    text = (markdown_table(rows, list(rows[0])) + f"\n\nN = {num_samples}, DDIM-{steps}, seeds 0..{num_samples - 1}; "
+            f"FID-FMNIST is not comparable with Inception FID. `{meta['command']}` on {meta['machine']}, {meta['date']}\n")
+    write_text(text, out / "table.md")
+    click.echo(text)
+
+
+if __name__ == "__main__":
+    main()
