@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every Fashion-MNIST table of README.md and BENCHMARKS.md, in order (CPU: several hours; each step
+# resumes or skips finished work when rerun). Needs the data archive: DATA=path/to/fashion_mnist.npz.
+set -euo pipefail
+DATA=${DATA:-../shared/data/fashion_mnist.npz}
+R=benchmarks/results
+
+# 1. The embedded model: train, package, measure (issue: foundation).
+[ -f runs/fmnist-ddpm/log.jsonl ] || sdm-train-ann --data "$DATA" --out runs/fmnist-ddpm --preset fmnist-small \
+  --steps 10000 --batch-size 64 --lr 5e-4 --warmup 500 --save-every 500 --sample-every 1000
+python examples/package_embedded_model.py --run runs/fmnist-ddpm
+python -m benchmarks.foundation --data "$DATA" --num-samples 10000
+python examples/package_embedded_model.py --run runs/fmnist-ddpm --quality $R/foundation/results.json
+
+# 2. Conversion of the embedded model (README's main job, fidelity sweep, FID against T, speed).
+sdm-convert --out out/convert_T4 --save-samples
+sdm-sweep --T 2,4,8,16,32 --calib max,percentile,mse --percentile 99.9 --neuron if,lif --out $R/sweep
+python -m benchmarks.conversion_fid --T 4,8,16 --num-samples 2000
+python -m benchmarks.conversion_speed
+
+# 3. The directly trained SDM and the ANN of similar size.
+examples/direct_training.sh
+python -m benchmarks.direct_training --runs runs --num-samples 1000 --steps 25
+
+# 4. ANN vs converted (T = 4, 8, 16) vs directly trained, side by side.
+for T in 8 16; do sdm-convert --T $T --num-samples 0 --out out/convert_T$T; done
+sdm-compare --ann embedded:fmnist-ddpm --converted out/convert_T4/snn --direct runs/sdm-tsm \
+  --num-samples 1000 --steps 25 --extractor fmnist --reference "$DATA" --executor rate --out $R/compare_T4
+for T in 8 16; do
+  sdm-compare --converted out/convert_T$T/snn --num-samples 1000 --steps 25 --extractor fmnist --reference "$DATA" \
+    --executor rate --out $R/compare_T$T
+done
