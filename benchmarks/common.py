@@ -51,3 +51,16 @@ def sample_metric(model, scheduler_config: dict, num_samples: int, work_dir, *, 
     images = gather_shards(paths, num_samples, seed)
     result = evaluate_quality(images, extractor or FMNISTExtractor(), metrics=("fid",))[0][0]
     return result, images, seconds
+
+
+def write_table(rows: list[dict], out, meta: dict, note: str, **extra) -> str:
+    """`out/results.json` and `out/table.md` (the table, a note, the command, machine and date)."""
+    from pathlib import Path
+
+    from sdm.io import write_json, write_text
+
+    out = Path(out)
+    write_json({**meta, **extra, "rows": rows}, out / "results.json")
+    text = f"{markdown_table(rows, list(rows[0]))}\n\n{note} `{meta['command']}` on {meta['machine']}, {meta['date']}\n"
+    write_text(text, out / "table.md")
+    return text

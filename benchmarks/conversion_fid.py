@@ -12,12 +12,11 @@ from pathlib import Path
 
 import click
 
-from benchmarks.common import markdown_table, provenance, sample_metric
+from benchmarks.common import provenance, sample_metric, write_table
 from calibration import calibrate, calibration_pairs, prepare
 from convert import convert
 from sdm.cli import CommaList, command
 from sdm.images import save_comparison
-from sdm.io import write_json, write_text
 from sdm.pretrained import load_model
 
 
@@ -45,11 +44,8 @@ def main(ckpt, Ts, calib, num_samples, steps, out):
                      "ratio to ANN": f"{fid.value / ann_fid.value:.2f}"})
         grids.append((f"SNN T={T}", images[:16]))
     save_comparison(grids, out / "samples.png")
-    write_json({**meta, "ckpt": loaded.source, "num_samples": num_samples, "steps": steps, "rows": rows},
-               out / "results.json")
-    text = (markdown_table(rows, list(rows[0])) + f"\n\nN = {num_samples}, DDIM-{steps}, seeds 0..{num_samples - 1}; "
-            f"FID-FMNIST is not comparable with Inception FID. `{meta['command']}` on {meta['machine']}, {meta['date']}\n")
-    write_text(text, out / "table.md")
+    text = write_table(rows, out, meta, f"N = {num_samples}, DDIM-{steps}, seeds 0..{num_samples - 1}; FID-FMNIST is "
+                       "not comparable with Inception FID.", ckpt=loaded.source, num_samples=num_samples, steps=steps)
     click.echo(text)
 
 

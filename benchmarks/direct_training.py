@@ -11,11 +11,10 @@ from pathlib import Path
 
 import click
 
-from benchmarks.common import markdown_table, provenance, sample_metric
+from benchmarks.common import provenance, sample_metric, write_table
 from sdm.cli import CommaList, command
 from sdm.energy import E_MAC_PJ, ann_macs
 from sdm.images import save_comparison
-from sdm.io import write_json, write_text
 from sdm.pretrained import load_model
 
 
@@ -56,10 +55,8 @@ def main(runs, scales, num_samples, steps, out):
         if scale == 1.0:
             grids.append((label.replace(", threshold scale 1", ""), images[:16]))
     save_comparison(grids, out / "samples.png")
-    write_json({**meta, "num_samples": num_samples, "steps": steps, "rows": rows}, out / "results.json")
-    text = (markdown_table(rows, list(rows[0])) + f"\n\nN = {num_samples}, DDIM-{steps}, seeds 0..{num_samples - 1}; "
-            f"FID-FMNIST is not comparable with Inception FID. `{meta['command']}` on {meta['machine']}, {meta['date']}\n")
-    write_text(text, out / "table.md")
+    text = write_table(rows, out, meta, f"N = {num_samples}, DDIM-{steps}, seeds 0..{num_samples - 1}; FID-FMNIST is "
+                       "not comparable with Inception FID.", num_samples=num_samples, steps=steps)
     click.echo(text)
 
 

@@ -19,6 +19,17 @@ _DDPM_COMMON = dict(
     time_embedding_type="positional",
 )
 
+
+
+def _grey28(blocks: tuple, layers_per_block: int, norm_num_groups: int) -> dict:
+    return dict(
+        _DDPM_COMMON, sample_size=28, in_channels=1, out_channels=1, block_out_channels=blocks,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
+    )
+
+
 PRESETS: dict[str, dict] = {
     # Exactly the configuration of google/ddpm-cifar10-32 (35.7M parameters).
     "cifar10-32": dict(
@@ -33,29 +44,9 @@ PRESETS: dict[str, dict] = {
         norm_num_groups=32,
     ),
     # 28 x 28 grey images (Fashion-MNIST, MNIST): three levels 28/14/7, attention at 14 x 14.
-    "fmnist-small": dict(
-        _DDPM_COMMON,
-        sample_size=28,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=16,
-    ),
-    # Same family at 28 x 28, four times wider: for a GPU run.
-    "fmnist-medium": dict(
-        _DDPM_COMMON,
-        sample_size=28,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(64, 128, 128),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=2,
-        norm_num_groups=32,
-    ),
+    "fmnist-small": _grey28(blocks=(32, 64, 64), layers_per_block=1, norm_num_groups=16),
+    # Same family, four times wider: for a GPU run.
+    "fmnist-medium": _grey28(blocks=(64, 128, 128), layers_per_block=2, norm_num_groups=32),
     # Seconds on a CPU: for tests.
     "tiny": dict(
         _DDPM_COMMON,
