@@ -21,7 +21,7 @@ from calibration import stats as files
 from calibration.observer import ActivationObserver
 from calibration.rules import site_thresholds
 from sdm.errors import SDMError
-from sdm.graph import ActivationSite, activation_sites, capture
+from sdm.graph import ActivationSite, capture, conversion_sites
 
 
 @dataclass
@@ -97,11 +97,12 @@ class ObservedModel(nn.Module):
         return CalibrationStats(self.fingerprint, {n: o.summary() for n, o in self.observers().items()}, source or {})
 
 
-def prepare(model: nn.Module, per_channel: bool = False) -> ObservedModel:
-    """Capture `model` as a graph and insert an observer after each activation call site."""
+def prepare(model: nn.Module, per_channel: bool = False, encode_analog: bool = False) -> ObservedModel:
+    """Capture `model` as a graph and insert an observer after each activation call site (and, with
+    `encode_analog`, after each analog input of a synaptic layer)."""
     graph = capture(model)
-    sites = activation_sites(graph)
-    if not sites:
+    sites = conversion_sites(graph, encode_analog)
+    if not any(site.op != "identity" for site in sites):
         raise SDMError(f"{type(model).__name__} has no ReLU, SiLU or GELU on its image path: nothing to convert")
     by_node = {s.node: s for s in sites}
     for index, node in enumerate(list(graph.graph.nodes)):
@@ -136,5 +137,7 @@ def calibrate(observed: ObservedModel, pairs: tuple[torch.Tensor, torch.Tensor],
 def load_stats(path: str | Path, model: nn.Module) -> CalibrationStats:
     """Statistics from `path`, checked against `model`'s architecture and call sites."""
     loaded = CalibrationStats.load(path, files.model_fingerprint(dict(model.config)))
-    files.check_sites(list(loaded.sites), [s.name for s in activation_sites(capture(model))], f"statistics in '{path}'")
+    graph = capture(model)
+    encoders = any(name.endswith(":input") or ":input." in name for name in loaded.sites)
+    files.check_sites(list(loaded.sites), [s.name for s in conversion_sites(graph, encoders)], f"statistics in '{path}'")
     return loaded

@@ -57,6 +57,9 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
 @click.option("--analog", type=click.Choice(ANALOG_MODES), default="window", show_default=True,
               help="How GroupNorm, attention and smooth activations meet spikes: window (layer-synchronous) "
                    "or running (causal running means).")
+@click.option("--encode-analog", is_flag=True,
+              help="Also spike-encode the analog inputs of synaptic layers (shortcuts, down/up-sampling, attention "
+                   "projections): every synaptic layer but the first then accumulates instead of multiplying.")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="steps", show_default=True,
               help="steps: simulate every spiking step; rate: the exact rate form of a window-mode SNN, T times "
                    "faster, same outputs and spike counts.")
@@ -71,7 +74,7 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
 @click.option("--save-samples", is_flag=True, help="Also write samples_ann.npz and samples_snn.npz.")
 @device_option
 def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, calib_source, data, calib_samples,
-         stats, analog, executor, v_init, signed, probes, num_samples, sampler, steps, seed, batch_size, out, save_samples,
+         stats, analog, encode_analog, executor, v_init, signed, probes, num_samples, sampler, steps, seed, batch_size, out, save_samples,
          device):
     out = Path(out)
     _check_out(out)
@@ -97,11 +100,12 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
                 images = load_dataset(data, ann.config.sample_size, ann.config.in_channels)
             pairs = calibration_pairs(ann, loaded.scheduler_config, calib_samples, source=calib_source, data=images,
                                       seed=seed)
-            observed = calibrate(prepare(ann, per_channel=per_channel), pairs, batch_size=batch_size)
+            observed = calibrate(prepare(ann, per_channel=per_channel, encode_analog=encode_analog), pairs,
+                                 batch_size=batch_size)
             calibration = observed.stats({"source": calib_source, "samples": calib_samples, "seed": seed,
                                           "data": data})
         snn = convert(ann, calibration, T=T, rule=calib, percentile=percentile, per_channel=per_channel,
-                      neuron=neuron_config, analog_mode=analog)
+                      neuron=neuron_config, analog_mode=analog, encode_analog=encode_analog)
         snn.set_executor(executor)
         convert_seconds = time.perf_counter() - started
 
@@ -114,7 +118,8 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
         calibration.save(tmp / "calibration_stats.json")
         snn.save_pretrained(tmp / "snn", scheduler_config=loaded.scheduler_config)
         report = {
-            "ckpt": loaded.source, "T": T, "neuron": neuron_config.__dict__ | {"analog_mode": analog},
+            "ckpt": loaded.source, "T": T,
+            "neuron": neuron_config.__dict__ | {"analog_mode": analog, "encode_analog": encode_analog},
             "executor": executor,
             "calibration": {"rule": calib, **({"percentile": percentile} if calib == "percentile" else {}),
                             "per_channel": per_channel, **calibration.source, "sites": len(calibration.sites)},

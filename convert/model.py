@@ -19,7 +19,7 @@ from torch import nn
 from calibration.stats import check_sites, model_fingerprint
 from convert.passes import spiking_graph
 from sdm.errors import SDMError
-from sdm.graph import ActivationSite, activation_sites, capture
+from sdm.graph import ActivationSite, capture, conversion_sites
 from sdm.io import atomic_dir, write_json
 from sdm.neurons import NEURONS, SpikingNeuron, reset_neurons
 from sdm.temporal import use_rate_form
@@ -44,10 +44,11 @@ class NeuronConfig:
         if not 0.0 <= self.v_init < 1.0:
             raise SDMError(f"v_init must lie in [0, 1), got {self.v_init}")
 
-    def make(self, threshold, neg_threshold) -> SpikingNeuron:
+    def make(self, threshold, neg_threshold, signed: bool | None = None) -> SpikingNeuron:
         extra = {"tau": self.tau} if self.kind == "lif" else {}
-        neg = neg_threshold if self.signed else 0.0
-        return NEURONS[self.kind](torch.as_tensor(threshold), neg_threshold=torch.as_tensor(neg), signed=self.signed,
+        signed = self.signed if signed is None else signed
+        neg = neg_threshold if signed else 0.0
+        return NEURONS[self.kind](torch.as_tensor(threshold), neg_threshold=torch.as_tensor(neg), signed=signed,
                                   v_init=self.v_init, reset=self.reset, **extra)
 
 
@@ -55,7 +56,8 @@ class ConvertedUNet(nn.Module):
     """The spiking counterpart of a UNet2DModel. Build it with `convert.convert`."""
 
     def __init__(self, unet_config: dict, T: int, neuron: dict | NeuronConfig, thresholds: dict[str, dict],
-                 unet: nn.Module | None = None, source: dict | None = None, analog_mode: str = "window"):
+                 unet: nn.Module | None = None, source: dict | None = None, analog_mode: str = "window",
+                 encode_analog: bool = False):
         super().__init__()
         from diffusers import UNet2DModel
         from diffusers.configuration_utils import FrozenDict
@@ -67,21 +69,25 @@ class ConvertedUNet(nn.Module):
         unet_config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
         unet = unet if unet is not None else UNet2DModel.from_config(unet_config)
         captured = capture(unet)
-        sites = activation_sites(captured)
+        sites = conversion_sites(captured, encode_analog)
+        if encode_analog and not any(s.op == "identity" and s.name in thresholds for s in sites):
+            raise SDMError("the calibration has no spike-encoder sites: calibrate with --encode-analog")
         check_sites(list(thresholds), [s.name for s in sites], "the thresholds")
 
         def make(site: ActivationSite) -> SpikingNeuron:
-            th = thresholds[site.name]
-            return neuron.make(th["threshold"], th["neg_threshold"])
+            th = thresholds[site.name]  # encoders carry the analog stream, which has both signs
+            return neuron.make(th["threshold"], th["neg_threshold"], signed=True if site.op == "identity" else None)
 
         self.graph, self.summary = spiking_graph(captured, sites, make, T, analog_mode)
         self.T, self.neuron_config, self.thresholds, self.analog_mode = T, neuron, thresholds, analog_mode
+        self.encode_analog = encode_analog
         self.executor = "steps"
         self.unet_config, self.source = unet_config, source or {}
         self.config = FrozenDict(
             _class_name=type(self).__name__, sample_size=unet_config["sample_size"],
             in_channels=unet_config["in_channels"], out_channels=unet_config["out_channels"], T=T,
-            neuron=asdict(neuron), analog_mode=analog_mode, model_fingerprint=model_fingerprint(unet_config),
+            neuron=asdict(neuron), analog_mode=analog_mode, encode_analog=encode_analog,
+            model_fingerprint=model_fingerprint(unet_config),
         )
 
     @property
@@ -143,7 +149,8 @@ class ConvertedUNet(nn.Module):
         try:
             config = json.loads((directory / "config.json").read_text())
             model = cls(config["unet_config"], config["T"], config["neuron"], config["thresholds"],
-                        source=config.get("source"), analog_mode=config["analog_mode"])
+                        source=config.get("source"), analog_mode=config["analog_mode"],
+                        encode_analog=config.get("encode_analog", False))
         except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
             raise SDMError(f"'{directory}' is not a saved ConvertedUNet ({type(err).__name__}: {err})") from None
         try:

@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from convert.ops import RUNNING_MEAN, is_foldable, touches_batch_dim
 from sdm.errors import SDMError
-from sdm.graph import ACTIVATIONS, ActivationSite, sample_dependent, timestep_activation_count
+from sdm.graph import ACTIVATIONS, SYNAPTIC, ActivationSite, sample_dependent, timestep_activation_count
 from sdm.neurons import SpikingNeuron
 from sdm.temporal import ANALOG_MODES, MeanTime, RepeatTime, SpikingActivation, TemporalMean
 
@@ -67,7 +67,9 @@ def spiking_graph(
     if not sites:
         raise SDMError("the model has no activation call sites on its image path: nothing to convert")
     dependent = sample_dependent(captured.graph)
-    site_of = {s.node: s for s in sites}
+    site_of = {s.node: s for s in sites if s.op != "identity"}
+    encoder_of = {s.node: s for s in sites if s.op == "identity"}
+    encoded: dict[fx.Node, fx.Node] = {}
     summary = ConversionSummary(timestep_activations=timestep_activation_count(captured))
     captured.add_submodule("repeat_time", RepeatTime(T))
     captured.add_submodule("mean_time", MeanTime(T))
@@ -124,7 +126,10 @@ def spiking_graph(
             raise UnsupportedOpError(f"{node.target} at {_where(node)} works along the batch dimension, "
                                      "where spiking steps are folded; it cannot be converted")
         elif is_foldable(node, len(positions), positions):
-            sequence[node] = graph.node_copy(node, as_sequence)
+            def feed(n, synaptic=node.target in SYNAPTIC and node.args[0] in encoded, data=node.args[0]):
+                return encoded[n] if synaptic and n is data else as_sequence(n)
+
+            sequence[node] = graph.node_copy(node, feed)
         elif node.target in RUNNING_MEAN:
             if any(isinstance(v, fx.Node) and v in dependent for v in node.kwargs.values()):
                 raise UnsupportedOpError(f"{node.target} at {_where(node)} takes a step-varying keyword argument")
@@ -140,6 +145,12 @@ def spiking_graph(
                 f"unsupported op {node.target} at {_where(node)}: its meaning over spiking steps is unknown; "
                 "supported ops are listed in convert/ops.py"
             )
+        if node.name in encoder_of and node in sequence:  # a spike encoder for the synaptic layers it feeds
+            site = encoder_of[node.name]
+            key = module_key(site.name)
+            captured.neurons[key] = SpikingActivation(make_neuron(site), T, None, analog_mode)
+            summary.neurons[site.name] = f"neurons.{key}"
+            encoded[node] = graph.call_module(f"neurons.{key}", (sequence[node],))
     graph.lint()
     if not summary.neurons:
         raise SDMError("the pass converted no activation: nothing on the image path became a neuron")

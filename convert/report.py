@@ -12,20 +12,10 @@ import torch.nn.functional as F
 from torch import fx
 
 from sdm.energy import LayerActivity
-from sdm.graph import sample_dependent
+from sdm.graph import sample_dependent, source_through_pass_through
 from sdm.neurons import spiking_neurons
 
 aten = torch.ops.aten
-
-# Ops that move or copy values without computing: spikes stay spikes through them.
-_PASS_THROUGH = {
-    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.transpose.int, aten.permute.default,
-    aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.flatten.using_ints, aten.contiguous.default,
-    aten.clone.default, aten.dropout.default, aten.pad.default, aten.constant_pad_nd.default,
-    aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default, aten.to.dtype, aten._to_copy.default,
-    aten.alias.default, aten.detach.default,
-}
-
 
 @torch.no_grad()
 def eps_fidelity(ann: torch.nn.Module, snn: torch.nn.Module, probes: tuple[torch.Tensor, ...],
@@ -68,8 +58,7 @@ def eps_fidelity(ann: torch.nn.Module, snn: torch.nn.Module, probes: tuple[torch
 
 
 def _carries_spikes(node: fx.Node, neuron_targets: set[str]) -> bool:
-    while node.op == "call_function" and node.target in _PASS_THROUGH:
-        node = node.args[0]
+    node = source_through_pass_through(node)
     if node.op == "call_function" and node.target is aten.cat.default:
         return all(_carries_spikes(n, neuron_targets) for n in node.args[0])
     return node.op == "call_module" and node.target in neuron_targets

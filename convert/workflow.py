@@ -20,6 +20,7 @@ def convert(
     per_channel: bool = False,
     neuron: NeuronConfig | None = None,
     analog_mode: str = "window",
+    encode_analog: bool = False,
 ) -> ConvertedUNet:
     """Build the spiking network of a calibrated model.
 
@@ -47,5 +48,8 @@ def convert(
     else:
         thresholds = stats
     source = {"rule": thresholds.rule, **thresholds.params, "calibration": getattr(stats, "source", {})}
-    return ConvertedUNet(dict(float_model.config), T, neuron, thresholds.sites, unet=float_model, source=source,
-                         analog_mode=analog_mode)
+    sites = thresholds.sites
+    if not encode_analog:  # statistics gathered for encoders as well serve a conversion without them
+        sites = {name: th for name, th in sites.items() if ":input" not in name}
+    return ConvertedUNet(dict(float_model.config), T, neuron, sites, unet=float_model, source=source,
+                         analog_mode=analog_mode, encode_analog=encode_analog)

@@ -22,6 +22,16 @@ ACTIVATIONS = {
     aten.relu.default: "relu", aten.relu_.default: "relu",
     aten.gelu.default: "gelu", aten.gelu_.default: "gelu",
 }
+# Layers with synapses: what a spike input turns from multiply-accumulates into accumulates.
+SYNAPTIC = {aten.conv2d.default, aten.linear.default}
+# Ops that move or copy values without computing: spikes stay spikes through them.
+PASS_THROUGH = {
+    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.transpose.int, aten.permute.default,
+    aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.flatten.using_ints, aten.contiguous.default,
+    aten.clone.default, aten.dropout.default, aten.pad.default, aten.constant_pad_nd.default,
+    aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default, aten.to.dtype, aten._to_copy.default,
+    aten.alias.default, aten.detach.default,
+}
 # Export bookkeeping that pins shapes or dtypes to the example; meaningless once the batch is folded.
 _GUARD_TARGETS = {aten._assert_tensor_metadata.default, aten.sym_constrain_range_for_size.default,
                   aten._assert_scalar.default}
@@ -107,6 +117,45 @@ def activation_sites(module: fx.GraphModule) -> list[ActivationSite]:
             name = base if seen[base] == 1 else f"{base}.{seen[base] - 1}"
             sites.append(ActivationSite(name, node.name, ACTIVATIONS[node.target]))
     return sites
+
+
+def source_through_pass_through(node: fx.Node) -> fx.Node:
+    """The node whose values `node` merely moves (through views, padding, nearest upsampling...)."""
+    while node.op == "call_function" and node.target in PASS_THROUGH:
+        node = node.args[0]
+    return node
+
+
+def encoding_sites(module: fx.GraphModule) -> list[ActivationSite]:
+    """Analog inputs of synaptic layers on the image path (op 'identity'): where spike encoders go.
+
+    The image itself stays analog (direct encoding, as in most SNNs); inputs that already come from
+    activations are spikes after conversion.
+    """
+    dependent = sample_dependent(module.graph)
+    sites, seen, done = [], {}, set()
+    for node in module.graph.nodes:
+        if node.op != "call_function" or node.target not in SYNAPTIC or node not in dependent:
+            continue
+        source = node.args[0]
+        origin = source_through_pass_through(source)
+        parts = origin.args[0] if origin.op == "call_function" and origin.target is aten.cat.default else [origin]
+        already_spikes = all(p.op == "call_function" and source_through_pass_through(p).target in ACTIVATIONS
+                             for p in parts)
+        if source in done or origin.op == "placeholder" or already_spikes:
+            continue
+        done.add(source)
+        stack = node.meta.get("nn_module_stack") or {}
+        base = f"{list(stack.values())[-1][0] if stack else node.name}:input"
+        seen[base] = seen.get(base, 0) + 1
+        sites.append(ActivationSite(base if seen[base] == 1 else f"{base}.{seen[base] - 1}", source.name, "identity"))
+    return sites
+
+
+def conversion_sites(module: fx.GraphModule, encode_analog: bool = False) -> list[ActivationSite]:
+    """The sites that become neurons: every activation call, and with `encode_analog` every analog
+    input of a synaptic layer."""
+    return activation_sites(module) + (encoding_sites(module) if encode_analog else [])
 
 
 def timestep_activation_count(module: fx.GraphModule) -> int:

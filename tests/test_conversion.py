@@ -220,3 +220,35 @@ def test_bad_T_and_foreign_thresholds(silu_model):
         ConvertedUNet(dict(other.config), 2, NeuronConfig(), thresholds, unet=other)
     with pytest.raises(SDMError, match="another model architecture"):
         convert(other, observed.stats(), T=2)
+
+
+def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates(tmp_path):
+    torch.manual_seed(0)
+    unet = build_unet("tiny").eval()
+    observed = calibrate(prepare(unet, encode_analog=True), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 16),
+                         progress=False)
+    snn = convert(observed, T=4, encode_analog=True)
+    encoders = [name for name in snn.summary.neurons if ":input" in name]
+    assert "down_blocks.0.downsamplers.0.conv:input" in encoders
+    x, t = _inputs()
+    layers = snn.layer_activity(x, t)
+    # Left analog: the image's own convolution, the timestep path and the attention products (analog ops).
+    analog = [layer.name for layer in layers if not layer.spiking_input and "time_emb" not in layer.name
+              and not layer.name.startswith("node ")]
+    assert analog == ["conv_in"]
+    assert any("attentions.0.to_q" in layer.name and layer.spiking_input for layer in layers)
+    snn.save_pretrained(tmp_path / "snn")
+    loaded = ConvertedUNet.from_pretrained(tmp_path / "snn")
+    with torch.no_grad():
+        assert loaded.config["encode_analog"] and torch.equal(loaded(x, t).sample, snn(x, t).sample)
+    plain = convert(observed, T=4)  # the same statistics serve a conversion without encoders
+    assert not any(":input" in name for name in plain.summary.neurons)
+    with pytest.raises(SDMError, match="--encode-analog"):
+        convert(_calibrated("silu")[1], T=4, encode_analog=True)
+    errors = []
+    with torch.no_grad():
+        ref = unet(x, t).sample
+        for T in (2, 64):
+            out = convert(observed, T=T, rule="max", encode_analog=True)(x, t).sample
+            errors.append((out - ref).pow(2).sum().item() / ref.pow(2).sum().item())
+    assert errors[1] < errors[0] and errors[1] < 0.02
