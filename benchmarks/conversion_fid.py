@@ -26,21 +26,24 @@ from sdm.pretrained import load_model
 @click.option("--calib", default="mse", show_default=True)
 @click.option("--num-samples", type=click.IntRange(min=2), default=2000, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--encode-analog", is_flag=True, help="Spike-encode the analog inputs of synaptic layers too.")
 @click.option("--out", type=click.Path(), default="benchmarks/results/conversion_fid", show_default=True)
-def main(ckpt, Ts, calib, num_samples, steps, out):
+def main(ckpt, Ts, calib, num_samples, steps, encode_analog, out):
     out = Path(out)
     meta = provenance(__spec__.name)
     loaded = load_model(ckpt)
     ann = loaded.model
-    observed = calibrate(prepare(ann), calibration_pairs(ann, loaded.scheduler_config, 256), progress=False)
+    observed = calibrate(prepare(ann, encode_analog=encode_analog), calibration_pairs(ann, loaded.scheduler_config, 256),
+                         progress=False)
     ann_fid, ann_images, _ = sample_metric(ann, loaded.scheduler_config, num_samples, out / "work" / "ann", steps=steps)
     rows = [{"model": "ANN", "T": "", "FID-FMNIST": f"{ann_fid.value:.3f}", "ratio to ANN": "1.00"}]
     grids = [("ANN", ann_images[:16])]
     for T in Ts:
-        snn = convert(observed, T=T, rule=calib)
+        snn = convert(observed, T=T, rule=calib, encode_analog=encode_analog)
         snn.set_executor("rate")
         fid, images, _ = sample_metric(snn, loaded.scheduler_config, num_samples, out / "work" / f"snn_T{T}", steps=steps)
-        rows.append({"model": f"SNN ({calib}, IF, window)", "T": T, "FID-FMNIST": f"{fid.value:.3f}",
+        kind = "IF, window" + (", spike-encoded analog inputs" if encode_analog else "")
+        rows.append({"model": f"SNN ({calib}, {kind})", "T": T, "FID-FMNIST": f"{fid.value:.3f}",
                      "ratio to ANN": f"{fid.value / ann_fid.value:.2f}"})
         grids.append((f"SNN T={T}", images[:16]))
     save_comparison(grids, out / "samples.png")

@@ -81,6 +81,7 @@ def _plot(rows: list[dict], path: Path, metric: str, label: str) -> None:
 @click.option("--percentile", "percentiles", type=CommaList(float), default="99.9", show_default=True)
 @click.option("--neuron", "neurons", type=CommaList(str, tuple(NEURONS)), default="if", show_default=True)
 @click.option("--analog", type=click.Choice(ANALOG_MODES), default="window", show_default=True)
+@click.option("--encode-analog", is_flag=True, help="Spike-encode the analog inputs of synaptic layers too.")
 @click.option("--calib-source", type=click.Choice(SOURCES), default="trajectory", show_default=True)
 @click.option("--data", default=None, help="Images for --calib-source data.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True)
@@ -92,7 +93,7 @@ def _plot(rows: list[dict], path: Path, metric: str, label: str) -> None:
 @sampling_options
 @click.option("--out", type=click.Path(file_okay=False), default="out/sweep", show_default=True)
 @device_option
-def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, analog, calib_source, data, calib_samples, probes,
+def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, analog, encode_analog, calib_source, data, calib_samples, probes,
          fid_samples, extractor, reference, sampler, steps, seed, batch_size, out, device):
     if any(T < 1 for T in Ts):
         raise SDMError(f"--T values must be at least 1, got {Ts}")
@@ -109,7 +110,7 @@ def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, analog, calib_sour
     else:
         images = load_dataset(data, ann.config.sample_size, ann.config.in_channels) if calib_source == "data" else None
         pairs = calibration_pairs(ann, loaded.scheduler_config, calib_samples, source=calib_source, data=images, seed=seed)
-        stats = calibrate(prepare(ann), pairs, batch_size=batch_size).stats({"source": calib_source,
+        stats = calibrate(prepare(ann, encode_analog=encode_analog), pairs, batch_size=batch_size).stats({"source": calib_source,
                                                                             "samples": calib_samples, "seed": seed})
         stats.save(stats_path)
     probe_set = probe_pairs(ann, loaded.scheduler_config, probes)
@@ -131,7 +132,7 @@ def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, analog, calib_sour
             click.echo(f"[{i}/{len(todo)}] {cell_name(cell)}: done earlier, skipped", err=True)
             continue
         snn = convert(ann, stats, T=cell["T"], rule=cell["rule"], percentile=cell["percentile"] or 99.9,
-                      neuron=NeuronConfig(kind=cell["neuron"]), analog_mode=analog)
+                      neuron=NeuronConfig(kind=cell["neuron"]), analog_mode=analog, encode_analog=encode_analog)
         if analog == "window":
             snn.set_executor("rate")  # exact and T times faster (see sdm.temporal.use_rate_form)
         row = {**cell, **{k: v for k, v in eps_fidelity(ann, snn, probe_set, batch_size=batch_size).items()
@@ -158,7 +159,8 @@ def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, analog, calib_sour
     body = "".join("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in COLUMNS) + " |\n"
                    for row in rows)
     write_text(f"{header}{body}\nckpt: {loaded.source}; calibration: {stats.source}; probes: {probes} spread over t "
-               f"plus {probes // 2} at t < 100; analog mode: {analog}.\n", out / "sweep.md")
+               f"plus {probes // 2} at t < 100; analog mode: {analog}"
+               f"{'; analog inputs of synaptic layers spike-encoded' if encode_analog else ''}.\n", out / "sweep.md")
     _plot(rows, out / "sweep.png", "eps_cosine", "eps cosine (SNN vs ANN)")
     if fid_samples:
         _plot(rows, out / "sweep_fid.png", "sample_value", rows[0].get("sample_metric", "FID"))

@@ -15,7 +15,9 @@ python examples/package_embedded_model.py --run runs/fmnist-ddpm --quality $R/fo
 # 2. Conversion of the embedded model (README's main job, fidelity sweep, FID against T, speed).
 sdm-convert --out out/convert_T4 --save-samples
 sdm-sweep --T 2,4,8,16,32 --calib max,percentile,mse --percentile 99.9 --neuron if,lif --out $R/sweep
+sdm-sweep --T 2,4,8,16,32 --calib mse --neuron if --encode-analog --out $R/sweep_encoded
 python -m benchmarks.conversion_fid --T 4,8,16 --num-samples 2000
+python -m benchmarks.conversion_fid --T 4,8,16 --num-samples 2000 --encode-analog --out $R/conversion_fid_encoded
 python -m benchmarks.conversion_speed
 
 # 3. The directly trained SDM and the ANN of similar size.
@@ -24,9 +26,7 @@ python -m benchmarks.direct_training --runs runs --num-samples 1000 --steps 25
 
 # 4. ANN vs converted (T = 4, 8, 16) vs directly trained, side by side.
 for T in 8 16; do sdm-convert --T $T --num-samples 0 --out out/convert_T$T; done
-sdm-compare --ann embedded:fmnist-ddpm --converted out/convert_T4/snn --direct runs/sdm-tsm \
-  --num-samples 1000 --steps 25 --extractor fmnist --reference "$DATA" --executor rate --out $R/compare_T4
-for T in 8 16; do
-  sdm-compare --converted out/convert_T$T/snn --num-samples 1000 --steps 25 --extractor fmnist --reference "$DATA" \
-    --executor rate --out $R/compare_T$T
-done
+sdm-convert --T 4 --encode-analog --num-samples 0 --out out/convert_T4_encoded
+sdm-compare --ann embedded:fmnist-ddpm --converted out/convert_T4/snn --converted out/convert_T8/snn \
+  --converted out/convert_T16/snn --converted out/convert_T4_encoded/snn --direct runs/sdm-tsm \
+  --num-samples 1000 --steps 25 --extractor fmnist --reference "$DATA" --executor rate --out $R/compare

@@ -23,14 +23,14 @@ from sdm.metrics.quality import METRICS, evaluate_quality
 from sdm.pretrained import load_model
 from sdm.shards import gather_shards, sample_sharded
 
-ROLES = (("ann", "ANN"), ("converted", "converted SNN"), ("direct", "SDM (direct)"))
 
 
 def _describe(model) -> str:
     config = getattr(model, "config", {})
     if type(model).__name__ == "ConvertedUNet":
         source = getattr(model, "source", {})
-        return f"T={config['T']}, {config['neuron']['kind']}, {source.get('rule', '?')} thresholds"
+        encoded = ", spike-encoded analog inputs" if config.get("encode_analog") else ""
+        return f"T={config['T']}, {config['neuron']['kind']}, {source.get('rule', '?')} thresholds{encoded}"
     if type(model).__name__ == "SpikingUNet":
         return f"T={config['T']}, {config['neuron']}, {'TSM' if config['tsm'] else 'pre-spike'}"
     return type(model).__name__
@@ -50,7 +50,7 @@ def _markdown(rows: list[dict], metric_names: list[str]) -> str:
 @command(help="Tabulate an ANN, a converted SNN and a directly trained SDM (any of them): sample quality, energy "
               "per image, sampling time and firing rate, in Markdown and JSON, plus their grids side by side.")
 @click.option("--ann", default=None, help="The ANN checkpoint (hub id or directory).")
-@click.option("--converted", default=None, help="A converted SNN (sdm-convert's OUT/snn).")
+@click.option("--converted", multiple=True, help="A converted SNN (sdm-convert's OUT/snn); repeat for several.")
 @click.option("--direct", default=None, help="A directly trained spiking UNet (an sdm-train run).")
 @click.option("--num-samples", type=click.IntRange(min=2), default=1000, show_default=True)
 @sampling_options
@@ -64,7 +64,9 @@ def _markdown(rows: list[dict], metric_names: list[str]) -> str:
 @device_option
 def main(ann, converted, direct, num_samples, sampler, steps, seed, batch_size, metrics, extractor, reference,
          inception_weights, executor, out, device):
-    chosen = [(key, label, ckpt) for (key, label), ckpt in zip(ROLES, (ann, converted, direct), strict=True) if ckpt]
+    chosen = ([("ann", "ANN", ann)] if ann else []) + [
+        (f"converted_{i}", "converted SNN", ckpt) for i, ckpt in enumerate(converted)] + (
+        [("direct", "SDM (direct)", direct)] if direct else [])
     if not chosen:
         raise SDMError("give at least one of --ann, --converted, --direct")
     device, out = resolve_device(device), Path(out)
@@ -98,7 +100,7 @@ def main(ann, converted, direct, num_samples, sampler, steps, seed, batch_size, 
                      "results": [r.to_dict() for r in results], "energy_mJ_per_image": energy_mj,
                      "seconds_per_image": seconds / num_samples if seconds > 1e-3 else float("nan"),
                      "firing_rate": rate, "energy": energy, "notes": loaded.notes + more})
-        grids.append((label, images[:16]))
+        grids.append((label if key in ("ann", "direct") else f"SNN {_describe(model).split(',')[0]}", images[:16]))
     metric_names = list(dict.fromkeys(m for row in rows for m in row["metrics"]))
     table = _markdown(rows, metric_names)
     write_json({"num_samples": num_samples, "sampler": sampler, "steps": steps, "seeds": [seed, seed + num_samples - 1],
