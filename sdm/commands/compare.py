@@ -24,7 +24,6 @@ from sdm.pretrained import load_model
 from sdm.shards import gather_shards, sample_sharded
 
 
-
 def _describe(model) -> str:
     config = getattr(model, "config", {})
     if type(model).__name__ == "ConvertedUNet":
