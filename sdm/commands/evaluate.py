@@ -66,10 +66,11 @@ def main(samples, ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_s
          extractor, reference, inception_weights, executor, kid_subset_size, work_dir, shard_size, out, device):
     from accelerate import PartialState
 
-    state = PartialState()
     if samples is not None and ckpt is not None:
         raise SDMError("pass either --samples or --ckpt, not both")
-    device = str(state.device) if state.num_processes > 1 else resolve_device(device)
+    device = resolve_device(device)
+    state = PartialState(cpu=device == "cpu")  # ranks from `accelerate launch` or torchrun (gloo on CPUs)
+    device = str(state.device) if state.num_processes > 1 else device
     reference_images = read_images(reference) if reference is not None else None
     report: dict = {"metrics": metrics}
     if samples is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from accelerate import PartialState
 
 from sdm.cli import command, resolve_device, training_options
 from sdm.neurons import NEURONS
@@ -21,7 +22,8 @@ from sdm.train_snn import STAGES, SNNTrainConfig, train_snn
 def main(device, resume, **options):
     config = SNNTrainConfig(device=resolve_device(device), **options)
     out = train_snn(config, resume=resume, report=lambda line: click.echo(line, err=True))
-    click.echo(f"trained {config.steps} steps; pipeline directory: {out} (use it as --ckpt)")
+    if PartialState().is_main_process:
+        click.echo(f"trained {config.steps} steps; pipeline directory: {out} (use it as --ckpt)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from accelerate import PartialState
 
 from sdm.cli import command, resolve_device, training_options
 from sdm.presets import PRESETS
@@ -15,7 +16,8 @@ from sdm.train_ann import TrainConfig, train
 def main(device, resume, **options):
     config = TrainConfig(device=resolve_device(device), **options)
     out = train(config, resume=resume)
-    click.echo(f"trained {config.steps} steps; pipeline directory: {out} (use it as --ckpt)")
+    if PartialState().is_main_process:
+        click.echo(f"trained {config.steps} steps; pipeline directory: {out} (use it as --ckpt)")
 
 
 if __name__ == "__main__":
