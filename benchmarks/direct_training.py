@@ -42,18 +42,21 @@ def main(runs, scales, num_samples, steps, out):
     runs, out = Path(runs), Path(out)
     meta = provenance(__spec__.name)
     rows, grids = [], []
-    plan = [("ANN (fmnist-small)", "ann-baseline", 1.0), ("SDM pre-spike", "sdm-prespike", 1.0)]
+    plan = [("ANN", "ann-baseline", 1.0), ("SDM pre-spike", "sdm-prespike", 1.0)]
     plan += [(f"SDM TSM, threshold scale {s:g}", "sdm-tsm", s) for s in scales]
-    for label, run, scale in plan:
+    for name, run, scale in plan:
         loaded = load_model(runs / run)
-        trained = json.loads((runs / run / "train_config.json").read_text())["steps"]
+        config = json.loads((runs / run / "train_config.json").read_text())
+        trained, preset = config["steps"], config.get("model", config).get("preset")
+        params = sum(p.numel() for p in loaded.model.parameters())
+        label = f"{name} (`{preset}`, {params / 1e6:.2f}M)"
         result, images, _ = sample_metric(loaded.model, loaded.scheduler_config, num_samples,
                                           out / "work" / f"{run}_{scale:g}", steps=steps, threshold_scale=scale)
         energy, rate = _energy(loaded.model, loaded.scheduler_config, steps, scale)
         rows.append({"model": label, "training steps": trained, "FID-FMNIST": f"{result.value:.3f}",
                      "energy / image (mJ)": f"{energy:.4g}", "firing rate": "" if rate is None else f"{rate:.3f}"})
         if scale == 1.0:
-            grids.append((label.replace(", threshold scale 1", ""), images[:16]))
+            grids.append((name.replace(", threshold scale 1", ""), images[:16]))
     save_comparison(grids, out / "samples.png")
     text = write_table(rows, out, meta, f"N = {num_samples}, DDIM-{steps}, seeds 0..{num_samples - 1}; FID-FMNIST is "
                        "not comparable with Inception FID.", num_samples=num_samples, steps=steps)

@@ -39,6 +39,11 @@ def main(run, quality, out):
     config = json.loads((run / "train_config.json").read_text())
     preset = config.get("model", {}).get("preset", config.get("preset"))
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    trained = json.loads((run / "checkpoint" / "state.json").read_text())["step"]
+    logged = [entry for entry in log if entry["step"] <= trained]
+    schedule = f"{trained} steps" if trained == config["steps"] else (
+        f"{trained} of the {config['steps']} planned steps (the CPU run was stopped there by a session time limit; "
+        "`--resume` finishes it)")
     save_pipeline(loaded.model, loaded.scheduler_config, out, dtype=torch.float16)
     shipped = load_model(out)
     grid = sample(shipped.model, shipped.scheduler_config, 64, sampler="ddim", steps=50, seed=0)
@@ -64,9 +69,9 @@ family (SiLU, GroupNorm, attention at the second resolution), trained with this 
 | architecture | `{preset}` preset: 28 x 28 x 1, blocks {list(shipped.model.config.block_out_channels)}, attention at 14 x 14, {params / 1e6:.2f}M parameters |
 | schedule | DDPM, epsilon prediction, linear betas 1e-4..0.02 over 1000 steps |
 | data | Fashion-MNIST training split (60,000 images), random horizontal flips |
-| training | {config['steps']} steps, batch {config['batch_size']}, AdamW lr {config['lr']} ({config['warmup']} warm-up steps), EMA {config['ema_decay']}, gradient clipping {config['grad_clip']} |
-| hardware | CPU only ({_cpu()}, 2 cores): no GPU was available for this run, hence the small preset and the short schedule; {log[-1]['seconds'] / 3600:.1f} h |
-| final training loss | {log[-1]['loss']:.4f} |
+| training | {schedule}, batch {config['batch_size']}, AdamW lr {config['lr']} ({config['warmup']} warm-up steps), EMA {config['ema_decay']}, gradient clipping {config['grad_clip']} |
+| hardware | CPU only ({_cpu()}, 2 cores): no GPU was available for this run, hence the small preset and the short schedule; {logged[-1]['seconds'] / 3600:.1f} h |
+| final training loss | {logged[-1]['loss']:.4f} (mean of the last {config['log_every']} steps) |
 | weights | EMA weights, fp16 safetensors, {size_mb:.1f} MB |
 | quality | {figure} |
 | command | `{command_line}` then `python examples/package_embedded_model.py --run {run}` |

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST table of README.md and BENCHMARKS.md, in order (CPU: several hours; each step
-# resumes or skips finished work when rerun). Needs the data archive: DATA=path/to/fashion_mnist.npz.
+# Every Fashion-MNIST table of README.md and BENCHMARKS.md, in order (CPU: about 2 hours after the
+# embedded model's training; sweeps skip finished cells when rerun). DATA=path/to/fashion_mnist.npz.
 set -euo pipefail
 DATA=${DATA:-../shared/data/fashion_mnist.npz}
 R=benchmarks/results
@@ -12,21 +12,20 @@ python examples/package_embedded_model.py --run runs/fmnist-ddpm
 python -m benchmarks.foundation --data "$DATA" --num-samples 10000
 python examples/package_embedded_model.py --run runs/fmnist-ddpm --quality $R/foundation/results.json
 
-# 2. Conversion of the embedded model (README's main job, fidelity sweep, FID against T, speed).
+# 2. Conversion of the embedded model (README's main job, FID against T, fidelity sweep, speed).
 sdm-convert --out out/convert_T4 --save-samples
-sdm-sweep --T 2,4,8,16,32 --calib max,percentile,mse --percentile 99.9 --neuron if,lif --out $R/sweep
-sdm-sweep --T 2,4,8,16,32 --calib mse --neuron if --encode-analog --out $R/sweep_encoded
 python -m benchmarks.conversion_fid --T 4,8,16 --num-samples 2000
-python -m benchmarks.conversion_fid --T 4,8,16 --num-samples 2000 --encode-analog --out $R/conversion_fid_encoded
+sdm-sweep --T 2,4,8,16,32 --calib max,percentile,mse --percentile 99.9 --neuron if,lif --out $R/sweep
 python -m benchmarks.conversion_speed
 
 # 3. The directly trained SDM and the ANN of similar size.
 examples/direct_training.sh
 python -m benchmarks.direct_training --runs runs --num-samples 1000 --steps 25
 
-# 4. ANN vs converted (T = 4, 8, 16) vs directly trained, side by side.
+# 4. ANN vs converted (T = 4, 8, 16; spike-encoded analog inputs at T = 4) vs directly trained.
 for T in 8 16; do sdm-convert --T $T --num-samples 0 --out out/convert_T$T; done
 sdm-convert --T 4 --encode-analog --num-samples 0 --out out/convert_T4_encoded
 sdm-compare --ann embedded:fmnist-ddpm --converted out/convert_T4/snn --converted out/convert_T8/snn \
   --converted out/convert_T16/snn --converted out/convert_T4_encoded/snn --direct runs/sdm-tsm \
-  --num-samples 1000 --steps 25 --extractor fmnist --reference "$DATA" --executor rate --out $R/compare
+  --num-samples 500 --steps 25 --extractor fmnist --reference "$DATA" --executor rate --out $R/compare
+sdm-sweep --T 2,4,8,16,32 --calib mse --neuron if --encode-analog --out $R/sweep_encoded

@@ -20,7 +20,6 @@ _DDPM_COMMON = dict(
 )
 
 
-
 def _grey28(blocks: tuple, layers_per_block: int, norm_num_groups: int) -> dict:
     return dict(
         _DDPM_COMMON, sample_size=28, in_channels=1, out_channels=1, block_out_channels=blocks,
@@ -45,6 +44,8 @@ PRESETS: dict[str, dict] = {
     ),
     # 28 x 28 grey images (Fashion-MNIST, MNIST): three levels 28/14/7, attention at 14 x 14.
     "fmnist-small": _grey28(blocks=(32, 64, 64), layers_per_block=1, norm_num_groups=16),
+    # Half as wide: the CPU-sized ANN baseline beside the CPU-sized directly trained SDM.
+    "fmnist-cpu": _grey28(blocks=(16, 32, 32), layers_per_block=1, norm_num_groups=4),
     # Same family, four times wider: for a GPU run.
     "fmnist-medium": _grey28(blocks=(64, 128, 128), layers_per_block=2, norm_num_groups=32),
     # Seconds on a CPU: for tests.

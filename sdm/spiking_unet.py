@@ -32,6 +32,9 @@ SPIKING_PRESETS: dict[str, dict] = {
                  attention_levels=(1,), res_blocks=1, norm_groups=4),
     "fmnist-small": dict(sample_size=28, in_channels=1, out_channels=1, base_channels=32, channel_mults=(1, 2, 2),
                          attention_levels=(), res_blocks=1, norm_groups=8),
+    # Half as wide: a CPU-sized direct-training run (about 0.6 s per step of 32 images at T = 4 on 2 cores).
+    "fmnist-cpu": dict(sample_size=28, in_channels=1, out_channels=1, base_channels=16, channel_mults=(1, 2, 2),
+                       attention_levels=(), res_blocks=1, norm_groups=4),
     "fmnist-medium": dict(sample_size=28, in_channels=1, out_channels=1, base_channels=64, channel_mults=(1, 2, 2),
                           attention_levels=(1,), res_blocks=2, norm_groups=16),
     "cifar10-32": dict(sample_size=32, in_channels=3, out_channels=3, base_channels=128, channel_mults=(1, 2, 2, 2),
