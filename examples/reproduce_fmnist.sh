@@ -20,7 +20,7 @@ python -m benchmarks.conversion_speed
 
 # 3. The directly trained SDM and the ANN of similar size.
 examples/direct_training.sh
-python -m benchmarks.direct_training --runs runs --num-samples 1000 --steps 25
+python -m benchmarks.direct_training --runs runs --num-samples 500 --steps 25
 
 # 4. ANN vs converted (T = 4, 8, 16; spike-encoded analog inputs at T = 4) vs directly trained.
 for T in 8 16; do sdm-convert --T $T --num-samples 0 --out out/convert_T$T; done
