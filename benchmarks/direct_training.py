@@ -48,6 +48,9 @@ def main(runs, scales, num_samples, steps, out):
         loaded = load_model(runs / run)
         config = json.loads((runs / run / "train_config.json").read_text())
         trained, preset = config["steps"], config.get("model", config).get("preset")
+        parent = Path(config.get("init_from") or "") / "train_config.json"
+        if config.get("init_from") and parent.is_file():  # a TSM stage: its steps come on top of its parent's
+            trained = f"{json.loads(parent.read_text())['steps']} + {trained}"
         params = sum(p.numel() for p in loaded.model.parameters())
         label = f"{name} (`{preset}`, {params / 1e6:.2f}M)"
         result, images, _ = sample_metric(loaded.model, loaded.scheduler_config, num_samples,

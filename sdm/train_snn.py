@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ def train_snn(config: SNNTrainConfig, *, resume: bool = False, progress: bool = 
         if config.T is not None and config.T != child.config.T:
             raise SDMError(f"--T {config.T} differs from the pre-spike model's T = {child.config.T}")
         model_config = dict(child.config)
+        preset = _parent_preset(Path(config.init_from))
         report(f"TSM stage from {parent_dir}: every inherited weight copied by name; {len(new)} new parameters "
                f"({len(new) * child.config.T} factors p_t, all 1.0): {', '.join(new[:3])}{', ...' if len(new) > 3 else ''}")
 
@@ -59,7 +61,16 @@ def train_snn(config: SNNTrainConfig, *, resume: bool = False, progress: bool = 
             return SpikingUNet(**model_config)
 
         initialise = None
-    settings = {"preset": config.preset, "stage": config.stage, "init_from": config.init_from,
+        preset = config.preset
+    settings = {"preset": preset, "stage": config.stage, "init_from": config.init_from,
                 "T": model_config["T"], "neuron": model_config["neuron"]}
     return train_diffusion(config, settings, build, initialise=initialise, resume=resume, progress=progress,
                            on_step=on_step)
+
+
+def _parent_preset(run: Path) -> str | None:
+    """The preset a TSM model inherits: its pre-spike run's, when that run recorded one."""
+    record = run / "train_config.json"
+    if not record.is_file():
+        return None
+    return json.loads(record.read_text()).get("model", {}).get("preset")

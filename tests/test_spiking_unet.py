@@ -125,8 +125,8 @@ def test_interrupted_run_resumes_to_the_same_state(fake_fmnist, tmp_path):
 
 def test_tsm_stage_through_the_cli(fake_fmnist, tmp_path):
     runner = CliRunner()
-    base = ["--data", fake_fmnist, "--preset", "tiny", "--batch-size", 4, "--steps", 2]
-    result = runner.invoke(train_command.main, [str(a) for a in [*base, "--out", tmp_path / "pre"]])
+    base = ["--data", fake_fmnist, "--batch-size", 4, "--steps", 2]
+    result = runner.invoke(train_command.main, [str(a) for a in [*base, "--preset", "tiny", "--out", tmp_path / "pre"]])
     assert result.exit_code == 0, result.output
     result = runner.invoke(train_command.main, [str(a) for a in [*base, "--out", tmp_path / "tsm", "--stage", "tsm",
                                                                   "--init-from", tmp_path / "pre"]])
@@ -134,6 +134,7 @@ def test_tsm_stage_through_the_cli(fake_fmnist, tmp_path):
     assert "41 new parameters" in result.stderr
     record = json.loads((tmp_path / "tsm" / "train_config.json").read_text())
     assert record["model"]["stage"] == "tsm" and load_model(tmp_path / "tsm").model.config.tsm
+    assert record["model"]["preset"] == "tiny"  # inherited from the pre-spike run, not the option's default
 
 
 @pytest.mark.parametrize("args, fragment", [
