@@ -35,6 +35,11 @@ def _describe(model) -> str:
     return type(model).__name__
 
 
+def _panel_title(model) -> str:
+    """A converted model's grid title: its T, and whether its analog inputs are spike-encoded."""
+    return f"SNN T={model.config['T']}" + (" encoded" if model.config.get("encode_analog") else "")
+
+
 def _markdown(rows: list[dict], metric_names: list[str]) -> str:
     columns = ["model", "details", *metric_names, "energy / image (mJ)", "sampling s / image", "firing rate"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -99,7 +104,7 @@ def main(ann, converted, direct, num_samples, sampler, steps, seed, batch_size, 
                      "results": [r.to_dict() for r in results], "energy_mJ_per_image": energy_mj,
                      "seconds_per_image": seconds / num_samples if seconds > 1e-3 else float("nan"),
                      "firing_rate": rate, "energy": energy, "notes": loaded.notes + more})
-        grids.append((label if key in ("ann", "direct") else f"SNN {_describe(model).split(',')[0]}", images[:16]))
+        grids.append((label if key in ("ann", "direct") else _panel_title(model), images[:16]))
     metric_names = list(dict.fromkeys(m for row in rows for m in row["metrics"]))
     table = _markdown(rows, metric_names)
     write_json({"num_samples": num_samples, "sampler": sampler, "steps": steps, "seeds": [seed, seed + num_samples - 1],
