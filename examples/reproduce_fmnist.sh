@@ -19,7 +19,7 @@ sdm-sweep --T 2,4,8,16,32 --calib max,percentile,mse --percentile 99.9 --neuron 
 
 # 3. The directly trained SDM and the ANN of similar size.
 examples/direct_training.sh
-python -m benchmarks.direct_training --runs runs --num-samples 500 --steps 25
+python -m benchmarks.direct_training --runs runs --num-samples 500 --steps 25 --scales 0.9,1.0,1.1
 
 # 4. ANN vs converted (T = 4, 8; spike-encoded analog inputs at T = 4) vs directly trained.
 sdm-convert --T 8 --num-samples 0 --out out/convert_T8
