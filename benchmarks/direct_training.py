@@ -31,6 +31,14 @@ def _energy(model, scheduler_config, steps, scale):
     return macs * E_MAC_PJ * steps / 1e9, None
 
 
+def _steps_trained(config: dict) -> str:
+    """A run's steps; a TSM stage's come on top of its pre-spike parent's ("1000 + 250")."""
+    parent = Path(config["init_from"]) / "train_config.json" if config.get("init_from") else None
+    if parent is None or not parent.is_file():
+        return str(config["steps"])
+    return f"{json.loads(parent.read_text())['steps']} + {config['steps']}"
+
+
 @command(help="FID-FMNIST of pre-spike, TSM and guided TSM spiking UNets beside an ANN of similar size.")
 @click.option("--runs", type=click.Path(file_okay=False), default="runs", show_default=True)
 @click.option("--scales", type=CommaList(float), default="0.9,0.95,1.0,1.05,1.1", show_default=True,
@@ -47,16 +55,13 @@ def main(runs, scales, num_samples, steps, out):
     for name, run, scale in plan:
         loaded = load_model(runs / run)
         config = json.loads((runs / run / "train_config.json").read_text())
-        trained, preset = config["steps"], config.get("model", config).get("preset")
-        parent = Path(config.get("init_from") or "") / "train_config.json"
-        if config.get("init_from") and parent.is_file():  # a TSM stage: its steps come on top of its parent's
-            trained = f"{json.loads(parent.read_text())['steps']} + {trained}"
+        preset = config.get("model", config).get("preset")
         params = sum(p.numel() for p in loaded.model.parameters())
         label = f"{name} (`{preset}`, {params / 1e6:.2f}M)"
         result, images, _ = sample_metric(loaded.model, loaded.scheduler_config, num_samples,
                                           out / "work" / f"{run}_{scale:g}", steps=steps, threshold_scale=scale)
         energy, rate = _energy(loaded.model, loaded.scheduler_config, steps, scale)
-        rows.append({"model": label, "training steps": trained, "FID-FMNIST": f"{result.value:.3f}",
+        rows.append({"model": label, "training steps": _steps_trained(config), "FID-FMNIST": f"{result.value:.3f}",
                      "energy / image (mJ)": f"{energy:.4g}", "firing rate": "" if rate is None else f"{rate:.3f}"})
         if scale == 1.0:
             grids.append((name.replace(", threshold scale 1", ""), images[:16]))
