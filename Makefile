@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` (sdm-convert on the embedded model) and `make test`.
+# Two commands on a fresh machine: `make demo` (convert + a short fine-tuning of the embedded model) and `make test`.
 # Each creates the virtual environment in .venv when it is missing.
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/sdm-convert --out out/demo
+	$(BIN)/sdm-convert --out out/demo --finetune-steps 250 --pairs 3200
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

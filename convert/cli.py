@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections import Counter
 from pathlib import Path
 
 import click
 import numpy as np
 
 from calibration import RULES, SOURCES, calibrate, calibration_pairs, load_stats, prepare, probe_pairs
-from convert.model import EXECUTORS, ConvertedUNet, NeuronConfig
-from convert.report import compute_profile, eps_fidelity
+from convert.finetune import FinetuneSettings, run_finetune
+from convert.finetune_cli import finetune_options, summarise
+from convert.model import ACTIVATIONS, EXECUTORS, READOUTS, ConvertedUNet, NeuronConfig
+from convert.report import compute_profile, eps_fidelity, site_sensitivity
 from convert.workflow import convert
-from sdm.cli import ckpt_options, command, device_option, resolve_device, sampling_options
+from sdm.cli import CommaList, ckpt_options, command, device_option, resolve_device, sampling_options
 from sdm.data import load_dataset
 from sdm.energy import energy_markdown, energy_report
 from sdm.errors import SDMError
@@ -30,11 +34,18 @@ def _check_out(out: Path) -> None:
         raise SDMError(f"--out '{out}' exists and is not an earlier sdm-convert output; choose another directory")
 
 
+def _recordable(ckpt: str | None, source: str) -> str:
+    """The ANN's checkpoint as later commands can find it again (local directories made absolute)."""
+    return str(Path(ckpt).resolve()) if ckpt is not None and Path(ckpt).exists() else source
+
+
 def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
     ops = dict(snn.summary.analog_ops)
-    evaluated = sum(1 for m in snn.graph.modules() if getattr(m, "activation", None) is not None)
-    if evaluated:
-        ops["activation evaluated on the mean input (then spike-encoded)"] = evaluated
+    transfers = Counter(m.transfer for m in snn.sites().values())
+    if transfers["function"]:
+        ops["activation evaluated on the mean input (then spike-encoded)"] = transfers["function"]
+    if transfers["analog"]:
+        ops["activation kept analog (readout or --analog-sites)"] = transfers["analog"]
     ops.update(profile["analog_layers"])
     ops["timestep-path activations (once per denoising step)"] = snn.summary.timestep_activations
     return ops
@@ -60,6 +71,20 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
 @click.option("--encode-analog", is_flag=True,
               help="Also spike-encode the analog inputs of synaptic layers (shortcuts, down/up-sampling, attention "
                    "projections): every synaptic layer but the first then accumulates instead of multiplying.")
+@click.option("--readout", type=click.Choice(READOUTS), default="analog", show_default=True,
+              help="analog: the activation feeding the output layer stays analog, so the output layer reads real "
+                   "values (its MACs are counted); spikes: it spikes too.")
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default="function", show_default=True,
+              help="function: smooth activations are evaluated on the mean input, then spike-encoded; neuron: the "
+                   "IF neuron's own transfer replaces them, so no activation stays analog (fine-tune afterwards).")
+@click.option("--analog-sites", type=CommaList(), default=None,
+              help="Comma-separated shell patterns of activation sites to keep analog (their layers count MACs).")
+@click.option("--sensitivity", is_flag=True,
+              help="Add to the report, for every site, the eps error with only that site spiking and its share of "
+                   "the spiking compute, ranked.")
+@click.option("--finetune-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Then fine-tune the SNN for this many steps against the ANN (as sdm-finetune; OUT/finetune).")
+@functools.partial(finetune_options, batch_flag="--finetune-batch-size")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="steps", show_default=True,
               help="steps: simulate every spiking step; rate: the exact rate form of a window-mode SNN, T times "
                    "faster, same outputs and spike counts.")
@@ -74,12 +99,19 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
 @click.option("--save-samples", is_flag=True, help="Also write samples_ann.npz and samples_snn.npz.")
 @device_option
 def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, calib_source, data, calib_samples,
-         stats, analog, encode_analog, executor, v_init, signed, probes, num_samples, sampler, steps, seed, batch_size, out, save_samples,
-         device):
+         stats, analog, encode_analog, readout, activation, analog_sites, sensitivity, finetune_steps, ft_batch_size, lr,
+         threshold_lr, source, pairs, late_share, train, rate_penalty, executor, v_init, signed, probes, num_samples,
+         sampler, steps, seed, batch_size, out, save_samples, device):
     out = Path(out)
     _check_out(out)
     if calib_source == "data" and data is None and stats is None:
         raise SDMError("--calib-source data needs --data PATH (a .npz, an image folder or a data set name)")
+    if finetune_steps and analog != "window":
+        raise SDMError("--finetune-steps trains the exact rate form, which needs --analog window")
+    finetune_settings = FinetuneSettings(steps=max(finetune_steps, 1), batch_size=ft_batch_size, lr=lr,
+                                         threshold_lr=threshold_lr, source=source, data=data, pairs=pairs,
+                                         late_share=late_share, train=train, rate_penalty=rate_penalty, seed=seed)
+    finetune_settings.validate()
     device = resolve_device(device)
     loaded = load_model(ckpt, device=device, allow_pickle=allow_pickle)
     ann = loaded.model
@@ -105,7 +137,9 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
             calibration = observed.stats({"source": calib_source, "samples": calib_samples, "seed": seed,
                                           "data": data})
         snn = convert(ann, calibration, T=T, rule=calib, percentile=percentile, per_channel=per_channel,
-                      neuron=neuron_config, analog_mode=analog, encode_analog=encode_analog)
+                      neuron=neuron_config, analog_mode=analog, encode_analog=encode_analog, activation=activation,
+                      readout=readout, analog_sites=tuple(analog_sites or ()))
+        snn.source["ckpt"] = _recordable(ckpt, loaded.source)
         snn.set_executor(executor)
         convert_seconds = time.perf_counter() - started
 
@@ -119,7 +153,9 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
         snn.save_pretrained(tmp / "snn", scheduler_config=loaded.scheduler_config)
         report = {
             "ckpt": loaded.source, "T": T,
-            "neuron": neuron_config.__dict__ | {"analog_mode": analog, "encode_analog": encode_analog},
+            "neuron": neuron_config.__dict__ | {"analog_mode": analog, "encode_analog": encode_analog,
+                                                "activation": activation, "readout": readout},
+            "analog_sites": snn.summary.analog_sites,
             "executor": executor,
             "calibration": {"rule": calib, **({"percentile": percentile} if calib == "percentile" else {}),
                             "per_channel": per_channel, **calibration.source, "sites": len(calibration.sites)},
@@ -130,6 +166,8 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
             "energy": energy,
             "notes": loaded.notes,
         }
+        if sensitivity:
+            report["sensitivity"] = site_sensitivity(ann, snn, probe_set, batch_size=batch_size)
         if num_samples:
             sampled = {}
             for name, model in (("ann", ann), ("snn", snn)):
@@ -142,6 +180,13 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
                     save_npz(sampled[name], tmp / f"samples_{name}.npz", seeds=np.arange(seed, seed + num_samples))
             save_comparison([("ANN", sampled["ann"][:64]), (f"SNN T={T}", sampled["snn"][:64])], tmp / "comparison.png")
             report["sampling"] = {"sampler": sampler, "steps": steps, "seeds": [seed, seed + num_samples - 1]}
+        if finetune_steps:
+            images = load_dataset(data, ann.config.sample_size, ann.config.in_channels) if source == "data" else None
+            tuned = run_finetune(tmp / "snn", ann, loaded.scheduler_config, tmp / "finetune", finetune_settings,
+                                 teacher_source=loaded.source, images=images, num_samples=num_samples,
+                                 snn_label=str(out / "snn"),
+                                 sampling={"sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size})
+            report["finetune"] = {k: tuned[k] for k in ("steps", "seconds", "before", "after")}
         write_json(report, tmp / "report.json")
         write_text(energy_markdown(energy) + "\n", tmp / "energy.md")
     click.echo(
@@ -151,6 +196,8 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
         f"{profile['analog_share']:.1%}; energy {energy['per_image']['energy_mJ']:.3g} mJ per image "
         f"(ANN {energy['ann']['energy_mJ_per_image']:.3g} mJ). Wrote {out}/report.json, {out}/snn/"
     )
+    if finetune_steps:
+        summarise(tuned, out / "finetune")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ so nothing is ever unpickled.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -19,13 +20,27 @@ from torch import nn
 from calibration.stats import check_sites, model_fingerprint
 from convert.passes import spiking_graph
 from sdm.errors import SDMError
-from sdm.graph import ActivationSite, capture, conversion_sites
+from sdm.graph import ActivationSite, capture, conversion_sites, readout_sites
 from sdm.io import atomic_dir, write_json
 from sdm.neurons import NEURONS, SpikingNeuron, reset_neurons
-from sdm.temporal import use_rate_form
+from sdm.temporal import SpikingActivation, use_rate_form
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 EXECUTORS = ("steps", "rate")
+READOUTS = ("analog", "spikes")
+ACTIVATIONS = ("function", "neuron")
+
+
+def match_sites(patterns: list[str], names: list[str]) -> list[str]:
+    """Site names matched by shell-style `patterns`; a pattern that matches nothing is an error."""
+    chosen = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise SDMError(f"--analog-sites pattern '{pattern}' matches no activation site (they are named like "
+                           f"'{names[0]}'; sdm-convert --sensitivity lists them all)")
+        chosen += [n for n in hits if n not in chosen]
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -57,7 +72,8 @@ class ConvertedUNet(nn.Module):
 
     def __init__(self, unet_config: dict, T: int, neuron: dict | NeuronConfig, thresholds: dict[str, dict],
                  unet: nn.Module | None = None, source: dict | None = None, analog_mode: str = "window",
-                 encode_analog: bool = False):
+                 encode_analog: bool = False, activation: str = "function", readout: str = "analog",
+                 analog_sites: list[str] | tuple[str, ...] = ()):
         super().__init__()
         from diffusers import UNet2DModel
         from diffusers.configuration_utils import FrozenDict
@@ -78,16 +94,24 @@ class ConvertedUNet(nn.Module):
             th = thresholds[site.name]  # encoders carry the analog stream, which has both signs
             return neuron.make(th["threshold"], th["neg_threshold"], signed=True if site.op == "identity" else None)
 
-        self.graph, self.summary = spiking_graph(captured, sites, make, T, analog_mode)
+        if readout not in READOUTS:
+            raise SDMError(f"unknown readout '{readout}': choose one of {', '.join(READOUTS)}")
+        if activation not in ACTIVATIONS:
+            raise SDMError(f"unknown activation transfer '{activation}': choose one of {', '.join(ACTIVATIONS)}")
+        kept = match_sites(list(analog_sites), [s.name for s in sites])
+        if readout == "analog":
+            kept += [name for name in readout_sites(captured, sites) if name not in kept]
+        self.graph, self.summary = spiking_graph(captured, sites, make, T, analog_mode, activation, frozenset(kept))
         self.T, self.neuron_config, self.thresholds, self.analog_mode = T, neuron, thresholds, analog_mode
-        self.encode_analog = encode_analog
+        self.encode_analog, self.activation, self.readout = encode_analog, activation, readout
+        self.analog_sites = list(analog_sites)
         self.executor = "steps"
         self.unet_config, self.source = unet_config, source or {}
         self.config = FrozenDict(
             _class_name=type(self).__name__, sample_size=unet_config["sample_size"],
             in_channels=unet_config["in_channels"], out_channels=unet_config["out_channels"], T=T,
-            neuron=asdict(neuron), analog_mode=analog_mode, encode_analog=encode_analog,
-            model_fingerprint=model_fingerprint(unet_config),
+            neuron=asdict(neuron), analog_mode=analog_mode, encode_analog=encode_analog, activation=activation,
+            readout=readout, analog_sites=list(analog_sites), model_fingerprint=model_fingerprint(unet_config),
         )
 
     @property
@@ -100,8 +124,21 @@ class ConvertedUNet(nn.Module):
 
     def neurons(self) -> dict[str, SpikingNeuron]:
         """Call site -> neuron."""
+        return {site: activation.neuron for site, activation in self.sites().items()}
+
+    def sites(self) -> dict[str, SpikingActivation]:
+        """Call site -> its `SpikingActivation` (spiking or kept analog)."""
         modules = dict(self.graph.named_modules())
-        return {site: modules[path].neuron for site, path in self.summary.neurons.items()}
+        return {site: modules[path] for site, path in self.summary.neurons.items()}
+
+    def current_thresholds(self) -> dict[str, dict]:
+        """Every site's thresholds as the neurons hold them now (after fine-tuning, the learnt ones)."""
+        def plain(value: torch.Tensor):
+            value = value.detach().cpu().double()
+            return value.item() if value.numel() == 1 else value.flatten().tolist()
+
+        return {site: {"threshold": plain(n.threshold), "neg_threshold": plain(n.neg_threshold)}
+                for site, n in self.neurons().items()}
 
     def layer_activity(self, sample: torch.Tensor, timestep: torch.Tensor):
         """Per-layer activity of one forward pass, for `sdm.energy.energy_report`."""
@@ -134,8 +171,9 @@ class ConvertedUNet(nn.Module):
         out = self.graph(sample, timestep)
         return UNet2DOutput(sample=out) if return_dict else (out,)
 
-    def save_pretrained(self, directory: str | os.PathLike, scheduler_config: dict | None = None) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, scheduler_config: dict | None = None, **_) -> None:
         """`directory`: config.json, the weights in safetensors and, given one, the scheduler config."""
+        self.thresholds = self.current_thresholds()
         with atomic_dir(directory) as tmp:
             write_json({**dict(self.config), "unet_config": self.unet_config, "thresholds": self.thresholds,
                         "source": self.source}, tmp / "config.json")
@@ -150,7 +188,9 @@ class ConvertedUNet(nn.Module):
             config = json.loads((directory / "config.json").read_text())
             model = cls(config["unet_config"], config["T"], config["neuron"], config["thresholds"],
                         source=config.get("source"), analog_mode=config["analog_mode"],
-                        encode_analog=config.get("encode_analog", False))
+                        encode_analog=config.get("encode_analog", False),
+                        activation=config.get("activation", "function"), readout=config.get("readout", "spikes"),
+                        analog_sites=config.get("analog_sites", ()))
         except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
             raise SDMError(f"'{directory}' is not a saved ConvertedUNet ({type(err).__name__}: {err})") from None
         try:

@@ -34,7 +34,13 @@ class UnsupportedOpError(SDMError):
 class ConversionSummary:
     neurons: dict[str, str] = field(default_factory=dict)        # call site -> neuron module
     analog_ops: Counter = field(default_factory=Counter)          # running-mean ops by type
+    analog_sites: list[str] = field(default_factory=list)         # activation sites kept analog
     timestep_activations: int = 0                                 # analog, once per denoising step
+
+
+def unchanged(x: torch.Tensor) -> torch.Tensor:
+    """What an encoder site computes in the ANN: nothing (it only marks where spikes start)."""
+    return x
 
 
 def module_key(site: str) -> str:
@@ -58,14 +64,22 @@ def spiking_graph(
     make_neuron: Callable[[ActivationSite], SpikingNeuron],
     T: int,
     analog_mode: str = "window",
+    activation: str = "function",
+    analog_sites: frozenset[str] = frozenset(),
 ) -> tuple[fx.GraphModule, ConversionSummary]:
-    """Rewrite `captured` (from `sdm.graph.capture`) in place of its own graph; returns the new module."""
+    """Rewrite `captured` (from `sdm.graph.capture`) in place of its own graph; returns the new module.
+
+    `activation` is the transfer of smooth activations ('function' or 'neuron', see
+    `sdm.temporal.SpikingActivation`); sites named in `analog_sites` stay analog.
+    """
     if T < 1:
         raise SDMError(f"--T must be at least 1, got {T}")
     if analog_mode not in ANALOG_MODES:
         raise SDMError(f"unknown analog mode '{analog_mode}': choose one of {', '.join(ANALOG_MODES)}")
     if not sites:
         raise SDMError("the model has no activation call sites on its image path: nothing to convert")
+    if activation not in ("function", "neuron"):
+        raise SDMError(f"unknown activation transfer '{activation}': choose function or neuron")
     dependent = sample_dependent(captured.graph)
     site_of = {s.node: s for s in sites if s.op != "identity"}
     encoder_of = {s.node: s for s in sites if s.op == "identity"}
@@ -118,9 +132,12 @@ def spiking_graph(
             key = module_key(site.name)
             if len(node.args) > 1:
                 raise UnsupportedOpError(f"{node.target} at {_where(node)} has extra positional arguments")
-            smooth = None if site.op == "relu" else functools.partial(node.target, **node.kwargs)
-            captured.neurons[key] = SpikingActivation(make_neuron(site), T, smooth, analog_mode)
+            function = functools.partial(node.target, **node.kwargs)
+            transfer = ("analog" if site.name in analog_sites else "neuron" if site.op == "relu" else activation)
+            captured.neurons[key] = SpikingActivation(make_neuron(site), T, function, analog_mode, transfer)
             summary.neurons[site.name] = f"neurons.{key}"
+            if transfer == "analog":
+                summary.analog_sites.append(site.name)
             sequence[node] = graph.call_module(f"neurons.{key}", (as_sequence(node.args[0]),))
         elif touches_batch_dim(node):
             raise UnsupportedOpError(f"{node.target} at {_where(node)} works along the batch dimension, "
@@ -148,10 +165,14 @@ def spiking_graph(
         if node.name in encoder_of and node in sequence:  # a spike encoder for the synaptic layers it feeds
             site = encoder_of[node.name]
             key = module_key(site.name)
-            captured.neurons[key] = SpikingActivation(make_neuron(site), T, None, analog_mode)
+            transfer = "analog" if site.name in analog_sites else "neuron"
+            captured.neurons[key] = SpikingActivation(make_neuron(site), T, unchanged, analog_mode, transfer)
             summary.neurons[site.name] = f"neurons.{key}"
+            if transfer == "analog":
+                summary.analog_sites.append(site.name)
             encoded[node] = graph.call_module(f"neurons.{key}", (sequence[node],))
     graph.lint()
-    if not summary.neurons:
-        raise SDMError("the pass converted no activation: nothing on the image path became a neuron")
+    if len(summary.analog_sites) == len(summary.neurons):
+        raise SDMError("the pass converted no activation: nothing on the image path became a spiking neuron "
+                       "(every site was kept analog; narrow --analog-sites)")
     return fx.GraphModule(captured, graph), summary

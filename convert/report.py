@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from sdm.energy import LayerActivity
+from sdm.energy import ROLES, LayerActivity, distinct_steps
 from sdm.graph import sample_dependent, source_through_pass_through
 from sdm.neurons import spiking_neurons
+from sdm.temporal import SpikingActivation
 
 aten = torch.ops.aten
 
@@ -57,21 +58,33 @@ def eps_fidelity(ann: torch.nn.Module, snn: torch.nn.Module, probes: tuple[torch
     }
 
 
-def _carries_spikes(node: fx.Node, neuron_targets: set[str]) -> bool:
+def _spike_sources(node: fx.Node, spiking_targets: set[str]) -> list[tuple[str, float]] | None:
+    """The neuron modules whose spikes `node` carries, each with its share of the channels; None when
+    any part of it is analog."""
     node = source_through_pass_through(node)
     if node.op == "call_function" and node.target is aten.cat.default:
-        return all(_carries_spikes(n, neuron_targets) for n in node.args[0])
-    return node.op == "call_module" and node.target in neuron_targets
+        parts = [(_spike_sources(n, spiking_targets), _channels(n)) for n in node.args[0]]
+        if any(sources is None for sources, _ in parts):
+            return None
+        total = sum(c for _, c in parts) or 1
+        return [(name, share * c / total) for sources, c in parts for name, share in sources]
+    return [(node.target, 1.0)] if node.op == "call_module" and node.target in spiking_targets else None
+
+
+def _channels(node: fx.Node) -> int:
+    value = node.meta.get("val")
+    return int(value.shape[1]) if isinstance(value, torch.Tensor) and value.dim() > 1 else 1
 
 
 @dataclass
 class _OpRecord:
-    """What one walk through the graph learnt about one op, per image, summed over the T steps."""
+    """What one walk through the graph learnt about one op, per image, over the T steps."""
 
     name: str
-    kind: str          # spiking | analog | timestep (synaptic layers) or nonlinear (analog ops)
-    ops: float         # dense MACs of synaptic layers, FLOPs of non-linear analog ops
+    role: str          # a role of `sdm.energy.ROLES`
+    ops: float         # MACs (synaptic layers, attention products) or FLOPs (non-synaptic analog ops)
     input_rate: float  # fraction of non-zero inputs (synaptic layers)
+    sources: tuple[tuple[str, float], ...] = ()  # spiking layers: the neuron modules feeding them
 
 
 class _Walk(fx.Interpreter):
@@ -80,33 +93,58 @@ class _Walk(fx.Interpreter):
     def __init__(self, snn, batch: int):
         super().__init__(snn.graph)
         self.T, self.batch = snn.T, batch
-        self.neurons = set(snn.summary.neurons.values())
-        self.image_path = sample_dependent(snn.graph.graph)
         self.modules = dict(snn.graph.named_modules())
+        self.spiking = {path for path in snn.summary.neurons.values() if self.modules[path].spiking}
+        self.image_path = sample_dependent(snn.graph.graph)
+        self.input = next(n for n in snn.graph.graph.nodes if n.op == "placeholder")
         self.records: list[_OpRecord] = []
 
     def run_node(self, node: fx.Node):
         result = super().run_node(node)
         if node.op == "call_function" and node.target in (aten.conv2d.default, aten.linear.default):
-            x, weight = self.env[node.args[0]], self.env[node.args[1]]
-            macs = result.numel() * weight[0].numel() / self.batch
-            kind = ("timestep" if node not in self.image_path
-                    else "spiking" if _carries_spikes(node.args[0], self.neurons) else "analog")
-            rate = float((x != 0).float().mean()) if x.numel() else 0.0
-            self.records.append(_OpRecord(_label(node), kind, macs, rate))
-        elif node.op == "call_module" and (node.target.startswith("analog.") or node.target in self.neurons):
-            module = self.modules[node.target]
-            runs = 1 if module.mode == "window" else self.T
-            if node.target in self.neurons:
-                flops = 0 if module.activation is None else 4 * result.numel() / self.T / self.batch * runs
-            elif "scaled_dot_product_attention" in node.target:
-                q, k = self.env[node.args[0]].shape, self.env[node.args[1]].shape
-                flops = (4 * math.prod(q[1:]) * k[-2] + 5 * math.prod(q[1:-1]) * k[-2]) * runs
-            else:
-                flops = 8 * result.numel() / self.T / self.batch * runs
-            if flops:
-                self.records.append(_OpRecord(getattr(module, "name", "") or node.target, "nonlinear", flops, 0.0))
+            self._synaptic(node, result)
+        elif node.op == "call_module" and (node.target.startswith("analog.") or node.target in self.modules
+                                           and isinstance(self.modules[node.target], SpikingActivation)):
+            self._nonsynaptic(node, result)
         return result
+
+    def _synaptic(self, node: fx.Node, result: torch.Tensor) -> None:
+        x, weight = self.env[node.args[0]], self.env[node.args[1]]
+        macs = result.numel() * weight[0].numel() / self.batch
+        rate = float((x != 0).float().mean()) if x.numel() else 0.0
+        sources = _spike_sources(node.args[0], self.spiking) if node in self.image_path else None
+        if node not in self.image_path:
+            role = "timestep"
+        elif sources is not None:
+            role = "spiking"
+        else:  # analog input: computed at every step where it changes, once if it never does
+            role = "input" if self._reads_input(node.args[0]) else "analog"
+            macs *= distinct_steps(x, self.batch) / self.T
+        self.records.append(_OpRecord(_label(node), role, macs, rate, tuple(sources or ())))
+
+    def _reads_input(self, node: fx.Node) -> bool:
+        origin = source_through_pass_through(node)
+        if origin.op == "call_module" and origin.target == "repeat_time":
+            origin = origin.args[0]
+        return origin is self.input
+
+    def _nonsynaptic(self, node: fx.Node, result: torch.Tensor) -> None:
+        module = self.modules[node.target]
+        runs = 1 if module.mode == "window" else self.T
+        per_run = result.numel() / self.T / self.batch
+        if isinstance(module, SpikingActivation):
+            if module.transfer != "neuron":
+                op = getattr(getattr(module.function, "func", module.function), "__name__", "activation")
+                self.records.append(_OpRecord(f"{op.split('.')[0]} of the mean", "nonsynaptic", per_run * runs, 0.0))
+            return
+        kind = module.fn.__name__.split(".")[0]
+        if kind == "scaled_dot_product_attention":
+            q, k = self.env[node.args[0]].shape, self.env[node.args[1]].shape
+            scores = math.prod(q[1:-1]) * k[-2]
+            self.records.append(_OpRecord(module.name, "attention", 2 * scores * q[-1] * runs, 1.0))
+            self.records.append(_OpRecord("softmax", "nonsynaptic", scores * runs, 0.0))
+        else:
+            self.records.append(_OpRecord(kind, "nonsynaptic", per_run * runs, 0.0))
 
 
 def _label(node: fx.Node) -> str:
@@ -129,9 +167,8 @@ def walk(snn, sample: torch.Tensor, timestep: torch.Tensor) -> list[_OpRecord]:
 
 
 def layer_activity(snn, sample: torch.Tensor, timestep: torch.Tensor) -> list[LayerActivity]:
-    """Synaptic layers (and attention products, analog) for `sdm.energy.energy_report`."""
-    return [LayerActivity(r.name, r.kind == "spiking", r.ops, r.input_rate) for r in walk(snn, sample, timestep)
-            if r.kind != "nonlinear" or "attention" in r.name]
+    """Every synaptic layer, attention product and analog non-synaptic op, for `sdm.energy.energy_report`."""
+    return [LayerActivity(r.name, r.role, r.ops, r.input_rate) for r in walk(snn, sample, timestep)]
 
 
 def compute_profile(snn) -> dict:
@@ -140,21 +177,59 @@ def compute_profile(snn) -> dict:
     The timestep path (embedding MLP and its per-block projections) depends on t alone and is
     reported apart: it is a per-step constant that hardware would tabulate. Synaptic operations of
     layers fed by spikes are counted densely here (every synapse, as if every neuron fired every
-    step); the energy report scales them by the firing rates. MACs of layers fed by analog values,
-    and the FLOPs of analog non-linear ops, make the analog share.
+    step); the energy report scales them by the firing rates. Layers fed by analog values count their
+    MACs once per window when their input is the same at every step. Analog MACs and the FLOPs of
+    analog non-synaptic ops make the analog share.
     """
     device = next(snn.parameters()).device
     size, channels = snn.config.sample_size, snn.config.in_channels
     records = walk(snn, torch.zeros(1, channels, size, size, device=device), torch.zeros(1, dtype=torch.long, device=device))
-    total = {kind: sum(r.ops for r in records if r.kind == kind) for kind in ("spiking", "analog", "timestep", "nonlinear")}
+    total = {role: sum(r.ops for r in records if r.role == role) for role in ROLES}
+    analog_macs = total["input"] + total["analog"] + total["attention"]
     analog_layers = Counter(f"{'conv2d' if 'conv' in r.name else 'linear'} (analog input)" for r in records
-                            if r.kind == "analog")
-    everything = 2 * (total["spiking"] + total["analog"]) + total["nonlinear"]
+                            if r.role in ("input", "analog"))
+    everything = 2 * (total["spiking"] + analog_macs) + total["nonsynaptic"]
     return {
         "spiking_input_synaptic_ops_dense": total["spiking"],
+        "input_layer_macs": total["input"],
         "analog_input_macs": total["analog"],
-        "analog_nonlinear_flops": total["nonlinear"],
+        "attention_macs": total["attention"],
+        "analog_nonlinear_flops": total["nonsynaptic"],
         "timestep_path_macs": total["timestep"],
-        "analog_share": round((2 * total["analog"] + total["nonlinear"]) / everything, 4) if everything else 0.0,
+        "analog_share": round((2 * analog_macs + total["nonsynaptic"]) / everything, 4) if everything else 0.0,
         "analog_layers": dict(analog_layers),
     }
+
+
+def site_compute_shares(snn) -> dict[str, float]:
+    """Each spiking site's share of the dense spiking synaptic operations it feeds."""
+    device = next(snn.parameters()).device
+    size, channels = snn.config.sample_size, snn.config.in_channels
+    records = walk(snn, torch.zeros(1, channels, size, size, device=device), torch.zeros(1, dtype=torch.long, device=device))
+    by_module: Counter = Counter()
+    for r in records:
+        for module, share in r.sources:
+            by_module[module] += r.ops * share
+    total = sum(by_module.values()) or 1.0
+    return {site: by_module[path] / total for site, path in snn.summary.neurons.items()}
+
+
+def site_sensitivity(ann: torch.nn.Module, snn, probes: tuple[torch.Tensor, ...], batch_size: int = 32) -> list[dict]:
+    """Where the conversion error sits: for every spiking site, the eps error of the SNN with only that
+    site spiking (every other site analog), beside the site's share of the spiking compute; worst first."""
+    shares = site_compute_shares(snn)
+    sites = snn.sites()
+    transfers = {name: site.transfer for name, site in sites.items()}
+    rows = []
+    try:
+        for name in (n for n, transfer in transfers.items() if transfer != "analog"):
+            for other, site in sites.items():
+                site.transfer = transfers[other] if other == name else "analog"
+            fidelity = eps_fidelity(ann, snn, probes, batch_size=batch_size)
+            rows.append({"site": name, "eps_rel_mse": fidelity["eps_rel_mse"],
+                         "eps_rel_mse_t_lt_100": fidelity["eps_rel_mse_t_lt_100"],
+                         "eps_cosine": fidelity["eps_cosine"], "spiking_compute_share": round(shares[name], 5)})
+    finally:
+        for name, site in sites.items():
+            site.transfer = transfers[name]
+    return sorted(rows, key=lambda r: -r["eps_rel_mse"])

@@ -21,11 +21,18 @@ def convert(
     neuron: NeuronConfig | None = None,
     analog_mode: str = "window",
     encode_analog: bool = False,
+    activation: str = "function",
+    readout: str = "analog",
+    analog_sites: tuple[str, ...] = (),
 ) -> ConvertedUNet:
     """Build the spiking network of a calibrated model.
 
     `model` is either the `ObservedModel` that calibration ran through (its statistics are used), or
     the float model together with `stats` loaded from disk (statistics, or thresholds already computed).
+    `readout='analog'` keeps the activation that feeds the output layer analog (the output layer then
+    reads real values, as a directly trained SDM's decoder reads its membrane); `analog_sites` are
+    shell patterns of further sites to keep analog; `activation='neuron'` replaces smooth activations
+    by the neurons' own transfer (see `sdm.temporal.SpikingActivation`).
     """
     neuron = neuron or NeuronConfig()
     if isinstance(model, ObservedModel):
@@ -52,4 +59,5 @@ def convert(
     if not encode_analog:  # statistics gathered for encoders as well serve a conversion without them
         sites = {name: th for name, th in sites.items() if ":input" not in name}
     return ConvertedUNet(dict(float_model.config), T, neuron, sites, unet=float_model, source=source,
-                         analog_mode=analog_mode, encode_analog=encode_analog)
+                         analog_mode=analog_mode, encode_analog=encode_analog, activation=activation,
+                         readout=readout, analog_sites=analog_sites)

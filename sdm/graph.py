@@ -158,6 +158,18 @@ def conversion_sites(module: fx.GraphModule, encode_analog: bool = False) -> lis
     return activation_sites(module) + (encoding_sites(module) if encode_analog else [])
 
 
+def readout_sites(module: fx.GraphModule, sites: list[ActivationSite]) -> list[str]:
+    """The sites whose outputs the last synaptic layer on the image path reads (the output layer)."""
+    dependent = sample_dependent(module.graph)
+    synaptic = [n for n in module.graph.nodes if n.op == "call_function" and n.target in SYNAPTIC and n in dependent]
+    if not synaptic:
+        return []
+    origin = source_through_pass_through(synaptic[-1].args[0])
+    parts = origin.args[0] if origin.op == "call_function" and origin.target is aten.cat.default else [origin]
+    by_node = {s.node: s.name for s in sites}
+    return [by_node[p.name] for p in map(source_through_pass_through, parts) if p.name in by_node]
+
+
 def timestep_activation_count(module: fx.GraphModule) -> int:
     """Activation calls that depend on the timestep alone (kept analog)."""
     dependent = sample_dependent(module.graph)

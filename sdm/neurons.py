@@ -47,6 +47,11 @@ def _rectangle(x: torch.Tensor, alpha: float) -> torch.Tensor:
 SURROGATES = {"atan": _atan, "sigmoid": _sigmoid, "rectangle": _rectangle}
 
 
+def floor_ste(x: torch.Tensor) -> torch.Tensor:
+    """floor(x) forward, identity backward (the straight-through estimator)."""
+    return x + (torch.floor(x) - x).detach()
+
+
 def heaviside(x: torch.Tensor, surrogate: str = "atan", alpha: float = 2.0) -> torch.Tensor:
     return _Heaviside.apply(x, alpha, surrogate)
 
@@ -106,12 +111,15 @@ class SpikingNeuron(nn.Module):
         self.v: torch.Tensor | None = None
         self.level: torch.Tensor | None = None  # net spike count of signed neurons
         self.record = False
+        self.keep_counts = False  # keep the differentiable spike counts of the rate form (rate penalties)
+        self.counts: list[torch.Tensor] = []
         self.spike_count = 0
         self.neuron_steps = 0
 
     def reset(self) -> None:
         """Forget the membrane potential: the next call starts a new input."""
         self.v, self.level = None, None
+        self.counts = []
 
     def reset_stats(self) -> None:
         self.spike_count, self.neuron_steps = 0, 0
@@ -163,23 +171,42 @@ class SpikingNeuron(nn.Module):
         return spikes
 
     def constant_rate(self, x: torch.Tensor, T: int) -> torch.Tensor:
-        """`constant_response(x, T).mean(0)` without the [T, ...] spike tensor (IF, fresh, no grad).
+        """`constant_response(x, T).mean(0)` without the [T, ...] spike tensor (IF, fresh neuron).
 
-        The spikes are still counted, so firing rates stay exact.
+        The spikes are still counted, so firing rates stay exact. Differentiable: the spike count's
+        rounding passes gradients straight through, and the thresholds get LSQ's step-size gradient
+        (what fine-tuning a converted network trains with).
         """
-        if self.decay != 1.0 or self.reset_mode != "subtract" or self.v is not None or torch.is_grad_enabled():
+        if self.decay != 1.0 or self.reset_mode != "subtract" or self.v is not None:
             return self.constant_response(x, T).mean(0)
         theta = self._broadcast(self.threshold, x).to(x.dtype) * self.threshold_scale
         theta_n = self._broadcast(self.neg_threshold, x).to(x.dtype) * self.threshold_scale
         side = torch.where(x >= 0, theta, theta_n) if self.signed else theta
         rate = x.abs() / side.clamp(min=1e-12) if self.signed else x / theta
-        count = torch.clamp(torch.floor(rate * T + self.v_init), 0, T)
+        count = torch.clamp(floor_ste(rate * T + self.v_init), 0, T)
         if self.signed:
             count = count * (side > 0)
         if self.record:
-            self.spike_count += int(count.sum())
+            self.spike_count += int(count.detach().sum())
             self.neuron_steps += count.numel() * T
+        if self.keep_counts:
+            self.counts.append(count)
         return count * (torch.sign(x) * side if self.signed else theta) / T
+
+    def learn_thresholds(self) -> list[nn.Parameter]:
+        """Turn the thresholds into parameters (same state-dict names); returns the learnable ones.
+
+        A threshold of zero (a side that never spikes) stays a buffer: it has nothing to learn.
+        """
+        learnable = []
+        for name in ("threshold", "neg_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, nn.Parameter) or not (value > 0).all():
+                continue
+            delattr(self, name)
+            setattr(self, name, nn.Parameter(value.detach().clone()))
+            learnable.append(getattr(self, name))
+        return learnable
 
     def constant_response(self, x: torch.Tensor, T: int) -> torch.Tensor:
         """The spike train [T, ...] of a fresh neuron driven by the same input `x` at every step.

@@ -283,13 +283,14 @@ class SpikingUNet(ModelMixin, ConfigMixin):
         try:
             layers = record_synaptic_layers(
                 synaptic, lambda: self(sample, timestep), sample.shape[0],
-                spiking=lambda name: isinstance(synaptic[name], nn.Conv2d) and not name.startswith("encode."))
+                role=lambda name: ("timestep" if isinstance(synaptic[name], nn.Linear)
+                                   else "input" if name.startswith("encode.") else "spiking"))
         finally:
             for n in neurons:
                 n.record = False
             for h in handles:
                 h.remove()
-        return layers + [LayerActivity(f"{name} (Q K V products)", True, ops, rate)
+        return layers + [LayerActivity(f"{name} (Q K V products)", "spiking", ops, rate)
                          for name, (ops, rate) in products.items()]
 
     def tsm_parameters(self) -> dict[str, nn.Parameter]:

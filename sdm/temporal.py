@@ -107,31 +107,51 @@ class TemporalMean(Folded):
         return analog_over_time(self.fn, args, self.sequence_args, self.folded, self.mode, kwargs)
 
 
+TRANSFERS = ("function", "neuron", "analog")
+
+
 class SpikingActivation(Folded):
     """An activation call site of a converted network, on folded [T*B, ...] tensors.
 
-    An IF neuron's firing rate is a clipped ReLU of its mean input, so a ReLU needs the neuron
-    alone (`activation=None`). Smooth activations (SiLU, GELU) are not rates of any integrate-and-fire
-    dynamics: the activation is evaluated on the mean input, as the analog ops are, and the neuron
-    encodes the result in spikes (signed where the activation goes negative).
+    `transfer` says what stands in for the ANN's activation `function`:
+
+    * 'function': the function is evaluated on the mean input, as the analog ops are, and the neuron
+      encodes the result in spikes (signed where it goes negative). Smooth activations (SiLU, GELU)
+      are not rates of any integrate-and-fire dynamics, so this is exact up to the T-level rounding.
+    * 'neuron': the neuron's own transfer replaces the function (an IF neuron's rate is a clipped,
+      T-level ReLU of its mean input; signed, a clip on both sides). Exact for ReLU; for smooth
+      activations no analog function is left, and fine-tuning recovers the difference.
+    * 'analog': no spikes: the function of the mean input, an analog value (the readout, or a site
+      a user keeps analog). The neuron and its thresholds are kept so the site can spike again.
     """
 
-    def __init__(self, neuron: SpikingNeuron, T: int, activation: Callable | None = None, mode: str = "window"):
+    def __init__(self, neuron: SpikingNeuron, T: int, function: Callable, mode: str = "window",
+                 transfer: str = "function"):
         super().__init__(T)
-        self.neuron, self.activation, self.mode = neuron, activation, mode
+        if transfer not in TRANSFERS:
+            raise ValueError(f"unknown transfer {transfer!r}; use one of {TRANSFERS}")
+        self.neuron, self.function, self.mode, self.transfer = neuron, function, mode, transfer
+
+    @property
+    def spiking(self) -> bool:
+        return self.transfer != "analog"
 
     def extra_repr(self) -> str:
-        name = getattr(self.activation, "__name__", "relu (IF)") if self.activation else "relu (IF)"
-        return f"activation={name}, T={self.T}, mode={self.mode}"
+        name = getattr(self.function, "__name__", None) or getattr(getattr(self.function, "func", None), "__name__", "?")
+        return f"{name}, transfer={self.transfer}, T={self.T}, mode={self.mode}"
+
+    def _drive(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(x) if self.transfer == "function" else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transfer == "analog":
+            return analog_over_time(self.function, [x], (0,), self.folded, self.mode, {})
         if self.rate:  # x is already the window mean, [B, ...]
-            return self.neuron.constant_rate(self.activation(x) if self.activation else x, self.T)
-        if self.mode == "window":  # the neuron sees the activation of the window mean at every step
-            mean = unfold(x, self.T).mean(0)
-            return fold(self.neuron.constant_response(self.activation(mean) if self.activation else mean, self.T))
-        if self.activation is not None:
-            x = analog_over_time(self.activation, [x], (0,), self.T, self.mode, {})
+            return self.neuron.constant_rate(self._drive(x), self.T)
+        if self.mode == "window":  # the neuron sees the same drive, from the window mean, at every step
+            return fold(self.neuron.constant_response(self._drive(unfold(x, self.T).mean(0)), self.T))
+        if self.transfer == "function":
+            x = analog_over_time(self.function, [x], (0,), self.T, self.mode, {})
         return fold(self.neuron(unfold(x, self.T)))
 
 

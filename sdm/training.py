@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class TrainSettings:
     save_every: int = 1000
     sample_every: int = 0
     log_every: int = 50
+    schedule: str = "constant"   # learning rate after warm-up: constant | cosine (decays to zero)
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -66,6 +68,16 @@ class TrainSettings:
             raise SDMError(f"--ema-decay must lie in [0, 1), got {self.ema_decay}")
         if self.warmup < 0 or self.sample_every < 0 or self.grad_clip <= 0:
             raise SDMError("--warmup and --sample-every must be >= 0 and --grad-clip > 0")
+        if self.schedule not in ("constant", "cosine"):
+            raise SDMError(f"unknown learning-rate schedule '{self.schedule}': use constant or cosine")
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of every base learning rate at `step`: linear warm-up, then the schedule."""
+        warm = min(1.0, (step + 1) / max(1, self.warmup))
+        if self.schedule == "constant" or step < self.warmup:
+            return warm
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _noise_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -129,12 +141,21 @@ def train_diffusion(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    objective: Callable[[nn.Module, int, torch.Generator], tuple[torch.Tensor, dict]] | None = None,
+    param_groups: Callable[[nn.Module], list[dict]] | None = None,
+    constrain: Callable[[nn.Module], None] | None = None,
+    save_model: Callable[[nn.Module, Path], None] | None = None,
 ) -> Path:
     """Train `build_model()` per `settings`; writes a pipeline directory at `settings.out`.
 
     `model_settings` (JSON-able) describe the model and must match when resuming; `initialise` runs
     on a fresh (not resumed) model, e.g. to copy weights from a parent checkpoint. `on_step(step,
     loss)` runs after every optimiser step (logging, tests that interrupt a run).
+
+    The default is DDPM training on `settings.data`. Other objectives (distillation of a converted
+    SNN) pass `objective(model, step, generator) -> (loss, logged scalars)`, drawing their batch from
+    the step's generator; `param_groups(model)` gives the optimiser groups (a group's 'lr' is its base
+    rate), `constrain(model)` runs after each update, and `save_model(ema, out)` writes the result.
     """
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
@@ -151,9 +172,20 @@ def train_diffusion(
 
     torch.manual_seed(settings.seed)
     model = build_model()
-    size, channels = int(model.config.sample_size), int(model.config.in_channels)
-    data = load_dataset(settings.data, size, channels, fit=settings.fit)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if objective is None:
+        size, channels = int(model.config.sample_size), int(model.config.in_channels)
+        data = load_dataset(settings.data, size, channels, fit=settings.fit)
+        alphas = DDPMScheduler.from_config(dict(DDPM_LINEAR_SCHEDULE)).alphas_cumprod.float()
+
+        def objective(model, step, generator):
+            indices = batch_indices(step, settings.batch_size, len(data), settings.seed)[rank::world]
+            images = to_model_range(data[indices].to(accelerator.device))
+            return diffusion_loss(model, images, alphas, generator, settings.hflip), {}
+
+    groups = param_groups(model) if param_groups is not None else [{"params": list(model.parameters())}]
+    for group in groups:
+        group["base_lr"] = group.get("lr", settings.lr)
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     ema = make_ema(model)
     step = 0
     if resuming:
@@ -170,33 +202,35 @@ def train_diffusion(
         out.mkdir(parents=True, exist_ok=True)
         write_json(record, out / CONFIG_FILE)
     scheduler_config = dict(DDPM_LINEAR_SCHEDULE)
-    alphas_cumprod = DDPMScheduler.from_config(scheduler_config).alphas_cumprod.float()
+    if save_model is None:
+        def save_model(ema, out):
+            save_pipeline(ema, scheduler_config, out)
 
     losses, started = [], time.time()
     bar = tqdm(total=settings.steps, initial=step, desc="train", unit="step",
                disable=not progress or not accelerator.is_main_process)
     while step < settings.steps:
-        indices = batch_indices(step, settings.batch_size, len(data), settings.seed)[rank::world]
-        images = to_model_range(data[indices].to(accelerator.device))
+        factor = settings.lr_factor(step)
         for group in optimizer.param_groups:
-            group["lr"] = settings.lr * min(1.0, (step + 1) / max(1, settings.warmup))
+            group["lr"] = group["base_lr"] * factor
         with accelerator.autocast():
-            loss = diffusion_loss(model, images, alphas_cumprod, _noise_generator(settings.seed, step, rank),
-                                  settings.hflip)
+            loss, scalars = objective(model, step, _noise_generator(settings.seed, step, rank))
         if not torch.isfinite(loss):
             raise SDMError(f"the loss became {loss.item()} at step {step}; lower --lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
+        if constrain is not None:
+            constrain(accelerator.unwrap_model(model))
         update_ema(ema, accelerator.unwrap_model(model), ema_decay(step, settings.ema_decay))
         step += 1
-        losses.append(loss.item())
+        losses.append({"loss": loss.item(), **scalars})
         bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.set_postfix(loss=f"{losses[-1]['loss']:.4f}")
         if accelerator.is_main_process:
             _checkpoint(settings, out, step, accelerator.unwrap_model(model), ema, optimizer, scheduler_config,
-                        losses, started)
+                        losses, started, save_model)
         if on_step is not None:
             on_step(step, loss.item())
     bar.close()
@@ -204,18 +238,19 @@ def train_diffusion(
     return out
 
 
-def _checkpoint(settings, out, step, model, ema, optimizer, scheduler_config, losses, started) -> None:
+def _checkpoint(settings, out, step, model, ema, optimizer, scheduler_config, losses, started, save_model) -> None:
     """Logging, checkpoints and sample grids due after `step` (main process only)."""
     last = step == settings.steps
     if step % settings.log_every == 0 or last:
-        entry = {"step": step, "loss": sum(losses) / len(losses), "lr": optimizer.param_groups[0]["lr"],
+        means = {k: sum(entry[k] for entry in losses) / len(losses) for k in losses[0]}
+        entry = {"step": step, **means, "lr": optimizer.param_groups[0]["lr"],
                  "seconds": round(time.time() - started, 1)}
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
         losses.clear()
     if step % settings.save_every == 0 or last:
         save_training_state(out / CHECKPOINT_DIR, step=step, model=model, ema=ema, optimizer=optimizer)
-        save_pipeline(ema, scheduler_config, out)
+        save_model(ema, out)
     if settings.sample_every and (step % settings.sample_every == 0 or last):
         ema.eval()
         grid = sample(ema, scheduler_config, 16, sampler="ddim", steps=50, seed=0, progress=False)

@@ -70,7 +70,7 @@ def _quantised_ann(unet, thresholds, T, x, t):
 @pytest.mark.parametrize("T", [2, 5])
 def test_converted_relu_network_equals_the_T_level_quantised_ann(relu_model, T):
     unet, observed = relu_model
-    snn = convert(observed, T=T, rule="max")
+    snn = convert(observed, T=T, rule="max", readout="spikes")
     x, t = _inputs()
     with torch.no_grad():
         out = snn(x, t).sample
@@ -88,7 +88,7 @@ def test_snn_approaches_the_ann_as_T_grows(relu_model, silu_model, act_fn, mode)
     errors = []
     for T in (2, 8, 64):
         with torch.no_grad():
-            out = convert(observed, T=T, rule="max", analog_mode=mode)(x, t).sample.flatten(1)
+            out = convert(observed, T=T, rule="max", analog_mode=mode, readout="spikes")(x, t).sample.flatten(1)
         errors.append((out - ref).pow(2).sum().item() / ref.pow(2).sum().item())
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 0.01
@@ -227,15 +227,14 @@ def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates
     unet = build_unet("tiny").eval()
     observed = calibrate(prepare(unet, encode_analog=True), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 16),
                          progress=False)
-    snn = convert(observed, T=4, encode_analog=True)
+    snn = convert(observed, T=4, encode_analog=True, readout="spikes")
     encoders = [name for name in snn.summary.neurons if ":input" in name]
     assert "down_blocks.0.downsamplers.0.conv:input" in encoders
     x, t = _inputs()
     layers = snn.layer_activity(x, t)
-    # Left analog: the image's own convolution, the timestep path and the attention products (analog ops).
-    analog = [layer.name for layer in layers if not layer.spiking_input and "time_emb" not in layer.name
-              and not layer.name.startswith("node ")]
-    assert analog == ["conv_in"]
+    # Left analog: the image's own convolution (plus the timestep path and the attention products).
+    assert [layer.name for layer in layers if layer.role in ("input", "analog")] == ["conv_in"]
+    assert {layer.role for layer in layers} == {"input", "spiking", "timestep", "attention", "nonsynaptic"}
     assert any("attentions.0.to_q" in layer.name and layer.spiking_input for layer in layers)
     snn.save_pretrained(tmp_path / "snn")
     loaded = ConvertedUNet.from_pretrained(tmp_path / "snn")
@@ -249,6 +248,6 @@ def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates
     with torch.no_grad():
         ref = unet(x, t).sample
         for T in (2, 64):
-            out = convert(observed, T=T, rule="max", encode_analog=True)(x, t).sample
+            out = convert(observed, T=T, rule="max", encode_analog=True, readout="spikes")(x, t).sample
             errors.append((out - ref).pow(2).sum().item() / ref.pow(2).sum().item())
     assert errors[1] < errors[0] and errors[1] < 0.02

@@ -60,12 +60,12 @@ def test_synaptic_layer_counts_by_hand():
     conv = nn.Conv2d(2, 3, 1)
     x = torch.zeros(2, 2, 2, 2)
     x[0, 0, 0, 0] = x[0, 1, 1, 1] = x[1, 0, 0, 1] = 1.0
-    layers = record_synaptic_layers({"conv": conv}, lambda: conv(x), batch=2, spiking=lambda name: True)
+    layers = record_synaptic_layers({"conv": conv}, lambda: conv(x), batch=2, role=lambda name: "spiking")
     (layer,) = layers
     # dense: per image 3 x 2 x 2 outputs x 2 inputs each = 24 MACs; 3 / 16 inputs are non-zero.
     assert layer.dense_ops == 24 and layer.input_rate == 3 / 16
     assert layer.accumulates == pytest.approx(4.5) and layer.energy_pj == pytest.approx(4.5 * E_AC_PJ)
-    analog = LayerActivity("a", False, 24, 1.0)
+    analog = LayerActivity("a", "analog", 24, 1.0)
     assert analog.macs == 24 and analog.energy_pj == pytest.approx(24 * E_MAC_PJ)
 
 
@@ -88,7 +88,7 @@ def test_energy_report_totals():
             T = 4
 
         def layer_activity(self, x, t):
-            return [LayerActivity("s", True, 1000.0, 0.25), LayerActivity("a", False, 40.0, 1.0)]
+            return [LayerActivity("s", "spiking", 1000.0, 0.25), LayerActivity("a", "analog", 40.0, 1.0)]
 
     report = energy_report(Fake(), torch.zeros(1), torch.zeros(1), denoising_steps=10)
     step = report["per_denoising_step"]
@@ -98,3 +98,19 @@ def test_energy_report_totals():
     assert report["ann"]["macs_per_step"] == pytest.approx(260)  # dense ops / T
     with pytest.raises(SDMError, match="not a spiking model"):
         energy_report(nn.Linear(1, 1), torch.zeros(1), torch.zeros(1), denoising_steps=1)
+
+
+def test_a_constant_analog_input_is_counted_once():
+    """T = 3 steps of 2 images folded into a batch of 6: a 1x1 conv (2 -> 3 channels) on 2 x 2 maps does
+    24 MACs per image and step. Fed the same input at every step it computes once (24 MACs per image);
+    fed an input that changes, three times (72); fed spikes, every synapse of every step counts (72 dense)."""
+    conv = nn.Conv2d(2, 3, 1)
+    image = torch.randn(2, 2, 2, 2)
+    repeated = image.repeat(3, 1, 1, 1)
+    changing = torch.randn(6, 2, 2, 2)
+    (const,) = record_synaptic_layers({"c": conv}, lambda: conv(repeated), batch=2, role=lambda name: "input")
+    (varying,) = record_synaptic_layers({"c": conv}, lambda: conv(changing), batch=2, role=lambda name: "analog")
+    (spikes,) = record_synaptic_layers({"c": conv}, lambda: conv((repeated > 0).float()), batch=2,
+                                       role=lambda name: "spiking")
+    assert const.macs == 24 and varying.macs == 72
+    assert spikes.dense_ops == 72 and spikes.macs == 0

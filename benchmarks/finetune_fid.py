@@ -1,0 +1,95 @@
+"""FID-FMNIST and energy of converted SNNs before and after fine-tuning, beside the ANN (same seeds, DDIM).
+
+    python -m benchmarks.finetune_fid --variants t4,t8,t4-encoded,t8-neuron --num-samples 2000
+
+Each variant: calibrate + convert (readout analog), `sdm-finetune`'s defaults for the given steps,
+then FID-FMNIST of the converted and of the fine-tuned SNN (rate executor: exact) and their energy per
+image (corrected accounting). Finished variants and sample shards are reused on a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from benchmarks.common import provenance, sample_metric, write_table
+from calibration import calibrate, calibration_pairs, prepare, probe_pairs
+from convert import convert
+from convert.finetune import FinetuneSettings, run_finetune
+from convert.model import ConvertedUNet
+from sdm.cli import CommaList, command
+from sdm.energy import energy_report
+from sdm.images import save_comparison
+from sdm.pretrained import load_model
+
+VARIANTS = {
+    "t4": {"T": 4},
+    "t8": {"T": 8},
+    "t4-encoded": {"T": 4, "encode_analog": True},
+    "t8-neuron": {"T": 8, "activation": "neuron"},
+}
+
+
+def _energy(model, ann, probes) -> dict:
+    x, t, spread = probes
+    report = energy_report(model, x[spread][::8], t[spread][::8], denoising_steps=50, ann=ann)
+    return {"mJ": report["per_image"]["energy_mJ"], "ratio": report["energy_ratio_snn_to_ann"]}
+
+
+@command(help="FID-FMNIST and energy of converted SNNs before and after fine-tuning.")
+@click.option("--ckpt", default=None, help="[default: the embedded model]")
+@click.option("--variants", type=CommaList(choices=list(VARIANTS)), default="t4,t8", show_default=True)
+@click.option("--finetune-steps", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--rate-penalty", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--num-samples", type=click.IntRange(min=2), default=2000, show_default=True)
+@click.option("--ann-fid", type=float, default=None, help="Reuse the ANN's FID-FMNIST at these seeds instead of sampling.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also measure the converted SNN before fine-tuning.")
+@click.option("--out", type=click.Path(), default="benchmarks/results/finetune_fid", show_default=True)
+def main(ckpt, variants, finetune_steps, rate_penalty, num_samples, ann_fid, baseline, out):
+    out = Path(out)
+    meta = provenance(__spec__.name)
+    loaded = load_model(ckpt)
+    ann, config = loaded.model, loaded.scheduler_config
+    pairs = calibration_pairs(ann, config, 256)
+    probes = probe_pairs(ann, config, 64)
+    if ann_fid is None:
+        ann_fid = sample_metric(ann, config, num_samples, out / "work" / "ann")[0].value
+    rows, grids = [{"model": "ANN", "FID-FMNIST": f"{ann_fid:.3f}", "ratio to ANN": "1.00", "energy / image (mJ)": "",
+                    "energy ratio": "1.00", "fine-tuning": ""}], []
+    for name in variants:
+        spec = VARIANTS[name]
+        run = out / name
+        if not (run / "finetune" / "report.json").is_file():
+            observed = calibrate(prepare(ann, encode_analog=spec.get("encode_analog", False)), pairs, progress=False)
+            snn = convert(observed, T=spec["T"], encode_analog=spec.get("encode_analog", False),
+                          activation=spec.get("activation", "function"))
+            snn.source["ckpt"] = loaded.source
+            snn.save_pretrained(run / "snn", scheduler_config=config)
+            settings = FinetuneSettings(steps=finetune_steps, rate_penalty=rate_penalty if "encoded" in name else 0.0)
+            run_finetune(run / "snn", ann, config, run / "finetune", settings, teacher_source=loaded.source,
+                         num_samples=0)
+        report = json.loads((run / "finetune" / "report.json").read_text())
+        models = [("converted", run / "snn")] * baseline + [("fine-tuned", run / "finetune" / "snn")]
+        for label, directory in models:
+            model = ConvertedUNet.from_pretrained(directory)
+            model.set_executor("rate")
+            fid, images, _ = sample_metric(model, config, num_samples, out / "work" / f"{name}-{label}")
+            energy = _energy(model, ann, probes)
+            rows.append({"model": f"{name} {label}", "FID-FMNIST": f"{fid.value:.3f}",
+                         "ratio to ANN": f"{fid.value / ann_fid:.2f}", "energy / image (mJ)": f"{energy['mJ']:.3g}",
+                         "energy ratio": f"{energy['ratio']:.3f}",
+                         "fine-tuning": f"{report['steps']} steps, {report['seconds'] / 60:.1f} min"
+                         if label == "fine-tuned" else ""})
+            grids.append((f"{name} {label}", images[:16]))
+    save_comparison(grids, out / "samples.png")
+    text = write_table(rows, out, meta, f"N = {num_samples}, DDIM-50, seeds 0..{num_samples - 1}; FID-FMNIST is not "
+                       "comparable with Inception FID; energy per image with MACs of constant inputs counted once.",
+                       ckpt=loaded.source, num_samples=num_samples, finetune_steps=finetune_steps)
+    click.echo(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""finetune: the fourth step of prepare -> calibrate -> convert -> finetune.
+
+Calibration reaches ideal T-level rounding and stops there; the rounding error it leaves compounds
+over the denoising steps. Fine-tuning distils the ANN (the teacher) into its converted SNN (the
+student): the student's noise prediction is trained to match the teacher's on (x_t, t) pairs, in the
+student's exact rate form (one pass instead of T steps), with a straight-through gradient for the
+spike count and LSQ's gradient for the thresholds. It runs on the shared training loop
+(`sdm.training.train_diffusion`): EMA, clipping, atomic checkpoints and exact `--resume` come from there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from calibration.inputs import noised_pairs
+from calibration.stats import model_fingerprint
+from convert.model import ConvertedUNet
+from sdm.errors import SDMError
+from sdm.io import atomic_file, write_json
+from sdm.neurons import spiking_neurons
+from sdm.sampler import trajectory
+from sdm.temporal import TemporalMean
+from sdm.training import TrainSettings, train_diffusion
+
+aten = torch.ops.aten
+TRAINABLE = ("thresholds", "norms", "all")
+PAIR_SOURCES = ("trajectory", "data")
+PAIR_SEED = 1 << 21       # trajectory seeds: disjoint from sampling seeds (0..) and probe seeds (1 << 20)
+TRAJECTORY_STEPS = 50
+LATE_T = 100              # below this t the SNN is weakest: these pairs get a guaranteed share
+POOL_FILE = "pairs.safetensors"
+
+
+@dataclass
+class FinetuneSettings:
+    """What a fine-tuning run is configured by (`sdm-finetune`'s options)."""
+
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-4               # weights, biases and norm parameters
+    threshold_lr: float = 1e-3     # relative: each threshold moves by about this fraction per step
+    source: str = "trajectory"     # trajectory (data-free, the teacher's DDIM paths) | data (noised images)
+    data: str | None = None
+    pairs: int = 12_800
+    late_share: float = 0.25       # fraction of each batch drawn from t < 100
+    train: str = "all"
+    rate_penalty: float = 0.0      # weight of the mean spike count per neuron and step
+    warmup: int = 50
+    ema_decay: float = 0.999
+    seed: int = 0
+    save_every: int = 250
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise SDMError(f"--steps must be at least 1, got {self.steps}")
+        if self.batch_size < 1 or self.pairs < self.batch_size:
+            raise SDMError(f"--pairs ({self.pairs}) must be at least --batch-size ({self.batch_size}), which is >= 1")
+        if not (self.lr > 0 and self.threshold_lr >= 0):
+            raise SDMError("--lr must be positive and --threshold-lr non-negative")
+        if self.source not in PAIR_SOURCES:
+            raise SDMError(f"unknown --source '{self.source}': choose one of {', '.join(PAIR_SOURCES)}")
+        if self.source == "data" and not self.data:
+            raise SDMError("--source data needs --data PATH (a .npz, an image folder or a data set name)")
+        if self.train not in TRAINABLE:
+            raise SDMError(f"unknown --train '{self.train}': choose one of {', '.join(TRAINABLE)}")
+        if not 0.0 <= self.late_share < 1.0:
+            raise SDMError(f"--late-share must lie in [0, 1), got {self.late_share}")
+        if self.rate_penalty < 0 or not math.isfinite(self.rate_penalty):
+            raise SDMError(f"--rate-penalty must be a finite number >= 0, got {self.rate_penalty}")
+
+
+def check_student(snn: nn.Module, teacher: nn.Module | None = None) -> None:
+    """The student must be a window-mode converted SNN (of the teacher's architecture, given one)."""
+    if not isinstance(snn, ConvertedUNet):
+        raise SDMError(f"--snn must be a converted SNN (sdm-convert's OUT/snn), not a {type(snn).__name__}")
+    if snn.analog_mode != "window":
+        raise SDMError("fine-tuning trains the exact rate form, which needs a window-mode SNN; convert with "
+                       "--analog window")
+    if teacher is None:
+        return
+    if isinstance(teacher, ConvertedUNet) or not hasattr(teacher, "config"):
+        raise SDMError(f"the teacher must be the ANN the SNN was converted from, not a {type(teacher).__name__}")
+    if model_fingerprint(dict(teacher.config)) != snn.config["model_fingerprint"]:
+        raise SDMError("the teacher's architecture differs from the SNN's; pass the ANN it was converted from "
+                       "with --teacher")
+
+
+@torch.no_grad()
+def teacher_pairs(teacher: nn.Module, scheduler_config: dict, settings: FinetuneSettings,
+                  images: torch.Tensor | None = None, batch_size: int = 64, progress: bool = True):
+    """(x_t, t, teacher eps): `settings.pairs` inputs with the teacher's noise prediction on each."""
+    if settings.source == "trajectory":
+        count = math.ceil(settings.pairs / TRAJECTORY_STEPS)
+        xs, ts = [], []
+        for start in tqdm(range(0, count, batch_size), desc="teacher trajectories", disable=not progress):
+            seeds = range(PAIR_SEED + settings.seed * 100_000 + start,
+                          PAIR_SEED + settings.seed * 100_000 + min(start + batch_size, count))
+            x, t = trajectory(teacher, scheduler_config, seeds, steps=TRAJECTORY_STEPS)
+            xs.append(x)
+            ts.append(t)
+        x, t = torch.cat(xs)[: settings.pairs], torch.cat(ts)[: settings.pairs]
+    else:
+        x, t = noised_pairs(images, scheduler_config, settings.pairs, settings.seed)
+    device = next(teacher.parameters()).device
+    eps = torch.cat([teacher(x[i : i + batch_size].to(device), t[i : i + batch_size].to(device),
+                             return_dict=False)[0].cpu()
+                     for i in tqdm(range(0, len(x), batch_size), desc="teacher targets", disable=not progress)])
+    return x, t, eps
+
+
+def cached_pairs(path: Path, make) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pair pool stored at `path` (so a resumed run trains on the same pairs), made once."""
+    if path.is_file():
+        stored = load_file(path)
+        return stored["x"], stored["t"], stored["eps"]
+    x, t, eps = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        save_file({"x": x.contiguous(), "t": t.contiguous(), "eps": eps.contiguous()}, tmp)
+    return x, t, eps
+
+
+def pair_weights(t: torch.Tensor, late_share: float) -> torch.Tensor:
+    """Sampling weights over the pool that give pairs at t < 100 `late_share` of every batch (when there
+    are any), the rest spread uniformly."""
+    late = t < LATE_T
+    if not late.any() or late.all() or late_share == 0:
+        return torch.ones(len(t))
+    return torch.where(late, late_share / late.sum(), (1 - late_share) / (~late).sum()).float()
+
+
+def norm_parameters(snn: ConvertedUNet) -> set[str]:
+    """Names of the affine parameters of the analog normalisations (GroupNorm, LayerNorm)."""
+    modules = dict(snn.graph.named_modules())
+    names = set()
+    for node in snn.graph.graph.nodes:
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(module, TemporalMean) and module.fn in (aten.group_norm.default, aten.layer_norm.default):
+            names.update(f"graph.{a.target}" for a in node.all_input_nodes if a.op == "get_attr")
+    return names
+
+
+def prepare_student(snn: ConvertedUNet, settings: FinetuneSettings) -> list[dict]:
+    """Make the thresholds learnable, freeze what `settings.train` leaves out, switch to the rate
+    form; returns the optimiser's parameter groups."""
+    snn.set_executor("rate")
+    snn.requires_grad_(False)
+    groups = []
+    for neuron in spiking_neurons(snn):
+        for theta in neuron.learn_thresholds():  # Adam moves each by ~lr; scaling it by theta makes that relative
+            theta.requires_grad_(settings.threshold_lr > 0)
+            groups.append({"params": [theta], "lr": settings.threshold_lr * float(theta.detach().abs().mean())})
+    if settings.train != "thresholds":
+        norms = norm_parameters(snn)
+        thresholds = {id(p) for g in groups for p in g["params"]}
+        chosen = [p for name, p in snn.named_parameters()
+                  if id(p) not in thresholds and (settings.train == "all" or name in norms)]
+        for p in chosen:
+            p.requires_grad_(True)
+        groups.append({"params": chosen, "lr": settings.lr})
+    if not any(p.requires_grad for g in groups for p in g["params"]):
+        raise SDMError("nothing to train: --train thresholds with --threshold-lr 0 leaves no parameter free")
+    return [g for g in groups if g["params"]]
+
+
+@torch.no_grad()
+def keep_thresholds_positive(snn: nn.Module) -> None:
+    for neuron in spiking_neurons(snn):
+        for theta in (neuron.threshold, neuron.neg_threshold):
+            if isinstance(theta, nn.Parameter):
+                theta.clamp_(min=1e-4)
+
+
+def distillation_objective(teacher_pool, settings: FinetuneSettings, device: str):
+    """loss(student, step, generator): MSE to the teacher's eps on a weighted draw of pool pairs, plus
+    `rate_penalty` times the student's mean spike count per neuron and spiking step."""
+    x, t, eps = teacher_pool
+    weights = pair_weights(t, settings.late_share)
+
+    def objective(student, step, generator):
+        idx = torch.multinomial(weights, settings.batch_size, replacement=True, generator=generator)
+        neurons = spiking_neurons(student)
+        for n in neurons:
+            n.keep_counts = True
+        try:
+            pred = student(x[idx].to(device), t[idx].to(device), return_dict=False)[0]
+            counts = [c for n in neurons for c in n.counts]
+        finally:
+            for n in neurons:
+                n.keep_counts = False
+        T = student.T
+        rate = sum(c.sum() for c in counts) / (T * sum(c.numel() for c in counts))
+        mse = F.mse_loss(pred.float(), eps[idx].to(device))
+        loss = mse + settings.rate_penalty * rate if settings.rate_penalty else mse
+        return loss, {"mse": mse.item(), "firing_rate": rate.item()}
+
+    return objective
+
+
+def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, out: str | Path,
+             settings: FinetuneSettings, *, teacher_source: str = "", images: torch.Tensor | None = None,
+             resume: bool = False, progress: bool = True, on_step=None) -> ConvertedUNet:
+    """Fine-tune the converted SNN saved in `snn_dir` against `teacher`; writes `out/snn` (the EMA
+    student, a converted SNN directory) plus the training run's checkpoint and log. Returns the EMA
+    student. The report (`convert.finetune_report`) is the caller's."""
+    settings.validate()
+    out = Path(out)
+    device = settings.device
+    student = ConvertedUNet.from_pretrained(snn_dir)
+    check_student(student, teacher)
+    fingerprint = student.config["model_fingerprint"]
+    pool = cached_pairs(out / POOL_FILE, lambda: teacher_pairs(teacher, scheduler_config, settings, images,
+                                                               progress=progress))
+    holder: dict[str, list[dict]] = {}
+
+    def build() -> ConvertedUNet:
+        holder["groups"] = prepare_student(student.to(device), settings)
+        return student
+
+    def save(ema: ConvertedUNet, directory: Path) -> None:
+        ema.save_pretrained(directory / "snn", scheduler_config=scheduler_config)
+
+    train = TrainSettings(data=f"{settings.source}:{settings.data or teacher_source}", out=str(out),
+                          steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
+                          warmup=settings.warmup, ema_decay=settings.ema_decay, seed=settings.seed, hflip=False,
+                          save_every=settings.save_every, log_every=10, schedule="cosine", device=device)
+    record = {k: v for k, v in asdict(settings).items() if k not in ("steps", "save_every", "device")}
+    record |= {"snn": str(snn_dir), "snn_fingerprint": fingerprint, "T": student.T}
+    train_diffusion(train, record, build, resume=resume, progress=progress, on_step=on_step,
+                    objective=distillation_objective(pool, settings, device),
+                    param_groups=lambda model: holder["groups"], constrain=keep_thresholds_positive,
+                    save_model=save)
+    return ConvertedUNet.from_pretrained(out / "snn")
+
+
+def loss_curve(out: Path) -> list[dict]:
+    """The run's logged losses, one entry per logged step (a resumed run's repeats replaced)."""
+    by_step: dict[int, dict] = {}
+    path = out / "log.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            by_step[entry["step"]] = entry
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def plot_loss(curve: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [e["step"] for e in curve]
+    ax.plot(steps, [e.get("mse", e["loss"]) for e in curve], label="MSE to the teacher's eps")
+    ax.set_yscale("log")
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel("MSE")
+    ax.grid(alpha=0.3)
+    if any("firing_rate" in e for e in curve):
+        rate_ax = ax.twinx()
+        rate_ax.plot(steps, [e.get("firing_rate") for e in curve], color="tab:orange", label="firing rate")
+        rate_ax.set_ylabel("firing rate", color="tab:orange")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def finetune_report(before: ConvertedUNet, after: ConvertedUNet, teacher: nn.Module, scheduler_config: dict,
+                    out: Path, settings: FinetuneSettings, seconds: float, *, probes: int = 64,
+                    denoising_steps: int = 50) -> dict:
+    """Fidelity, firing rate and energy before and after, the loss curve (JSON and PNG), time and steps."""
+    from calibration.inputs import probe_pairs
+    from convert.report import eps_fidelity
+    from sdm.energy import energy_report
+
+    probe_set = probe_pairs(teacher, scheduler_config, probes)
+    spread = probe_set[0][probe_set[2]][:: max(1, probes // 8)].to(teacher.device)
+    spread_t = probe_set[1][probe_set[2]][:: max(1, probes // 8)].to(teacher.device)
+    result = {}
+    for name, model in (("before", before), ("after", after)):
+        model.to(teacher.device).set_executor("rate")
+        energy = energy_report(model, spread, spread_t, denoising_steps=denoising_steps, ann=teacher)
+        result[name] = {**eps_fidelity(teacher, model, probe_set),
+                        "energy_mJ_per_image": energy["per_image"]["energy_mJ"],
+                        "energy_ratio_snn_to_ann": energy["energy_ratio_snn_to_ann"]}
+    curve = loss_curve(out)
+    write_json(curve, out / "loss.json")
+    if curve:
+        plot_loss(curve, out / "loss.png")
+    return {"settings": asdict(settings), "steps": settings.steps, "seconds": round(seconds, 1),
+            "T": after.T, **result, "loss_curve": "loss.json", "loss_plot": "loss.png"}
+
+
+def run_finetune(snn_dir: Path, teacher: nn.Module, scheduler_config: dict, out: Path, settings: FinetuneSettings,
+                 *, teacher_source: str, images: torch.Tensor | None = None, resume: bool = False,
+                 num_samples: int = 16, sampling: dict | None = None, progress: bool = True,
+                 snn_label: str | None = None) -> dict:
+    """`finetune` plus its report: report.json, loss.json / loss.png and, with `num_samples`, the
+    teacher / converted / fine-tuned grid from the same seeds (comparison.png)."""
+    import time
+
+    from sdm.images import save_comparison
+    from sdm.sampler import sample
+
+    started = time.perf_counter()
+    after = finetune(snn_dir, teacher, scheduler_config, out, settings, teacher_source=teacher_source,
+                     images=images, resume=resume, progress=progress)
+    seconds = time.perf_counter() - started
+    before = ConvertedUNet.from_pretrained(snn_dir)
+    report = {"snn": snn_label or str(snn_dir), "teacher": teacher_source,
+              **finetune_report(before, after, teacher, scheduler_config, out, settings, seconds)}
+    if num_samples:
+        sampling = {"sampler": "ddim", "steps": 50, "seed": 0, "batch_size": 64, **(sampling or {})}
+        grids = [(label, sample(model, scheduler_config, num_samples, progress=progress, **sampling))
+                 for label, model in (("ANN", teacher), (f"SNN T={after.T}", before), ("fine-tuned", after))]
+        save_comparison([(label, images[:64]) for label, images in grids], out / "comparison.png")
+        report["sampling"] = {**sampling, "num_samples": num_samples}
+    write_json(report, out / "report.json")
+    return report

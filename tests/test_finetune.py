@@ -1,0 +1,200 @@
+"""Fine-tuning converted SNNs: gradients by hand, the loss falls, executors agree, resume, errors."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from calibration import calibrate, calibration_pairs, prepare, probe_pairs
+from convert import ConvertedUNet, convert, finetune_cli
+from convert.finetune import FinetuneSettings, finetune, pair_weights
+from convert.report import compute_profile
+from sdm.errors import SDMError
+from sdm.neurons import IFNeuron
+from sdm.presets import build_unet
+from sdm.pretrained import DDPM_LINEAR_SCHEDULE, save_pipeline
+
+TINY = dict(steps=6, batch_size=4, pairs=48, warmup=2, save_every=2)
+
+
+def _rate_and_grads(x: float, signed: bool = False, theta: float = 1.0, theta_n: float = 0.0, T: int = 4):
+    neuron = IFNeuron(theta, neg_threshold=theta_n, signed=signed, v_init=0.5)
+    neuron.learn_thresholds()
+    xt = torch.tensor([x], requires_grad=True)
+    out = neuron.constant_rate(xt, T)
+    out.sum().backward()
+    side = neuron.threshold if x >= 0 or not signed else neuron.neg_threshold
+    return out.item(), xt.grad.item(), side.grad.item()
+
+
+def test_straight_through_and_threshold_gradients_by_hand():
+    # x = 0.3, theta = 1, T = 4: u = 0.3 * 4 + 0.5 = 1.7 -> 1 spike, rate 0.25. d rate / dx = 1 (straight
+    # through); d rate / d theta = count / T - x / theta = 0.25 - 0.3 (LSQ).
+    assert _rate_and_grads(0.3) == pytest.approx((0.25, 1.0, -0.05))
+    # x = 2 saturates at T spikes: rate = theta, no gradient to x, d rate / d theta = 1.
+    assert _rate_and_grads(2.0) == pytest.approx((1.0, 0.0, 1.0))
+    # x = -0.5 on an unsigned neuron: silent, no gradient at all.
+    assert _rate_and_grads(-0.5) == pytest.approx((0.0, 0.0, 0.0))
+    # signed, x = -0.3, theta_n = 0.5: u = 0.6 * 4 + 0.5 = 2.9 -> 2 down-spikes, rate -0.25; d rate / dx = 1,
+    # d rate / d theta_n = -count / T + |x| / theta_n = -0.5 + 0.6.
+    assert _rate_and_grads(-0.3, signed=True, theta_n=0.5) == pytest.approx((-0.25, 1.0, 0.1))
+
+
+def test_rate_form_without_gradients_is_unchanged_by_learnable_thresholds():
+    neuron = IFNeuron(0.7, neg_threshold=0.2, signed=True, v_init=0.5)
+    x = torch.randn(64)
+    expected = neuron.constant_response(x, 4).mean(0)
+    neuron.reset()
+    neuron.learn_thresholds()
+    assert isinstance(neuron.threshold, torch.nn.Parameter)
+    assert torch.allclose(neuron.constant_rate(x, 4), expected, atol=1e-6)
+
+
+def test_late_pairs_get_their_share():
+    t = torch.tensor([999, 500, 300, 80, 10])
+    w = pair_weights(t, 0.25)
+    assert w[t < 100].sum() / w.sum() == pytest.approx(0.25)
+    assert torch.all(w[:3] == w[0]) and torch.all(pair_weights(torch.tensor([5, 7]), 0.25) == 1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny SiLU UNet (the teacher) and its T = 2 conversion, saved."""
+    torch.manual_seed(3)
+    unet = build_unet("tiny").eval()
+    root = tmp_path_factory.mktemp("ft")
+    save_pipeline(unet, DDPM_LINEAR_SCHEDULE, root / "ann")
+    observed = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
+    snn = convert(observed, T=2)
+    snn.source["ckpt"] = str(root / "ann")
+    snn.save_pretrained(root / "snn", scheduler_config=DDPM_LINEAR_SCHEDULE)
+    return unet, root
+
+
+def _loss(student, teacher, probes):
+    x, t, _ = probes
+    with torch.no_grad():
+        return torch.mean((student(x, t).sample - teacher(x, t).sample) ** 2).item()
+
+
+def test_finetuning_lowers_the_loss_and_executors_agree(tiny, tmp_path):
+    unet, root = tiny
+    probes = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 8)
+    before = ConvertedUNet.from_pretrained(root / "snn")
+    after = finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "run",
+                     FinetuneSettings(**{**TINY, "steps": 30, "lr": 1e-3, "ema_decay": 0.5}), progress=False)
+    before.set_executor("rate")
+    after.set_executor("rate")
+    assert _loss(after, unet, probes) < 0.8 * _loss(before, unet, probes)
+    moved = [n for n in after.neurons().values() if n.threshold.item() != pytest.approx(1.0)]
+    assert moved and after.thresholds == json.loads((tmp_path / "run" / "snn" / "config.json").read_text())["thresholds"]
+    x, t, _ = probes
+    with torch.no_grad():
+        rate = after(x, t).sample
+        after.set_executor("steps")
+        steps = after(x, t).sample
+    assert torch.allclose(rate, steps, atol=1e-5)
+
+
+def test_rate_penalty_lowers_the_firing_rate(tiny, tmp_path):
+    unet, root = tiny
+    rates = {}
+    for penalty in (0.0, 5.0):
+        run = tmp_path / f"p{penalty}"
+        finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, run,
+                 FinetuneSettings(**{**TINY, "steps": 12, "lr": 1e-3, "rate_penalty": penalty}), progress=False)
+        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        rates[penalty] = log[-1]["firing_rate"]
+    assert rates[5.0] < rates[0.0]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_finetuning_resumes_to_the_same_state(tiny, tmp_path):
+    unet, root = tiny
+
+    def stop_at(step, loss):
+        if step == 3:
+            raise Interrupted
+
+    finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "straight", FinetuneSettings(**TINY), progress=False)
+    with pytest.raises(Interrupted):
+        finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "resumed", FinetuneSettings(**TINY),
+                 progress=False, on_step=stop_at)
+    finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "resumed", FinetuneSettings(**TINY), progress=False,
+             resume=True)
+    for name in ("model", "ema", "optimizer"):
+        a = load_file(tmp_path / "straight" / "checkpoint" / f"{name}.safetensors")
+        b = load_file(tmp_path / "resumed" / "checkpoint" / f"{name}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_cli_writes_a_loadable_snn_and_its_report(tiny, tmp_path):
+    _, root = tiny
+    out = tmp_path / "out"
+    result = CliRunner().invoke(finetune_cli.main, ["--snn", str(root / "snn"), "--steps", "4", "--pairs", "16",
+                                                    "--batch-size", "4", "--num-samples", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 4 and {"eps_cosine", "firing_rate", "energy_mJ_per_image"} <= set(report["after"])
+    assert (out / "loss.png").is_file() and (out / "comparison.png").is_file()
+    assert len(json.loads((out / "loss.json").read_text())) >= 1
+    assert isinstance(ConvertedUNet.from_pretrained(out / "snn"), ConvertedUNet)
+
+
+def _one_line_error(result, fragment):
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and fragment in lines[0], result.stderr
+
+
+def test_bad_inputs_write_nothing(tiny, tmp_path):
+    unet, root = tiny
+    observed = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
+    convert(observed, T=2, analog_mode="running").save_pretrained(tmp_path / "running")
+    save_pipeline(build_unet("tiny", layers_per_block=2), DDPM_LINEAR_SCHEDULE, tmp_path / "other")
+    out = tmp_path / "out"
+    cases = [
+        (["--snn", str(root / "ann")], "no converted SNN"),
+        (["--snn", str(root / "ann" / "unet")], "is not a saved ConvertedUNet"),
+        (["--snn", str(root / "snn"), "--teacher", str(tmp_path / "other")], "architecture differs"),
+        (["--snn", str(root / "snn"), "--steps", "0"], "--steps"),
+        (["--snn", str(tmp_path / "running")], "window"),
+        (["--snn", str(root / "snn"), "--source", "data"], "--data"),
+        (["--snn", str(root / "snn"), "--source", "data", "--data", str(tmp_path / "missing.npz")], "not found"),
+        (["--snn", str(tmp_path / "nowhere")], "no converted SNN"),
+    ]
+    for args, fragment in cases:
+        _one_line_error(CliRunner().invoke(finetune_cli.main, [*args, "--out", str(out)]), fragment)
+        assert not out.exists(), args
+
+
+def test_readout_activation_and_analog_sites(tiny):
+    unet, _ = tiny
+    observed = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
+    spikes, analog = convert(observed, T=2, readout="spikes"), convert(observed, T=2)
+    assert spikes.summary.analog_sites == [] and analog.summary.analog_sites == ["conv_act#0"]
+    # the output layer now reads analog values: its MACs are counted once per window (constant input)
+    size = unet.config.sample_size
+    out_macs = size * size * unet.config.out_channels * 9 * unet.config.block_out_channels[0]
+    assert compute_profile(analog)["analog_input_macs"] - compute_profile(spikes)["analog_input_macs"] == out_macs
+    neuron = convert(observed, T=2, activation="neuron")
+    assert {s.transfer for s in neuron.sites().values()} == {"neuron", "analog"}
+    kept = convert(observed, T=2, analog_sites=("down_blocks.0.*",))
+    assert all(name.startswith("down_blocks.0.") for name in kept.summary.analog_sites[:-1])
+    with pytest.raises(SDMError, match="matches no activation site"):
+        convert(observed, T=2, analog_sites=("nowhere.*",))
+    with pytest.raises(SDMError, match="converted no activation"):
+        convert(observed, T=2, analog_sites=("*",))
+
+
+def test_input_layer_counted_once_per_window(tiny):
+    unet, _ = tiny
+    observed = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
+    size, c0 = unet.config.sample_size, unet.config.block_out_channels[0]
+    for T in (2, 4):  # conv_in: 1 -> c0 channels, 3x3, the same image at every step
+        assert compute_profile(convert(observed, T=T))["input_layer_macs"] == size * size * c0 * 9
