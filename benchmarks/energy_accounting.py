@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from benchmarks.common import provenance, write_table
-from calibration import calibrate, calibration_pairs, prepare, probe_pairs
+from calibration import calibrate, calibration_pairs, prepare, probe_pairs, spread_subset
 from convert import convert
 from sdm.cli import command
 from sdm.energy import energy_report
@@ -38,8 +38,7 @@ def main(steps, out):
     loaded = load_model(None)
     ann, config = loaded.model, loaded.scheduler_config
     observed = calibrate(prepare(ann, encode_analog=True), calibration_pairs(ann, config, 256), progress=False)
-    x, t, spread = probe_pairs(ann, config, 64)
-    x, t = x[spread][::8], t[spread][::8]
+    x, t = spread_subset(probe_pairs(ann, config, 64))
     rows = []
     for label, kwargs in VARIANTS:
         snn = convert(observed, **kwargs)

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from benchmarks.common import provenance, sample_metric, write_table
-from calibration import calibrate, calibration_pairs, prepare, probe_pairs
+from calibration import calibrate, calibration_pairs, prepare, probe_pairs, spread_subset
 from convert import convert
 from convert.finetune import FinetuneSettings, run_finetune
 from convert.model import ConvertedUNet
@@ -33,8 +33,7 @@ VARIANTS = {
 
 
 def _energy(model, ann, probes) -> dict:
-    x, t, spread = probes
-    report = energy_report(model, x[spread][::8], t[spread][::8], denoising_steps=50, ann=ann)
+    report = energy_report(model, *spread_subset(probes), denoising_steps=50, ann=ann)
     return {"mJ": report["per_image"]["energy_mJ"], "ratio": report["energy_ratio_snn_to_ann"]}
 
 

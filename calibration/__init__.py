@@ -4,11 +4,11 @@ Mirrors PyTorch FX quantization: `prepare` inserts observers, `calibrate` feeds 
 `convert.convert` (in the `convert` package) consumes the statistics.
 """
 
-from calibration.inputs import SOURCES, calibration_pairs, probe_pairs
+from calibration.inputs import SOURCES, calibration_pairs, probe_pairs, spread_subset
 from calibration.prepare import CalibrationStats, ObservedModel, Thresholds, calibrate, load_stats, prepare
 from calibration.rules import RULES
 
 __all__ = [
     "RULES", "SOURCES", "CalibrationStats", "ObservedModel", "Thresholds", "calibrate", "calibration_pairs",
-    "load_stats", "prepare", "probe_pairs",
+    "load_stats", "prepare", "probe_pairs", "spread_subset",
 ]

@@ -71,3 +71,10 @@ def probe_pairs(
     low = low[torch.linspace(0, len(low) - 1, min(n // 2, len(low))).round().long()] if len(low) else low
     keep = torch.cat([spread, low.long()])
     return x[keep], t[keep], torch.arange(len(keep)) < len(spread)
+
+
+def spread_subset(probes: tuple[torch.Tensor, torch.Tensor, torch.Tensor], count: int = 8):
+    """About `count` of the probe pairs spread over t (x_t, t): the inputs energy reports are measured on."""
+    x, t, spread = probes
+    every = max(1, int(spread.sum()) // count)
+    return x[spread][::every], t[spread][::every]

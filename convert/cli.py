@@ -10,10 +10,20 @@ from pathlib import Path
 import click
 import numpy as np
 
-from calibration import RULES, SOURCES, calibrate, calibration_pairs, load_stats, prepare, probe_pairs
+from calibration import (
+    RULES,
+    SOURCES,
+    calibrate,
+    calibration_pairs,
+    load_stats,
+    prepare,
+    probe_pairs,
+    spread_subset,
+)
 from convert.finetune import FinetuneSettings, run_finetune
 from convert.finetune_cli import finetune_options, summarise
-from convert.model import ACTIVATIONS, EXECUTORS, READOUTS, ConvertedUNet, NeuronConfig
+from convert.model import EXECUTORS, READOUTS, ConvertedUNet, NeuronConfig
+from convert.passes import SMOOTH_TRANSFERS
 from convert.report import compute_profile, eps_fidelity, site_sensitivity
 from convert.workflow import convert
 from sdm.cli import CommaList, ckpt_options, command, device_option, resolve_device, sampling_options
@@ -74,7 +84,7 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
 @click.option("--readout", type=click.Choice(READOUTS), default="analog", show_default=True,
               help="analog: the activation feeding the output layer stays analog, so the output layer reads real "
                    "values (its MACs are counted); spikes: it spikes too.")
-@click.option("--activation", type=click.Choice(ACTIVATIONS), default="function", show_default=True,
+@click.option("--activation", type=click.Choice(SMOOTH_TRANSFERS), default="function", show_default=True,
               help="function: smooth activations are evaluated on the mean input, then spike-encoded; neuron: the "
                    "IF neuron's own transfer replaces them, so no activation stays analog (fine-tune afterwards).")
 @click.option("--analog-sites", type=CommaList(), default=None,
@@ -146,8 +156,7 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
         probe_set = probe_pairs(ann, loaded.scheduler_config, probes)
         fidelity = eps_fidelity(ann, snn, probe_set, batch_size=batch_size)
         profile = compute_profile(snn)
-        spread = probe_set[0][probe_set[2]][:: max(1, probes // 8)]  # a few probes over all t
-        spread_t = probe_set[1][probe_set[2]][:: max(1, probes // 8)]
+        spread, spread_t = spread_subset(probe_set)  # a few probes over all t
         energy = energy_report(snn, spread.to(ann.device), spread_t.to(ann.device), denoising_steps=steps, ann=ann)
         calibration.save(tmp / "calibration_stats.json")
         snn.save_pretrained(tmp / "snn", scheduler_config=loaded.scheduler_config)

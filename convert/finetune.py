@@ -281,13 +281,12 @@ def finetune_report(before: ConvertedUNet, after: ConvertedUNet, teacher: nn.Mod
                     out: Path, settings: FinetuneSettings, seconds: float, *, probes: int = 64,
                     denoising_steps: int = 50) -> dict:
     """Fidelity, firing rate and energy before and after, the loss curve (JSON and PNG), time and steps."""
-    from calibration.inputs import probe_pairs
+    from calibration.inputs import probe_pairs, spread_subset
     from convert.report import eps_fidelity
     from sdm.energy import energy_report
 
     probe_set = probe_pairs(teacher, scheduler_config, probes)
-    spread = probe_set[0][probe_set[2]][:: max(1, probes // 8)].to(teacher.device)
-    spread_t = probe_set[1][probe_set[2]][:: max(1, probes // 8)].to(teacher.device)
+    spread, spread_t = (v.to(teacher.device) for v in spread_subset(probe_set))
     result = {}
     for name, model in (("before", before), ("after", after)):
         model.to(teacher.device).set_executor("rate")

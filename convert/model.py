@@ -28,7 +28,6 @@ from sdm.temporal import SpikingActivation, use_rate_form
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 EXECUTORS = ("steps", "rate")
 READOUTS = ("analog", "spikes")
-ACTIVATIONS = ("function", "neuron")
 
 
 def match_sites(patterns: list[str], names: list[str]) -> list[str]:
@@ -96,15 +95,12 @@ class ConvertedUNet(nn.Module):
 
         if readout not in READOUTS:
             raise SDMError(f"unknown readout '{readout}': choose one of {', '.join(READOUTS)}")
-        if activation not in ACTIVATIONS:
-            raise SDMError(f"unknown activation transfer '{activation}': choose one of {', '.join(ACTIVATIONS)}")
         kept = match_sites(list(analog_sites), [s.name for s in sites])
         if readout == "analog":
             kept += [name for name in readout_sites(captured, sites) if name not in kept]
         self.graph, self.summary = spiking_graph(captured, sites, make, T, analog_mode, activation, frozenset(kept))
         self.T, self.neuron_config, self.thresholds, self.analog_mode = T, neuron, thresholds, analog_mode
-        self.encode_analog, self.activation, self.readout = encode_analog, activation, readout
-        self.analog_sites = list(analog_sites)
+        self.encode_analog = encode_analog
         self.executor = "steps"
         self.unet_config, self.source = unet_config, source or {}
         self.config = FrozenDict(

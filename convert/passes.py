@@ -38,6 +38,9 @@ class ConversionSummary:
     timestep_activations: int = 0                                 # analog, once per denoising step
 
 
+SMOOTH_TRANSFERS = ("function", "neuron")  # what may stand in for a smooth activation (`SpikingActivation`)
+
+
 def unchanged(x: torch.Tensor) -> torch.Tensor:
     """What an encoder site computes in the ANN: nothing (it only marks where spikes start)."""
     return x
@@ -78,8 +81,8 @@ def spiking_graph(
         raise SDMError(f"unknown analog mode '{analog_mode}': choose one of {', '.join(ANALOG_MODES)}")
     if not sites:
         raise SDMError("the model has no activation call sites on its image path: nothing to convert")
-    if activation not in ("function", "neuron"):
-        raise SDMError(f"unknown activation transfer '{activation}': choose function or neuron")
+    if activation not in SMOOTH_TRANSFERS:
+        raise SDMError(f"unknown activation transfer '{activation}': choose one of {', '.join(SMOOTH_TRANSFERS)}")
     dependent = sample_dependent(captured.graph)
     site_of = {s.node: s for s in sites if s.op != "identity"}
     encoder_of = {s.node: s for s in sites if s.op == "identity"}
@@ -89,6 +92,16 @@ def spiking_graph(
     captured.add_submodule("mean_time", MeanTime(T))
     captured.add_submodule("neurons", nn.ModuleDict())
     captured.add_submodule("analog", nn.ModuleDict())
+
+    def place(site: ActivationSite, function: Callable, transfer: str) -> str:
+        """Register the site's `SpikingActivation` (analog when the user keeps it so); its module path."""
+        key = module_key(site.name)
+        if site.name in analog_sites:
+            transfer = "analog"
+            summary.analog_sites.append(site.name)
+        captured.neurons[key] = SpikingActivation(make_neuron(site), T, function, analog_mode, transfer)
+        summary.neurons[site.name] = f"neurons.{key}"
+        return f"neurons.{key}"
 
     graph = fx.Graph()
     static: dict[fx.Node, fx.Node] = {}
@@ -129,16 +142,11 @@ def spiking_graph(
         positions = {i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a in dependent}
         if node.target in ACTIVATIONS:
             site = site_of[node.name]
-            key = module_key(site.name)
             if len(node.args) > 1:
                 raise UnsupportedOpError(f"{node.target} at {_where(node)} has extra positional arguments")
-            function = functools.partial(node.target, **node.kwargs)
-            transfer = ("analog" if site.name in analog_sites else "neuron" if site.op == "relu" else activation)
-            captured.neurons[key] = SpikingActivation(make_neuron(site), T, function, analog_mode, transfer)
-            summary.neurons[site.name] = f"neurons.{key}"
-            if transfer == "analog":
-                summary.analog_sites.append(site.name)
-            sequence[node] = graph.call_module(f"neurons.{key}", (as_sequence(node.args[0]),))
+            transfer = "neuron" if site.op == "relu" else activation
+            target = place(site, functools.partial(node.target, **node.kwargs), transfer)
+            sequence[node] = graph.call_module(target, (as_sequence(node.args[0]),))
         elif touches_batch_dim(node):
             raise UnsupportedOpError(f"{node.target} at {_where(node)} works along the batch dimension, "
                                      "where spiking steps are folded; it cannot be converted")
@@ -163,14 +171,7 @@ def spiking_graph(
                 "supported ops are listed in convert/ops.py"
             )
         if node.name in encoder_of and node in sequence:  # a spike encoder for the synaptic layers it feeds
-            site = encoder_of[node.name]
-            key = module_key(site.name)
-            transfer = "analog" if site.name in analog_sites else "neuron"
-            captured.neurons[key] = SpikingActivation(make_neuron(site), T, unchanged, analog_mode, transfer)
-            summary.neurons[site.name] = f"neurons.{key}"
-            if transfer == "analog":
-                summary.analog_sites.append(site.name)
-            encoded[node] = graph.call_module(f"neurons.{key}", (sequence[node],))
+            encoded[node] = graph.call_module(place(encoder_of[node.name], unchanged, "neuron"), (sequence[node],))
     graph.lint()
     if len(summary.analog_sites) == len(summary.neurons):
         raise SDMError("the pass converted no activation: nothing on the image path became a spiking neuron "

@@ -171,6 +171,14 @@ def layer_activity(snn, sample: torch.Tensor, timestep: torch.Tensor) -> list[La
     return [LayerActivity(r.name, r.role, r.ops, r.input_rate) for r in walk(snn, sample, timestep)]
 
 
+def _blank_walk(snn) -> list[_OpRecord]:
+    """Records of one image (all zeros, t = 0): enough for dense operation counts, which do not depend
+    on the values."""
+    device = next(snn.parameters()).device
+    size, channels = snn.config.sample_size, snn.config.in_channels
+    return walk(snn, torch.zeros(1, channels, size, size, device=device), torch.zeros(1, dtype=torch.long, device=device))
+
+
 def compute_profile(snn) -> dict:
     """Operations of one denoising step (all T spiking steps) for one image.
 
@@ -181,9 +189,7 @@ def compute_profile(snn) -> dict:
     MACs once per window when their input is the same at every step. Analog MACs and the FLOPs of
     analog non-synaptic ops make the analog share.
     """
-    device = next(snn.parameters()).device
-    size, channels = snn.config.sample_size, snn.config.in_channels
-    records = walk(snn, torch.zeros(1, channels, size, size, device=device), torch.zeros(1, dtype=torch.long, device=device))
+    records = _blank_walk(snn)
     total = {role: sum(r.ops for r in records if r.role == role) for role in ROLES}
     analog_macs = total["input"] + total["analog"] + total["attention"]
     analog_layers = Counter(f"{'conv2d' if 'conv' in r.name else 'linear'} (analog input)" for r in records
@@ -203,11 +209,8 @@ def compute_profile(snn) -> dict:
 
 def site_compute_shares(snn) -> dict[str, float]:
     """Each spiking site's share of the dense spiking synaptic operations it feeds."""
-    device = next(snn.parameters()).device
-    size, channels = snn.config.sample_size, snn.config.in_channels
-    records = walk(snn, torch.zeros(1, channels, size, size, device=device), torch.zeros(1, dtype=torch.long, device=device))
     by_module: Counter = Counter()
-    for r in records:
+    for r in _blank_walk(snn):
         for module, share in r.sources:
             by_module[module] += r.ops * share
     total = sum(by_module.values()) or 1.0

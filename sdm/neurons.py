@@ -170,6 +170,16 @@ class SpikingNeuron(nn.Module):
             self.neuron_steps += spikes.numel()
         return spikes
 
+    def _side_and_rate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a constant drive `x`: the size of its spikes (theta; theta_n below zero for signed
+        neurons) and the drive in units of that size, whose T-step rounding is the spike count."""
+        theta = self._broadcast(self.threshold, x).to(x.dtype) * self.threshold_scale
+        if not self.signed:
+            return theta, x / theta
+        theta_n = self._broadcast(self.neg_threshold, x).to(x.dtype) * self.threshold_scale
+        side = torch.where(x >= 0, theta, theta_n)
+        return side, x.abs() / side.clamp(min=1e-12)
+
     def constant_rate(self, x: torch.Tensor, T: int) -> torch.Tensor:
         """`constant_response(x, T).mean(0)` without the [T, ...] spike tensor (IF, fresh neuron).
 
@@ -179,10 +189,7 @@ class SpikingNeuron(nn.Module):
         """
         if self.decay != 1.0 or self.reset_mode != "subtract" or self.v is not None:
             return self.constant_response(x, T).mean(0)
-        theta = self._broadcast(self.threshold, x).to(x.dtype) * self.threshold_scale
-        theta_n = self._broadcast(self.neg_threshold, x).to(x.dtype) * self.threshold_scale
-        side = torch.where(x >= 0, theta, theta_n) if self.signed else theta
-        rate = x.abs() / side.clamp(min=1e-12) if self.signed else x / theta
+        side, rate = self._side_and_rate(x)
         count = torch.clamp(floor_ste(rate * T + self.v_init), 0, T)
         if self.signed:
             count = count * (side > 0)
@@ -191,7 +198,7 @@ class SpikingNeuron(nn.Module):
             self.neuron_steps += count.numel() * T
         if self.keep_counts:
             self.counts.append(count)
-        return count * (torch.sign(x) * side if self.signed else theta) / T
+        return count * (torch.sign(x) * side if self.signed else side) / T
 
     def learn_thresholds(self) -> list[nn.Parameter]:
         """Turn the thresholds into parameters (same state-dict names); returns the learnable ones.
@@ -217,14 +224,11 @@ class SpikingNeuron(nn.Module):
         """
         if self.decay != 1.0 or self.reset_mode != "subtract" or self.v is not None or torch.is_grad_enabled():
             return self.forward(x.unsqueeze(0).expand(T, *x.shape))
-        theta = self._broadcast(self.threshold, x).to(x.dtype) * self.threshold_scale
-        theta_n = self._broadcast(self.neg_threshold, x).to(x.dtype) * self.threshold_scale
-        side = torch.where(x >= 0, theta, theta_n) if self.signed else theta  # below zero: theta_n-sized spikes
-        rate = x.abs() / side.clamp(min=1e-12) if self.signed else x / theta
+        side, rate = self._side_and_rate(x)
         steps = torch.arange(1, T + 1, device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
         count = torch.minimum(steps, (steps * rate).add_(self.v_init).floor_()).clamp_(min=0)
         spikes = torch.diff(count, dim=0, prepend=torch.zeros_like(count[:1]))
-        spikes.mul_(torch.sign(x) * side if self.signed else theta)
+        spikes.mul_(torch.sign(x) * side if self.signed else side)
         self.v = x * T - spikes.sum(0)
         self.level = (count[-1] * torch.sign(x) * (side > 0)) if self.signed else None
         return self._counted(spikes)
