@@ -6,7 +6,6 @@ of similar size trained for as many steps.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -16,6 +15,7 @@ from sdm.cli import CommaList, command
 from sdm.energy import E_MAC_PJ, ann_macs
 from sdm.images import save_comparison
 from sdm.pretrained import load_model
+from sdm.training import read_run_config, steps_trained
 
 
 def _energy(model, scheduler_config, steps, scale):
@@ -29,14 +29,6 @@ def _energy(model, scheduler_config, steps, scale):
     size, channels = model.config.sample_size, model.config.in_channels
     macs = ann_macs(model, torch.zeros(1, channels, size, size), torch.zeros(1, dtype=torch.long))
     return macs * E_MAC_PJ * steps / 1e9, None
-
-
-def _steps_trained(config: dict) -> str:
-    """A run's steps; a TSM stage's come on top of its pre-spike parent's ("1000 + 250")."""
-    parent = Path(config["init_from"]) / "train_config.json" if config.get("init_from") else None
-    if parent is None or not parent.is_file():
-        return str(config["steps"])
-    return f"{json.loads(parent.read_text())['steps']} + {config['steps']}"
 
 
 @command(help="FID-FMNIST of pre-spike, TSM and guided TSM spiking UNets beside an ANN of similar size.")
@@ -54,14 +46,13 @@ def main(runs, scales, num_samples, steps, out):
     plan += [(f"SDM TSM, threshold scale {s:g}", "sdm-tsm", s) for s in scales]
     for name, run, scale in plan:
         loaded = load_model(runs / run)
-        config = json.loads((runs / run / "train_config.json").read_text())
-        preset = config.get("model", config).get("preset")
+        preset = (read_run_config(runs / run) or {}).get("model", {}).get("preset")
         params = sum(p.numel() for p in loaded.model.parameters())
         label = f"{name} (`{preset}`, {params / 1e6:.2f}M)"
         result, images, _ = sample_metric(loaded.model, loaded.scheduler_config, num_samples,
                                           out / "work" / f"{run}_{scale:g}", steps=steps, threshold_scale=scale)
         energy, rate = _energy(loaded.model, loaded.scheduler_config, steps, scale)
-        rows.append({"model": label, "training steps": _steps_trained(config), "FID-FMNIST": f"{result.value:.3f}",
+        rows.append({"model": label, "training steps": steps_trained(runs / run), "FID-FMNIST": f"{result.value:.3f}",
                      "energy / image (mJ)": f"{energy:.4g}", "firing rate": "" if rate is None else f"{rate:.3f}"})
         if scale == 1.0:
             grids.append((name.replace(", threshold scale 1", ""), images[:16]))

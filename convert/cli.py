@@ -22,11 +22,20 @@ from calibration import (
 )
 from convert.finetune import FinetuneSettings, run_finetune
 from convert.finetune_cli import finetune_options, summarise
-from convert.model import EXECUTORS, READOUTS, ConvertedUNet, NeuronConfig
+from convert.model import READOUTS, ConvertedUNet, NeuronConfig
 from convert.passes import SMOOTH_TRANSFERS
 from convert.report import compute_profile, eps_fidelity, site_sensitivity
 from convert.workflow import convert
-from sdm.cli import CommaList, ckpt_options, command, device_option, resolve_device, sampling_options
+from sdm.cli import (
+    CommaList,
+    ckpt_options,
+    command,
+    device_option,
+    executor_option,
+    resolve_device,
+    sampling_options,
+    use_executor,
+)
 from sdm.data import load_dataset
 from sdm.energy import energy_markdown, energy_report
 from sdm.errors import SDMError
@@ -95,9 +104,7 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
 @click.option("--finetune-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="Then fine-tune the SNN for this many steps against the ANN (as sdm-finetune; OUT/finetune).")
 @functools.partial(finetune_options, batch_flag="--finetune-batch-size")
-@click.option("--executor", type=click.Choice(EXECUTORS), default="steps", show_default=True,
-              help="steps: simulate every spiking step; rate: the exact rate form of a window-mode SNN, T times "
-                   "faster, same outputs and spike counts.")
+@executor_option
 @click.option("--v-init", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
               help="Initial membrane potential, as a fraction of the threshold.")
 @click.option("--signed/--unsigned", default=True, show_default=True, help="Allow negative spikes.")
@@ -150,7 +157,7 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
                       neuron=neuron_config, analog_mode=analog, encode_analog=encode_analog, activation=activation,
                       readout=readout, analog_sites=tuple(analog_sites or ()))
         snn.source["ckpt"] = _recordable(ckpt, loaded.source)
-        snn.set_executor(executor)
+        executor = use_executor(snn, executor)
         convert_seconds = time.perf_counter() - started
 
         probe_set = probe_pairs(ann, loaded.scheduler_config, probes)

@@ -27,6 +27,7 @@ from sdm.temporal import SpikingActivation, use_rate_form
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 EXECUTORS = ("steps", "rate")
+STEP_ROWS_CPU = 64
 READOUTS = ("analog", "spikes")
 
 
@@ -102,6 +103,7 @@ class ConvertedUNet(nn.Module):
         self.T, self.neuron_config, self.thresholds, self.analog_mode = T, neuron, thresholds, analog_mode
         self.encode_analog = encode_analog
         self.executor = "steps"
+        self.set_executor(self.default_executor)
         self.unet_config, self.source = unet_config, source or {}
         self.config = FrozenDict(
             _class_name=type(self).__name__, sample_size=unet_config["sample_size"],
@@ -145,6 +147,11 @@ class ConvertedUNet(nn.Module):
     def reset_state(self) -> None:
         reset_neurons(self)
 
+    @property
+    def default_executor(self) -> str:
+        """The exact rate form wherever it exists (window mode), else step-by-step simulation."""
+        return "rate" if self.analog_mode == "window" else "steps"
+
     def set_executor(self, executor: str) -> None:
         """'steps' simulates every spiking step; 'rate' evaluates a window-mode graph in its exact rate
         form, T times faster (see `sdm.temporal.use_rate_form`)."""
@@ -163,9 +170,22 @@ class ConvertedUNet(nn.Module):
         timestep = torch.as_tensor(timestep, device=sample.device)
         if timestep.dim() == 0:
             timestep = timestep.expand(sample.shape[0])
-        reset_neurons(self)
-        out = self.graph(sample, timestep)
+        images = self._images_per_call(sample)
+        outs = [self._run(x, t) for x, t in zip(sample.split(images), timestep.split(images), strict=True)]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return UNet2DOutput(sample=out) if return_dict else (out,)
+
+    def _images_per_call(self, sample: torch.Tensor) -> int:
+        """Images per graph call. The step executor folds T steps into the batch, and on a CPU a layer's
+        time per row grows with the rows once they leave the caches (2.4x at 1,024 rows against 64 for
+        the embedded UNet): its calls are cut to STEP_ROWS_CPU rows, so the cost per step stays flat in T."""
+        if self.executor != "steps" or sample.device.type != "cpu":
+            return max(1, sample.shape[0])
+        return max(1, STEP_ROWS_CPU // self.T)
+
+    def _run(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        reset_neurons(self)
+        return self.graph(sample, timestep)
 
     def save_pretrained(self, directory: str | os.PathLike, scheduler_config: dict | None = None, **_) -> None:
         """`directory`: config.json, the weights in safetensors and, given one, the scheduler config."""

@@ -20,7 +20,16 @@ from calibration.stats import model_fingerprint
 from convert.model import NeuronConfig
 from convert.report import eps_fidelity
 from convert.workflow import convert
-from sdm.cli import CommaList, ckpt_options, command, device_option, resolve_device, sampling_options
+from sdm.cli import (
+    CommaList,
+    ckpt_options,
+    command,
+    device_option,
+    executor_option,
+    resolve_device,
+    sampling_options,
+    use_executor,
+)
 from sdm.data import load_dataset
 from sdm.errors import SDMError
 from sdm.io import write_json, write_text
@@ -91,10 +100,11 @@ def _plot(rows: list[dict], path: Path, metric: str, label: str) -> None:
 @click.option("--extractor", type=click.Choice(["auto", "inception", "fmnist"]), default="auto", show_default=True)
 @click.option("--reference", default=None, help="Real images for Inception FID.")
 @sampling_options
+@executor_option
 @click.option("--out", type=click.Path(file_okay=False), default="out/sweep", show_default=True)
 @device_option
 def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, analog, encode_analog, calib_source, data, calib_samples, probes,
-         fid_samples, extractor, reference, sampler, steps, seed, batch_size, out, device):
+         fid_samples, extractor, reference, sampler, steps, seed, batch_size, executor, out, device):
     if any(T < 1 for T in Ts):
         raise SDMError(f"--T values must be at least 1, got {Ts}")
     if any(not 0 < p <= 100 for p in percentiles):
@@ -133,9 +143,7 @@ def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, analog, encode_ana
             continue
         snn = convert(ann, stats, T=cell["T"], rule=cell["rule"], percentile=cell["percentile"] or 99.9,
                       neuron=NeuronConfig(kind=cell["neuron"]), analog_mode=analog, encode_analog=encode_analog)
-        if analog == "window":
-            snn.set_executor("rate")  # exact and T times faster (see sdm.temporal.use_rate_form)
-        row = {**cell, **{k: v for k, v in eps_fidelity(ann, snn, probe_set, batch_size=batch_size).items()
+        row = {**cell, "executor": use_executor(snn, executor), **{k: v for k, v in eps_fidelity(ann, snn, probe_set, batch_size=batch_size).items()
                           if k in COLUMNS}}
         if fid_samples:
             from sdm.metrics.quality import evaluate_quality

@@ -51,6 +51,25 @@ device_option = click.option(
 )
 
 
+EXECUTOR_CHOICES = ("auto", "rate", "steps")
+
+executor_option = click.option(
+    "--executor", type=click.Choice(EXECUTOR_CHOICES), default="auto", show_default=True,
+    help="How converted SNNs run. rate: the exact rate form of a window-mode graph (same outputs and spike "
+         "counts, T times fewer operations); steps: simulate every spiking step; auto: rate wherever it is exact.",
+)
+
+
+def use_executor(model, executor: str) -> str | None:
+    """Set a converted SNN's executor (`auto` keeps its own default, the exact rate form where it exists);
+    returns the one that will run, None for models without executors."""
+    if not hasattr(model, "set_executor"):
+        return None
+    if executor != "auto":
+        model.set_executor(executor)
+    return model.executor
+
+
 def ckpt_options(func):
     """--ckpt (default: the embedded model) and --allow-pickle."""
     func = click.option(

@@ -31,17 +31,18 @@ class _Heaviside(torch.autograd.Function):
         return grad * SURROGATES[ctx.kind](x, ctx.alpha), None, None
 
 
+# Surrogate derivatives: one new tensor each, the rest in place (they run over whole [T, B, ...] tensors).
 def _atan(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    return (alpha / 2) / (1 + (math.pi / 2 * alpha * x) ** 2)
+    return torch.mul(x, math.pi / 2 * alpha).square_().add_(1).reciprocal_().mul_(alpha / 2)
 
 
 def _sigmoid(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    s = torch.sigmoid(alpha * x)
-    return alpha * s * (1 - s)
+    s = torch.mul(x, alpha).sigmoid_()
+    return s.mul_(torch.sub(1, s)).mul_(alpha)
 
 
 def _rectangle(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    return (x.abs() < 0.5 / alpha).to(x.dtype) * alpha
+    return (x.abs() < 0.5 / alpha).to(x.dtype).mul_(alpha)
 
 
 SURROGATES = {"atan": _atan, "sigmoid": _sigmoid, "rectangle": _rectangle}
@@ -141,6 +142,60 @@ class SpikingNeuron(nn.Module):
         theta_n = self._broadcast(self.neg_threshold, x_seq[0]).to(x_seq.dtype) * self.threshold_scale
         v = torch.zeros_like(x_seq[0]) if self.v is None else self.v
         level = torch.zeros_like(x_seq[0]) if self.level is None else self.level
+        tracked = torch.is_grad_enabled() and any(a.requires_grad for a in (x_seq, theta, theta_n, v))
+        if not tracked:
+            out, v, level = self._simulate(x_seq, v, level, theta, theta_n)
+        elif not (self.signed or theta.requires_grad or v.requires_grad):
+            out, v = _FusedFire.apply(x_seq, v, theta, self)
+        else:
+            out, v, level = self._simulate_with_autograd(x_seq, v, level, theta, theta_n)
+        self.level = level if self.signed else None
+        self.v = v
+        return self._counted(out)
+
+    @torch.no_grad()
+    def _simulate(self, x_seq, v, level, theta, theta_n, membranes: torch.Tensor | None = None):
+        """The step loop without autograd, in place: inference, and the forward of `_FusedFire`
+        (which keeps each step's membrane before firing in `membranes`)."""
+        margin = 1.0 - self.v_init
+        out = torch.empty_like(x_seq)
+        v = v.clone()
+        level = level.clone()
+        fire_at = theta * margin
+        if self.signed:
+            zero_side = bool((theta_n == 0).any())
+            above, below, positive, rest, size_up, size_down, rises, falls, edge = (
+                torch.empty_like(x_seq[0]) for _ in range(9))
+        for t, x in enumerate(x_seq):
+            if membranes is not None:  # h_t is kept: the membrane lives in it for this step
+                v = torch.mul(v, self.decay, out=membranes[t]).add_(x)
+            elif self.decay != 1.0:
+                v.mul_(self.decay).add_(x)
+            else:
+                v.add_(x)
+            spike = out[t]
+            if self.signed:  # 0/1 float masks and exact selections m*a + (1-m)*b instead of branches
+                torch.ge(level, 0, out=above)
+                torch.gt(level, 0, out=positive)
+                _select(theta, theta_n, above, torch.lt(level, 0, out=below), out=size_up)
+                _select(theta, theta_n, positive, torch.le(level, 0, out=rest), out=size_down)
+                torch.ge(v, torch.mul(size_up, margin, out=edge), out=rises)
+                torch.le(v, torch.mul(size_down, -margin, out=edge), out=falls)
+                if zero_side:  # a side whose spike size is 0 never fires
+                    falls.mul_(size_down > 0)
+                torch.mul(rises, size_up, out=spike).addcmul_(falls, size_down, value=-1)
+                level.add_(rises).sub_(falls)
+            else:
+                torch.ge(v, fire_at, out=spike).mul_(theta)
+            if self.reset_mode == "subtract":
+                v = torch.sub(v, spike) if membranes is not None else v.sub_(spike)
+            else:
+                v = torch.where(spike != 0, torch.full_like(v, self.reset_value), v)
+        return out, v, level
+
+    def _simulate_with_autograd(self, x_seq, v, level, theta, theta_n):
+        """The step loop recorded by autograd: learnable thresholds, signed neurons in training, and
+        a state carried over from a tracked call. Tests hold `_FusedFire` to its gradients."""
         margin = 1.0 - self.v_init
         out = []
         for x in x_seq:
@@ -160,9 +215,7 @@ class SpikingNeuron(nn.Module):
                 fired = (spike != 0).to(v.dtype)
                 v = v * (1 - fired) + self.reset_value * fired
             out.append(spike)
-        self.level = level if self.signed else None
-        self.v = v
-        return self._counted(torch.stack(out))
+        return torch.stack(out), v, level
 
     def _counted(self, spikes: torch.Tensor) -> torch.Tensor:
         if self.record:
@@ -189,6 +242,8 @@ class SpikingNeuron(nn.Module):
         """
         if self.decay != 1.0 or self.reset_mode != "subtract" or self.v is not None:
             return self.constant_response(x, T).mean(0)
+        if not (torch.is_grad_enabled() or self.keep_counts):
+            return self._rounded_rate(x, T)
         side, rate = self._side_and_rate(x)
         count = torch.clamp(floor_ste(rate * T + self.v_init), 0, T)
         if self.signed:
@@ -199,6 +254,29 @@ class SpikingNeuron(nn.Module):
         if self.keep_counts:
             self.counts.append(count)
         return count * (torch.sign(x) * side if self.signed else side) / T
+
+    @torch.no_grad()
+    def _rounded_rate(self, x: torch.Tensor, T: int) -> torch.Tensor:
+        """`constant_rate` for inference: the same numbers in a few in-place passes, no sign/side tensors.
+
+        Each side is count = clamp(floor(|x| T / theta + v_init), 0, T): the upward count is zero for
+        x < 0 and the downward one for x >= 0, so the two add up without selecting by sign.
+        """
+        theta = self._broadcast(self.threshold, x).to(x.dtype) * self.threshold_scale
+        up = torch.mul(x, T / theta).add_(self.v_init).floor_().clamp_(0, T)
+        spikes = up.sum() if self.record else 0
+        out = up.mul_(theta / T)
+        if self.signed:
+            theta_n = self._broadcast(self.neg_threshold, x).to(x.dtype) * self.threshold_scale
+            gain = torch.where(theta_n > 0, -T / theta_n.clamp(min=1e-12), torch.zeros_like(theta_n))
+            down = torch.mul(x, gain).add_(self.v_init).floor_().clamp_(0, T)
+            if self.record:
+                spikes = spikes + down.sum()
+            out = out.addcmul_(down, theta_n, value=-1.0 / T)
+        if self.record:
+            self.spike_count += int(spikes)
+            self.neuron_steps += x.numel() * T
+        return out
 
     def learn_thresholds(self) -> list[nn.Parameter]:
         """Turn the thresholds into parameters (same state-dict names); returns the learnable ones.
@@ -219,19 +297,64 @@ class SpikingNeuron(nn.Module):
         """The spike train [T, ...] of a fresh neuron driven by the same input `x` at every step.
 
         For an integrate-and-fire neuron reset by subtraction the count after t steps is known in closed
-        form, n_t = min(t, floor(t*a/theta + v_init)) (mirrored with theta_n below zero), so no step loop
+        form, n_t = floor(t * min(a/theta, 1) + v_init) (mirrored with theta_n below zero), so no step loop
         is needed; tests check it against `forward`. Leaky neurons are simulated.
         """
         if self.decay != 1.0 or self.reset_mode != "subtract" or self.v is not None or torch.is_grad_enabled():
             return self.forward(x.unsqueeze(0).expand(T, *x.shape))
         side, rate = self._side_and_rate(x)
-        steps = torch.arange(1, T + 1, device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
-        count = torch.minimum(steps, (steps * rate).add_(self.v_init).floor_()).clamp_(min=0)
-        spikes = torch.diff(count, dim=0, prepend=torch.zeros_like(count[:1]))
-        spikes.mul_(torch.sign(x) * side if self.signed else side)
-        self.v = x * T - spikes.sum(0)
+        # A rate clipped to [0, 1] makes floor(t * rate + v_init) count at most one spike per step by
+        # itself; counting from t = 0 (no spike yet) turns the spikes into one subtraction.
+        steps = torch.arange(0, T + 1, device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
+        count = (steps * rate.clamp_(0, 1)).add_(self.v_init).floor_()
+        size = torch.sign(x) * side if self.signed else side
+        spikes = torch.sub(count[1:], count[:-1]).mul_(size)
+        self.v = x * T - count[-1] * size
         self.level = (count[-1] * torch.sign(x) * (side > 0)) if self.signed else None
         return self._counted(spikes)
+
+
+def _select(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, inverse: torch.Tensor, out: torch.Tensor):
+    """mask * a + (1 - mask) * b for a 0/1 float mask and its inverse: exactly a or b, branch-free."""
+    return torch.mul(mask, a, out=out).addcmul_(inverse, b)
+
+
+class _FusedFire(torch.autograd.Function):
+    """Backpropagation through time of an unsigned neuron as one autograd node.
+
+    The forward runs the in-place step loop and keeps only each step's membrane h_t (before firing);
+    the backward evaluates every step's surrogate derivative at once and runs the recursion
+    dL/dh_t = dL/dv_t (1 - theta s'_t) + dL/dout_t theta s'_t   (reset by subtraction; by value:
+    dL/dv_t (1 - fired_t) + dL/dout_t theta s'_t),  dL/dv_{t-1} = decay dL/dh_t,
+    the same gradients autograd takes through `_simulate_with_autograd`, without its per-step graph.
+    """
+
+    @staticmethod
+    def forward(ctx, x_seq, v, theta, neuron):
+        membranes = torch.empty_like(x_seq)
+        out, v, _ = neuron._simulate(x_seq, v, torch.zeros(()), theta, theta, membranes)
+        ctx.save_for_backward(membranes, theta)
+        ctx.neuron = neuron
+        return out, v
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_v):
+        membranes, theta = ctx.saved_tensors
+        neuron = ctx.neuron
+        shifted = membranes - theta * (1.0 - neuron.v_init)
+        slope = SURROGATES[neuron.surrogate](shifted, neuron.alpha).mul_(theta)  # d out_t / d h_t
+        keep = None if neuron.reset_mode == "subtract" else (shifted < 0).to(membranes.dtype)  # 1 - fired_t
+        del shifted
+        grad_x = torch.zeros_like(membranes) if grad_out is None else grad_out.clone()
+        carried = torch.zeros_like(membranes[0]) if grad_v is None else grad_v.clone()
+        for t in range(len(membranes) - 1, -1, -1):
+            grad_h = grad_x[t]  # holds dL/dout_t; becomes dL/dh_t
+            if keep is None:
+                grad_h.sub_(carried).mul_(slope[t]).add_(carried)
+            else:
+                grad_h.mul_(slope[t]).addcmul_(carried, keep[t])
+            carried = torch.mul(grad_h, neuron.decay, out=carried) if neuron.decay != 1.0 else grad_h
+        return grad_x, None, None, None
 
 
 class IFNeuron(SpikingNeuron):

@@ -61,7 +61,7 @@ class RepeatTime(Folded):
     """A static (per-sample) tensor presented at every step: [B, ...] -> [T*B, ...]."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.repeat(self.folded, *([1] * (x.dim() - 1)))
+        return x if self.folded == 1 else x.repeat(self.folded, *([1] * (x.dim() - 1)))
 
 
 class MeanTime(Folded):
@@ -77,6 +77,8 @@ ANALOG_MODES = ("window", "running")
 def analog_over_time(fn: Callable, args: list, sequence_args: tuple[int, ...], T: int, mode: str, kwargs: dict):
     """Apply a non-spiking op to folded step sequences in `mode` (see the module docstring)."""
     args = list(args)
+    if T == 1:  # the rate form: the arguments are their own means
+        return fn(*args, **kwargs)
     if mode == "window":
         for i in sequence_args:
             args[i] = unfold(args[i], T).mean(0)

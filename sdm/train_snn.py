@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,14 +9,15 @@ from pathlib import Path
 from sdm.errors import SDMError
 from sdm.pretrained import locate, resolve_checkpoint
 from sdm.spiking_unet import SPIKING_PRESETS, SpikingUNet
-from sdm.training import TrainSettings, train_diffusion
+from sdm.training import TrainSettings, read_run_config, train_diffusion
 
 STAGES = ("prespike", "tsm")
+DEFAULT_PRESET = "fmnist-small"
 
 
 @dataclass
 class SNNTrainConfig(TrainSettings):
-    preset: str = "fmnist-small"
+    preset: str | None = None       # default: fmnist-small; the TSM stage inherits its parent's
     T: int | None = None            # default: 4, or the parent's T in the TSM stage
     neuron: str = "lif"
     stage: str = "prespike"
@@ -25,7 +25,7 @@ class SNNTrainConfig(TrainSettings):
 
     def validate(self) -> None:
         super().validate()
-        if self.preset not in SPIKING_PRESETS:
+        if self.preset is not None and self.preset not in SPIKING_PRESETS:
             raise SDMError(f"unknown preset '{self.preset}': choose one of {', '.join(SPIKING_PRESETS)}")
         if self.stage not in STAGES:
             raise SDMError(f"unknown stage '{self.stage}': choose prespike or tsm")
@@ -46,6 +46,7 @@ def train_snn(config: SNNTrainConfig, *, resume: bool = False, progress: bool = 
             raise SDMError(f"--T {config.T} differs from the pre-spike model's T = {child.config.T}")
         model_config = dict(child.config)
         preset = _parent_preset(Path(config.init_from))
+        _check_preset(config.preset, preset, model_config)
         report(f"TSM stage from {parent_dir}: every inherited weight copied by name; {len(new)} new parameters "
                f"({len(new) * child.config.T} factors p_t, all 1.0): {', '.join(new[:3])}{', ...' if len(new) > 3 else ''}")
 
@@ -55,13 +56,13 @@ def train_snn(config: SNNTrainConfig, *, resume: bool = False, progress: bool = 
         def initialise(model):
             model.load_state_dict(child.state_dict())
     else:
-        model_config = {**SPIKING_PRESETS[config.preset], "T": config.T or 4, "neuron": config.neuron}
+        preset = config.preset or DEFAULT_PRESET
+        model_config = {**SPIKING_PRESETS[preset], "T": config.T or 4, "neuron": config.neuron}
 
         def build():
             return SpikingUNet(**model_config)
 
         initialise = None
-        preset = config.preset
     settings = {"preset": preset, "stage": config.stage, "init_from": config.init_from,
                 "T": model_config["T"], "neuron": model_config["neuron"]}
     return train_diffusion(config, settings, build, initialise=initialise, resume=resume, progress=progress,
@@ -70,7 +71,19 @@ def train_snn(config: SNNTrainConfig, *, resume: bool = False, progress: bool = 
 
 def _parent_preset(run: Path) -> str | None:
     """The preset a TSM model inherits: its pre-spike run's, when that run recorded one."""
-    record = run / "train_config.json"
-    if not record.is_file():
-        return None
-    return json.loads(record.read_text()).get("model", {}).get("preset")
+    return (read_run_config(run) or {}).get("model", {}).get("preset")
+
+
+def _check_preset(asked: str | None, inherited: str | None, model_config: dict) -> None:
+    """The TSM stage's architecture is its parent's: a --preset that builds another one is refused."""
+    if asked is None or asked == inherited:
+        return
+
+    def plain(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    differs = [k for k, v in SPIKING_PRESETS[asked].items() if plain(v) != plain(model_config.get(k))]
+    if inherited is not None or differs:
+        found = f"preset {inherited}" if inherited else f"different {', '.join(differs[:3])}"
+        raise SDMError(f"--preset {asked} disagrees with the pre-spike model in --init-from ({found}); the TSM "
+                       "stage keeps its parent's architecture: drop --preset")

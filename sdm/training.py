@@ -37,6 +37,26 @@ CONFIG_FILE = "train_config.json"
 RESUME_INVARIANT = ("data", "batch_size", "lr", "warmup", "weight_decay", "ema_decay", "seed", "hflip", "fit")
 
 
+def read_run_config(run: str | Path) -> dict | None:
+    """A training run's recorded settings (`train_config.json`), or None for a directory without one."""
+    path = Path(run) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SDMError(f"'{path}' is not valid JSON ({err.msg}); the run record is damaged") from None
+
+
+def steps_trained(run: str | Path) -> str:
+    """A run's training steps; a stage started from another run counts on top of it ("1000 + 250")."""
+    config = read_run_config(run) or {}
+    parent = config.get("init_from") or config.get("model", {}).get("init_from")
+    own = str(config.get("steps", "?"))
+    parent_config = read_run_config(parent) if parent else None
+    return own if parent_config is None else f"{parent_config['steps']} + {own}"
+
+
 @dataclass
 class TrainSettings:
     """What every diffusion training run is configured by, whatever the model."""

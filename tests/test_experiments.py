@@ -65,7 +65,8 @@ def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
     assert [r["label"] for r in report["rows"]] == ["ANN", "converted SNN", "SDM (direct)"]
     assert all("FID-FMNIST" in r["metrics"] and r["energy_mJ_per_image"] > 0 for r in report["rows"])
     assert report["rows"][0]["firing_rate"] is None and 0 < report["rows"][2]["firing_rate"] < 1
-    assert "| converted SNN | T=2, if, mse thresholds |" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| converted SNN | T=2, if, mse thresholds, rate executor |" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert [r["executor"] for r in report["rows"]] == [None, "rate", None]  # the exact rate form by default
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
     empty = _run(compare, ["--out", tmp_path / "none"])
     assert empty.exit_code != 0 and "at least one of" in empty.stderr

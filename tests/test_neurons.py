@@ -99,8 +99,15 @@ def test_closed_form_constant_response_equals_simulation(signed, threshold, neg)
         assert torch.allclose(a, b, atol=1e-6)
         assert torch.allclose(fast.v, slow.v, atol=1e-5)
         fast.reset()
-        with torch.no_grad():
+        fast.record = slow.record = True
+        with torch.no_grad():  # the inference path: in-place passes
             assert torch.allclose(fast.constant_rate(x, T), b.mean(0), atol=1e-6)
+            slow.reset()
+            slow(x.unsqueeze(0).expand(T, *x.shape))
+        assert fast.spike_count == slow.spike_count and fast.neuron_steps == slow.neuron_steps
+        trained = fast.constant_rate(x.requires_grad_(), T)  # the differentiable path gives the same numbers
+        assert trained.requires_grad and torch.allclose(trained, b.mean(0), atol=1e-6)
+        x = x.detach()
 
 
 def test_surrogate_gradient_reaches_inputs_and_thresholds():
@@ -123,3 +130,50 @@ def test_bad_settings():
         IFNeuron(1.0, v_init=1.0)
     with pytest.raises(SDMError, match=r"\[T, B"):
         IFNeuron(1.0)(torch.ones(3))
+
+
+def _reference(neuron, x_seq):
+    """The per-step autograd loop, which the fast paths must reproduce."""
+    theta = neuron._broadcast(neuron.threshold, x_seq[0])
+    theta_n = neuron._broadcast(neuron.neg_threshold, x_seq[0])
+    zeros = torch.zeros_like(x_seq[0])
+    return neuron._simulate_with_autograd(x_seq, zeros, zeros, theta, theta_n)
+
+
+@pytest.mark.parametrize("kind, settings", [
+    ("if", {}), ("lif", {"tau": 2.0}), ("lif", {"tau": 3.0, "reset": "value", "reset_value": 0.1}),
+    ("if", {"v_init": 0.5, "surrogate": "sigmoid"}), ("lif", {"surrogate": "rectangle", "alpha": 1.0}),
+])
+def test_fused_backpropagation_through_time_equals_autograd(kind, settings):
+    torch.manual_seed(0)
+    make = IFNeuron if kind == "if" else LIFNeuron
+    x = (torch.randn(6, 3, 3, 5, 5) * 1.2).requires_grad_()
+    weights = torch.randn(6, 3, 3, 5, 5)
+    fused = make(torch.tensor([0.7, 1.0, 1.3]), **settings)
+    out = fused(x)
+    assert out.grad_fn is not None and "FusedFire" in type(out.grad_fn).__name__
+    (out * weights).sum().backward()
+    fused_grad, x.grad = x.grad.clone(), None
+    reference, v, _ = _reference(make(torch.tensor([0.7, 1.0, 1.3]), **settings), x)
+    (reference * weights).sum().backward()
+    assert torch.equal(out, reference) and torch.equal(fused.v, v)
+    assert torch.allclose(fused_grad, x.grad, atol=1e-6) and x.grad.abs().max() > 0.1
+
+
+@pytest.mark.parametrize("settings", [
+    {"neg_threshold": torch.tensor([0.2, 0.0, 0.5]), "signed": True, "v_init": 0.5},
+    {"neg_threshold": 0.4, "signed": True}, {"v_init": 0.5}, {"reset": "value", "reset_value": 0.2},
+])
+def test_inference_loop_equals_autograd_loop_exactly(settings):
+    torch.manual_seed(1)
+    neuron = IFNeuron(torch.tensor([0.7, 1.0, 1.3]), **settings)
+    x = torch.randn(9, 4, 3, 6, 6) * 1.5
+    with torch.no_grad():
+        first, v, level = neuron(x), neuron.v, neuron.level
+        second = neuron(x)  # carries the state on
+    reference, ref_v, ref_level = _reference(neuron, x)
+    theta, theta_n = (neuron._broadcast(t, x[0]) for t in (neuron.threshold, neuron.neg_threshold))
+    again, _, _ = neuron._simulate_with_autograd(x, ref_v, ref_level, theta, theta_n)
+    assert torch.equal(first, reference) and torch.equal(v, ref_v) and torch.equal(second, again)
+    assert level is None or torch.equal(level, ref_level)
+    assert (first < 0).any() == neuron.signed

@@ -14,6 +14,7 @@ from sdm.pretrained import DDPM_LINEAR_SCHEDULE, load_model
 from sdm.sampler import sample
 from sdm.spiking_unet import SPIKING_PRESETS, SpikingUNet
 from sdm.train_snn import SNNTrainConfig, train_snn
+from sdm.training import steps_trained
 
 
 def _tiny(**kw) -> SpikingUNet:
@@ -135,6 +136,15 @@ def test_tsm_stage_through_the_cli(fake_fmnist, tmp_path):
     record = json.loads((tmp_path / "tsm" / "train_config.json").read_text())
     assert record["model"]["stage"] == "tsm" and load_model(tmp_path / "tsm").model.config.tsm
     assert record["model"]["preset"] == "tiny"  # inherited from the pre-spike run, not the option's default
+    assert steps_trained(tmp_path / "tsm") == "2 + 2"
+    same = runner.invoke(train_command.main, [str(a) for a in [*base, "--out", tmp_path / "tsm2", "--stage", "tsm",
+                                                                "--init-from", tmp_path / "pre", "--preset", "tiny"]])
+    assert same.exit_code == 0, same.output
+    other = runner.invoke(train_command.main, [str(a) for a in [*base, "--out", tmp_path / "tsm3", "--stage", "tsm",
+                                                                 "--init-from", tmp_path / "pre", "--preset", "fmnist-cpu"]])
+    lines = other.stderr.strip().splitlines()
+    assert other.exit_code != 0 and len(lines) == 1 and "--preset fmnist-cpu disagrees" in lines[0], other.stderr
+    assert not (tmp_path / "tsm3").exists()
 
 
 @pytest.mark.parametrize("args, fragment", [

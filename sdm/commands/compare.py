@@ -12,7 +12,15 @@ from pathlib import Path
 import click
 import torch
 
-from sdm.cli import CommaList, command, device_option, resolve_device, sampling_options
+from sdm.cli import (
+    CommaList,
+    command,
+    device_option,
+    executor_option,
+    resolve_device,
+    sampling_options,
+    use_executor,
+)
 from sdm.commands.evaluate import read_images, spiking_energy
 from sdm.energy import E_MAC_PJ, ann_macs
 from sdm.errors import SDMError
@@ -62,8 +70,7 @@ def _markdown(rows: list[dict], metric_names: list[str]) -> str:
 @click.option("--extractor", type=click.Choice(EXTRACTORS), default="auto", show_default=True)
 @click.option("--reference", default=None, help="Real images for FID/KID (a .npz, folder or data set name).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False), default=None)
-@click.option("--executor", type=click.Choice(["steps", "rate"]), default="steps", show_default=True,
-              help="How converted SNNs run ('rate': exact and T times faster for window-mode graphs).")
+@executor_option
 @click.option("--out", type=click.Path(file_okay=False), default="out/compare", show_default=True)
 @device_option
 def main(ann, converted, direct, num_samples, sampler, steps, seed, batch_size, metrics, extractor, reference,
@@ -80,8 +87,7 @@ def main(ann, converted, direct, num_samples, sampler, steps, seed, batch_size, 
     for key, label, ckpt in chosen:
         loaded = load_model(ckpt, device=device)
         model = loaded.model
-        if hasattr(model, "set_executor"):
-            model.set_executor(executor)
+        ran = use_executor(model, executor)
         settings = {"sampler": sampler, "steps": steps, "batch_size": batch_size, "threshold_scale": 1.0}
         started = time.perf_counter()
         paths = sample_sharded(model, loaded.scheduler_config, num_samples, out / "work" / key, settings=settings,
@@ -98,7 +104,8 @@ def main(ann, converted, direct, num_samples, sampler, steps, seed, batch_size, 
             energy_mj, rate = macs * E_MAC_PJ * steps / 1e9, None
         else:
             energy_mj, rate = energy["per_image"]["energy_mJ"], energy["mean_input_firing_rate"]
-        rows.append({"label": label, "ckpt": loaded.source, "details": _describe(model),
+        details = _describe(model) + (f", {ran} executor" if ran else "")
+        rows.append({"label": label, "ckpt": loaded.source, "details": details, "executor": ran,
                      "metrics": {r.metric: f"{r.value:.4g}" + (f" ± {r.std:.2g}" if r.std is not None else "")
                                  for r in results},
                      "results": [r.to_dict() for r in results], "energy_mJ_per_image": energy_mj,

@@ -11,7 +11,16 @@ import time
 import click
 import numpy as np
 
-from sdm.cli import CommaList, ckpt_options, command, device_option, resolve_device, sampling_options
+from sdm.cli import (
+    CommaList,
+    ckpt_options,
+    command,
+    device_option,
+    executor_option,
+    resolve_device,
+    sampling_options,
+    use_executor,
+)
 from sdm.data import load_dataset
 from sdm.errors import SDMError
 from sdm.io import write_json
@@ -54,8 +63,7 @@ def spiking_energy(model, scheduler_config: dict, sampler: str, steps: int, thre
               help="Real images: a .npz, an image folder or fashion-mnist | mnist | cifar10 (test split).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False), default=None,
               help="Local Inception-v3 weights (.pth state dict or .safetensors) for offline Inception metrics.")
-@click.option("--executor", type=click.Choice(["steps", "rate"]), default="steps", show_default=True,
-              help="How converted SNNs run ('rate': exact and T times faster for window-mode graphs).")
+@executor_option
 @click.option("--kid-subset-size", type=click.IntRange(min=2), default=1000, show_default=True)
 @click.option("--work-dir", type=click.Path(file_okay=False), default="sdm_eval_work", show_default=True,
               help="Where sample shards go; a rerun skips the shards already there.")
@@ -81,8 +89,7 @@ def main(samples, ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_s
         from sdm.shards import gather_shards, sample_sharded
 
         loaded = load_model(ckpt, device=device, allow_pickle=allow_pickle)
-        if hasattr(loaded.model, "set_executor"):
-            loaded.model.set_executor(executor)
+        ran = use_executor(loaded.model, executor)
         settings = {"sampler": sampler, "steps": steps, "batch_size": batch_size, "threshold_scale": threshold_scale}
         started = time.perf_counter()
         paths = sample_sharded(loaded.model, loaded.scheduler_config, num_samples, work_dir, settings=settings,
@@ -92,7 +99,7 @@ def main(samples, ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_s
         if not state.is_main_process:
             return
         images = gather_shards(paths, num_samples, seed)
-        report.update(ckpt=loaded.source, model=type(loaded.model).__name__, executor=executor, **settings, seeds=[seed, seed + num_samples - 1],
+        report.update(ckpt=loaded.source, model=type(loaded.model).__name__, executor=ran, **settings, seeds=[seed, seed + num_samples - 1],
                       sampling_seconds_this_run=round(time.perf_counter() - started, 2), processes=state.num_processes,
                       notes=loaded.notes)
         energy = spiking_energy(loaded.model, loaded.scheduler_config, sampler, steps, threshold_scale)

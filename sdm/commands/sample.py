@@ -8,7 +8,15 @@ from pathlib import Path
 import click
 import numpy as np
 
-from sdm.cli import ckpt_options, command, device_option, resolve_device, sampling_options
+from sdm.cli import (
+    ckpt_options,
+    command,
+    device_option,
+    executor_option,
+    resolve_device,
+    sampling_options,
+    use_executor,
+)
 from sdm.images import save_grid, save_npz
 from sdm.io import write_json
 from sdm.pretrained import load_model
@@ -22,15 +30,17 @@ from sdm.sampler import sample
 @sampling_options
 @click.option("--threshold-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Threshold guidance for spiking models: every threshold times this (>1 inhibits, <1 excites).")
+@executor_option
 @click.option("--out", type=click.Path(file_okay=False), default="samples", show_default=True)
 @device_option
-def main(ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_size, threshold_scale, out, device):
+def main(ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_size, threshold_scale, executor, out, device):
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise click.BadParameter(f"'{out}' is a file", param_hint="--out")
     loaded = load_model(ckpt, device=resolve_device(device), allow_pickle=allow_pickle)
     for note in loaded.notes:
         click.echo(f"note: {note}", err=True)
+    ran = use_executor(loaded.model, executor)
     started = time.perf_counter()
     images = sample(loaded.model, loaded.scheduler_config, num_samples, sampler=sampler, steps=steps, seed=seed,
                     batch_size=batch_size, threshold_scale=threshold_scale)
@@ -39,7 +49,8 @@ def main(ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_size, thre
     save_npz(images, out / "samples.npz", seeds=seeds)
     save_grid(images[:64], out / "grid.png", scale=2)
     report = {
-        "ckpt": loaded.source, "model": type(loaded.model).__name__, "sampler": sampler, "steps": steps,
+        "ckpt": loaded.source, "model": type(loaded.model).__name__, **({"executor": ran} if ran else {}),
+        "sampler": sampler, "steps": steps,
         "threshold_scale": threshold_scale, "num_samples": num_samples,
         "seeds": [int(seeds[0]), int(seeds[-1])], "device": str(next(loaded.model.parameters()).device),
         "seconds": round(seconds, 3), "images_per_second": round(num_samples / seconds, 3), "notes": loaded.notes,

@@ -8,13 +8,14 @@ from accelerate import PartialState
 from sdm.cli import command, resolve_device, training_options
 from sdm.neurons import NEURONS
 from sdm.spiking_unet import SPIKING_PRESETS
-from sdm.train_snn import STAGES, SNNTrainConfig, train_snn
+from sdm.train_snn import DEFAULT_PRESET, STAGES, SNNTrainConfig, train_snn
 
 
 @command(help="Train a spiking UNet with surrogate-gradient BPTT. Several GPUs: `accelerate launch -m "
               "sdm.commands.train ...` (or torchrun).")
 @click.option("--T", "T", type=click.IntRange(min=1), default=None, help="Spiking steps [default: 4; TSM: the parent's].")
-@click.option("--preset", type=click.Choice(list(SPIKING_PRESETS)), default="fmnist-small", show_default=True)
+@click.option("--preset", type=click.Choice(list(SPIKING_PRESETS)), default=None,
+              help=f"Architecture [default: {DEFAULT_PRESET}; TSM: the parent's, which a --preset must match].")
 @click.option("--stage", type=click.Choice(STAGES), default="prespike", show_default=True)
 @click.option("--init-from", default=None, help="The pre-spike run the TSM stage starts from.")
 @click.option("--neuron", type=click.Choice(list(NEURONS)), default="lif", show_default=True)
