@@ -39,6 +39,15 @@ VARIANTS = {  # convert()'s keyword arguments
 }
 
 
+def convert_variant(loaded, variant: str, pairs, directory: Path) -> None:
+    """Calibrate and convert the ANN as `VARIANTS[variant]` says; the SNN directory records its teacher."""
+    spec = VARIANTS[variant]
+    observed = calibrate(prepare(loaded.model, encode_analog=spec.get("encode_analog", False)), pairs, progress=False)
+    snn = convert(observed, **spec)
+    snn.source["ckpt"] = loaded.source
+    snn.save_pretrained(directory, scheduler_config=loaded.scheduler_config)
+
+
 def _energy(model, ann, probes) -> dict:
     report = energy_report(model, *spread_subset(probes), denoising_steps=50, ann=ann)
     return {"mJ": report["per_image"]["energy_mJ"], "ratio": report["energy_ratio_snn_to_ann"]}
@@ -54,14 +63,14 @@ def _training(report: dict) -> str:
 @click.option("--ckpt", default=None, help="[default: the embedded model]")
 @click.option("--variants", type=CommaList(choices=list(VARIANTS)), default="t4,t8", show_default=True)
 @click.option("--finetune-steps", type=click.IntRange(min=1), default=2000, show_default=True)
-@click.option("--rate-penalty", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="For the spike-encoded variants (whose target is an energy budget).")
+@click.option("--rate-penalty", "penalties", type=CommaList(float), default="0", show_default=True,
+              help="For the spike-encoded variants (whose target is an energy budget): one run per value.")
 @click.option("--num-samples", type=click.IntRange(min=2), default=2000, show_default=True)
 @click.option("--ann-fid", type=float, default=None, help="Reuse the ANN's FID-FMNIST at these seeds instead of sampling.")
 @click.option("--baseline", type=CommaList(choices=["all", "none", *VARIANTS]), default="all", show_default=True,
               help="Variants whose converted SNN is also measured before fine-tuning.")
 @click.option("--out", type=click.Path(), default="benchmarks/results/finetune_fid", show_default=True)
-def main(ckpt, variants, finetune_steps, rate_penalty, num_samples, ann_fid, baseline, out):
+def main(ckpt, variants, finetune_steps, penalties, num_samples, ann_fid, baseline, out):
     out = Path(out)
     meta = provenance(__spec__.name)
     loaded = load_model(ckpt)
@@ -72,30 +81,31 @@ def main(ckpt, variants, finetune_steps, rate_penalty, num_samples, ann_fid, bas
         ann_fid = sample_metric(ann, config, num_samples, out / "work" / "ann")[0].value
     rows, grids = [{"model": "ANN", "FID-FMNIST": f"{ann_fid:.3f}", "ratio to ANN": "1.00", "energy / image (mJ)": "",
                     "energy ratio": "1.00", "fine-tuning": ""}], []
-    for name in variants:
-        spec = VARIANTS[name]
+    if any(p < 0 for p in penalties):
+        raise click.BadParameter("rate penalties must be >= 0", param_hint="--rate-penalty")
+    runs = [(name, name, 0.0) for name in variants if "encoded" not in name]
+    runs += [(f"{name}-p{p:g}", name, p) for name in variants if "encoded" in name for p in penalties]
+    measured: set[str] = set()
+    for name, variant, rate_penalty in runs:
         run = out / name
         if not (run / "finetune" / "report.json").is_file():
-            observed = calibrate(prepare(ann, encode_analog=spec.get("encode_analog", False)), pairs, progress=False)
-            snn = convert(observed, **spec)
-            snn.source["ckpt"] = loaded.source
-            snn.save_pretrained(run / "snn", scheduler_config=config)
-            settings = FinetuneSettings(steps=finetune_steps, rate_penalty=rate_penalty if "encoded" in name else 0.0)
+            convert_variant(loaded, variant, pairs, run / "snn")
+            settings = FinetuneSettings(steps=finetune_steps, rate_penalty=rate_penalty)
             run_finetune(run / "snn", ann, config, run / "finetune", settings, teacher_source=loaded.source,
                          num_samples=0)
         report = json.loads((run / "finetune" / "report.json").read_text())
-        measured_before = "all" in baseline or name in baseline
-        models = [("converted", run / "snn")] * measured_before + [("fine-tuned", run / "finetune" / "snn")]
-        for label, directory in models:
+        measured_before = ("all" in baseline or variant in baseline) and f"{variant} converted" not in measured
+        models = [(variant, "converted", run / "snn")] * measured_before + [(name, "fine-tuned", run / "finetune" / "snn")]
+        for shown, label, directory in models:  # one baseline per variant, whatever its rate penalties
             model = ConvertedUNet.from_pretrained(directory)
-            model.set_executor("rate")
-            fid, images, _ = sample_metric(model, config, num_samples, out / "work" / f"{name}-{label}")
+            fid, images, _ = sample_metric(model, config, num_samples, out / "work" / f"{shown}-{label}")
             energy = _energy(model, ann, probes)
-            rows.append({"model": f"{name} {label}", "FID-FMNIST": f"{fid.value:.3f}",
+            measured.add(f"{shown} {label}")
+            rows.append({"model": f"{shown} {label}", "FID-FMNIST": f"{fid.value:.3f}",
                          "ratio to ANN": f"{fid.value / ann_fid:.2f}", "energy / image (mJ)": f"{energy['mJ']:.3g}",
                          "energy ratio": f"{energy['ratio']:.3f}",
                          "fine-tuning": _training(report) if label == "fine-tuned" else ""})
-            grids.append((f"{name} {label}", images[:16]))
+            grids.append((f"{shown} {label}", images[:16]))
     save_comparison(grids, out / "samples.png")
     text = write_table(rows, out, meta, f"N = {num_samples}, DDIM-50, seeds 0..{num_samples - 1}; FID-FMNIST is not "
                        "comparable with Inception FID; energy per image with MACs of constant inputs counted once.",

@@ -14,10 +14,12 @@ import click
 import torch
 
 from sdm.cli import command
+from sdm.errors import SDMError
 from sdm.images import save_grid
 from sdm.io import write_text
 from sdm.pretrained import EMBEDDED_MODEL, load_model, save_pipeline
 from sdm.sampler import sample
+from sdm.training import read_run_config
 
 
 def _cpu() -> str:
@@ -36,7 +38,9 @@ def _cpu() -> str:
 def main(run, quality, out):
     run, out = Path(run), Path(out)
     loaded = load_model(run)
-    config = json.loads((run / "train_config.json").read_text())
+    config = read_run_config(run)
+    if config is None:
+        raise SDMError(f"'{run}' has no train_config.json: pass the directory sdm-train-ann wrote")
     preset = config.get("model", {}).get("preset", config.get("preset"))
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     trained = json.loads((run / "checkpoint" / "state.json").read_text())["step"]

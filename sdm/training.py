@@ -142,7 +142,7 @@ def _check_resume(out: Path, record: dict, resume: bool) -> bool:
         return False
     if not resume:
         raise SDMError(f"'{out}' already holds a training run; pass --resume to continue it or choose another --out")
-    saved = json.loads((out / CONFIG_FILE).read_text())
+    saved = read_run_config(out) or {}
     changed = [k for k in RESUME_INVARIANT if saved.get(k) != record.get(k)]
     changed += [f"model.{k}" for k in record["model"] if saved.get("model", {}).get(k) != record["model"][k]]
     if changed:
