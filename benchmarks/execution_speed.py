@@ -27,7 +27,7 @@ from calibration import calibrate, calibration_pairs, prepare
 from convert import convert
 from sdm.cli import command
 from sdm.io import write_json, write_text
-from sdm.neurons import IFNeuron, LIFNeuron, SpikingNeuron
+from sdm.neurons import IFNeuron, LIFNeuron, SpikingNeuron, compiled_steps
 from sdm.pretrained import load_model
 from sdm.sampler import sample
 from sdm.spiking_unet import SPIKING_PRESETS, SpikingUNet
@@ -107,8 +107,12 @@ def neuron_rows(device: str, shape: tuple[int, ...], repeats: int) -> list[dict]
 
     rows = []
     for name, m in models.items():
-        rows.append({"neuron": name, "inference (ms)": round(timed(inference(m), repeats, device) * 1e3, 2),
-                     "forward + backward (ms)": round(timed(training(m), repeats, device) * 1e3, 2)})
+        row = {"neuron": name, "inference (ms)": round(timed(inference(m), repeats, device) * 1e3, 2),
+               "inference, torch.compile (ms)": "", "forward + backward (ms)": round(timed(training(m), repeats, device) * 1e3, 2)}
+        if isinstance(m, SpikingNeuron) and compiled_steps() is not None:
+            m.compiled = True
+            row["inference, torch.compile (ms)"] = round(timed(inference(m), repeats, device) * 1e3, 2)
+        rows.append(row)
     return rows
 
 
@@ -197,7 +201,7 @@ def step_executor_rows(ann, observed, device, batch: int, repeats: int) -> list[
 @command(help="Executors, neurons and direct training timed side by side (ANN, converted, SpikingJelly).")
 @click.option("--ckpt", default=None, help="[default: the embedded model]")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--num-images", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images sampled per model (the `make demo` grid draws 16).")
 @click.option("--sampling-steps", type=click.IntRange(min=1), default=50, show_default=True)

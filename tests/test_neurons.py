@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sdm.errors import SDMError
-from sdm.neurons import IFNeuron, LIFNeuron, reset_neurons
+from sdm.neurons import IFNeuron, LIFNeuron, compile_neurons, compiled_steps, reset_neurons
 
 
 def _run(neuron, inputs):
@@ -177,3 +177,24 @@ def test_inference_loop_equals_autograd_loop_exactly(settings):
     assert torch.equal(first, reference) and torch.equal(v, ref_v) and torch.equal(second, again)
     assert level is None or torch.equal(level, ref_level)
     assert (first < 0).any() == neuron.signed
+
+
+@pytest.mark.parametrize("settings", [
+    {"neg_threshold": torch.tensor([0.2, 0.0, 0.5]), "signed": True, "v_init": 0.5},
+    {"v_init": 0.5}, {"reset": "value", "reset_value": 0.2},
+])
+def test_compiled_inference_loop_equals_the_eager_one(settings):
+    if compiled_steps() is None:
+        pytest.skip("torch.compile cannot build kernels on this machine")
+    torch.manual_seed(2)
+    eager, compiled = (IFNeuron(torch.tensor([0.7, 1.0, 1.3]), **settings) for _ in range(2))
+    compile_neurons(torch.nn.Sequential(compiled))
+    x = torch.randn(5, 4, 3, 6, 6) * 1.5
+    with torch.no_grad():
+        for _ in range(2):  # the second call carries the state on
+            expected, got = eager(x), compiled(x)
+            assert torch.equal(got, expected) and torch.equal(compiled.v, eager.v)
+            assert compiled.level is None if not compiled.signed else torch.equal(compiled.level, eager.level)
+    assert (expected != 0).any() and (expected < 0).any() == eager.signed
+    x.requires_grad_(True)
+    assert compiled(x).requires_grad  # training never takes the compiled path
