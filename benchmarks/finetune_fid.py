@@ -36,13 +36,15 @@ VARIANTS = {  # convert()'s keyword arguments
     "t8-first": {"T": 8, "analog_sites": FIRST},
     "t4-encoded-first": {"T": 4, "encode_analog": True, "analog_sites": FIRST},
     "t8-neuron-first": {"T": 8, "activation": "neuron", "analog_sites": FIRST},
+    "t4-first-channel": {"T": 4, "analog_sites": FIRST, "per_channel": True},
 }
 
 
 def convert_variant(loaded, variant: str, pairs, directory: Path) -> None:
     """Calibrate and convert the ANN as `VARIANTS[variant]` says; the SNN directory records its teacher."""
     spec = VARIANTS[variant]
-    observed = calibrate(prepare(loaded.model, encode_analog=spec.get("encode_analog", False)), pairs, progress=False)
+    observed = calibrate(prepare(loaded.model, per_channel=spec.get("per_channel", False),
+                                 encode_analog=spec.get("encode_analog", False)), pairs, progress=False)
     snn = convert(observed, **spec)
     snn.source["ckpt"] = loaded.source
     snn.save_pretrained(directory, scheduler_config=loaded.scheduler_config)
