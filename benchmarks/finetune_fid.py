@@ -37,6 +37,7 @@ VARIANTS = {  # convert()'s keyword arguments
     "t4-encoded-first": {"T": 4, "encode_analog": True, "analog_sites": FIRST},
     "t8-neuron-first": {"T": 8, "activation": "neuron", "analog_sites": FIRST},
     "t4-first-channel": {"T": 4, "analog_sites": FIRST, "per_channel": True},
+    "t8-first-channel": {"T": 8, "analog_sites": FIRST, "per_channel": True},
 }
 
 

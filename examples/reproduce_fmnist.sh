@@ -31,3 +31,20 @@ sdm-compare --ann embedded:fmnist-ddpm --converted out/convert_T4/snn --converte
 # 5. Speed (cifar10-32 conversion time, SNN vs ANN forward) and the spike-encoded fidelity sweep.
 python -m benchmarks.conversion_speed
 sdm-sweep --T 2,4,8,16,32 --calib mse --neuron if --encode-analog --out $R/sweep_encoded
+
+# 6. Fine-tuning converted SNNs (BENCHMARKS.md 5): FID at N = 2000, the curve, the rate-penalty frontier.
+python -m benchmarks.energy_accounting
+python -m benchmarks.finetune_fid --variants t4-first,t4-encoded-first,t8-first,t8-neuron-first \
+  --finetune-steps 1200 --rate-penalty 0.1 --baseline t4-first,t4-encoded-first --num-samples 2000 --ann-fid 3.09
+python -m benchmarks.finetune_fid --variants t4-first-channel --finetune-steps 1200 --num-samples 2000 \
+  --ann-fid 3.09 --out $R/finetune_channel
+python -m benchmarks.finetune_fid --variants t4-first-channel --finetune-steps 3000 --baseline none \
+  --num-samples 2000 --ann-fid 3.09 --out $R/finetune_long
+python -m benchmarks.finetune_fid --variants t8-first-channel --finetune-steps 3000 --baseline none \
+  --num-samples 2000 --ann-fid 3.09 --out $R/finetune_long_t8
+python -m benchmarks.finetune_curve --variants t4-first,t8-first --steps 0,300,600,1200 --num-samples 500
+python -m benchmarks.finetune_fid --variants t4-encoded-first --finetune-steps 1200 --rate-penalty 0,0.3 \
+  --baseline none --num-samples 2000 --ann-fid 3.09 --out $R/rate_frontier
+
+# 7. Execution speed against SpikingJelly (pip install -e '.[bench]'); run it on an otherwise idle machine.
+python -m benchmarks.execution_speed
