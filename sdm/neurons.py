@@ -142,19 +142,13 @@ class SpikingNeuron(nn.Module):
             raise SDMError(f"neurons take [T, B, ...] inputs, got shape {tuple(x_seq.shape)}")
         theta = self._broadcast(self.threshold, x_seq[0]).to(x_seq.dtype) * self.threshold_scale
         theta_n = self._broadcast(self.neg_threshold, x_seq[0]).to(x_seq.dtype) * self.threshold_scale
-        tracked = torch.is_grad_enabled() and (any(a.requires_grad for a in (x_seq, theta, theta_n)) or (
-            self.v is not None and self.v.requires_grad))
-        if not tracked and self.compiled and (steps := compiled_steps()) is not None:
-            with torch.no_grad():
-                level = self.level if self.signed or self.v is None else torch.zeros_like(self.v)
-                out, v, level = steps(x_seq, self.v, level, theta, theta_n, 1.0 - self.v_init, self.decay,
-                                      self.signed, self.reset_mode == "subtract", self.reset_value)
-            self.level = level if self.signed else None
-            self.v = v
-            return self._counted(out)
         v = torch.zeros_like(x_seq[0]) if self.v is None else self.v
         level = torch.zeros_like(x_seq[0]) if self.level is None else self.level
-        if not tracked:
+        tracked = torch.is_grad_enabled() and any(a.requires_grad for a in (x_seq, theta, theta_n, v))
+        if not tracked and self.compiled and (compiled := compiled_steps()) is not None:
+            with torch.no_grad():
+                out, v, level = compiled(self, x_seq, v, level, theta, theta_n)
+        elif not tracked:
             out, v, level = self._simulate(x_seq, v, level, theta, theta_n)
         elif not (self.signed or theta.requires_grad or v.requires_grad):
             out, v = _FusedFire.apply(x_seq, v, theta, self)
@@ -330,40 +324,21 @@ def _select(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, inverse: torch
     return torch.mul(mask, a, out=out).addcmul_(inverse, b)
 
 
-def _step_loop(x_seq, v, level, theta, theta_n, margin: float, decay: float, signed: bool, subtract: bool,
-               reset_value: float):
-    """`SpikingNeuron._simulate`'s arithmetic as a pure function, written for torch.compile: inductor
-    fuses the T steps into one pass over memory where eager PyTorch makes a dozen passes per step."""
-    if v is None:  # a fresh neuron: the compiled kernel starts from zeros instead of reading them
-        v, level = torch.zeros_like(x_seq[0]), torch.zeros_like(x_seq[0])
-    out = []
-    for t in range(x_seq.shape[0]):
-        v = v * decay + x_seq[t] if decay != 1.0 else v + x_seq[t]
-        if signed:
-            up = torch.where(level >= 0, theta, theta_n)
-            down = torch.where(level > 0, theta, theta_n)
-            rises = v >= up * margin
-            falls = (v <= down * -margin) & (down > 0)
-            spike = rises * up - falls * down
-            level = level + rises.to(v.dtype) - falls.to(v.dtype)
-        else:
-            spike = (v >= theta * margin) * theta
-        v = v - spike if subtract else torch.where(spike != 0, reset_value, v)
-        out.append(spike)
-    return torch.stack(out), v, level
-
-
 _COMPILED: dict[str, object] = {}
 
 
 def compiled_steps():
-    """`_step_loop` compiled with static shapes (one specialisation per tensor shape: dynamic shapes
-    defeat inductor's vectorisation on CPUs), or None where torch.compile cannot build it here."""
+    """`SpikingNeuron._simulate_with_autograd` compiled for inference: inductor fuses its T steps into
+    one pass over memory where the eager loop makes a dozen per step (the tests hold the eager loops to
+    the same outputs). Static shapes (dynamic ones defeat inductor's vectorisation on CPUs); None where
+    torch.compile cannot build it here."""
     if "steps" not in _COMPILED:
         try:
-            compiled = torch.compile(_step_loop, dynamic=False)
+            compiled = torch.compile(SpikingNeuron._simulate_with_autograd, dynamic=False)
             probe = torch.zeros(2, 1, 2)
-            compiled(probe, None, None, torch.ones(()), torch.ones(()), 0.5, 1.0, True, True, 0.0)
+            with torch.no_grad():
+                compiled(IFNeuron(signed=True, neg_threshold=1.0), probe, probe[0], probe[0], torch.ones(()),
+                         torch.ones(()))
             _COMPILED["steps"] = compiled
         except Exception as error:  # no C++ compiler, unsupported platform, ...: the eager loop is exact too
             warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}: {error}); neurons run "
