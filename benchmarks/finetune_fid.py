@@ -88,7 +88,7 @@ def main(ckpt, variants, finetune_steps, penalties, num_samples, ann_fid, baseli
         raise click.BadParameter("rate penalties must be >= 0", param_hint="--rate-penalty")
     runs = [(name, name, 0.0) for name in variants if "encoded" not in name]
     runs += [(f"{name}-p{p:g}", name, p) for name in variants if "encoded" in name for p in penalties]
-    measured: set[str] = set()
+    baselined: set[str] = set()  # one converted row per variant, whatever its rate penalties
     for name, variant, rate_penalty in runs:
         run = out / name
         if not (run / "finetune" / "report.json").is_file():
@@ -97,13 +97,14 @@ def main(ckpt, variants, finetune_steps, penalties, num_samples, ann_fid, baseli
             run_finetune(run / "snn", ann, config, run / "finetune", settings, teacher_source=loaded.source,
                          num_samples=0)
         report = json.loads((run / "finetune" / "report.json").read_text())
-        measured_before = ("all" in baseline or variant in baseline) and f"{variant} converted" not in measured
+        measured_before = ("all" in baseline or variant in baseline) and variant not in baselined
+        if measured_before:
+            baselined.add(variant)
         models = [(variant, "converted", run / "snn")] * measured_before + [(name, "fine-tuned", run / "finetune" / "snn")]
-        for shown, label, directory in models:  # one baseline per variant, whatever its rate penalties
+        for shown, label, directory in models:
             model = ConvertedUNet.from_pretrained(directory)
             fid, images, _ = sample_metric(model, config, num_samples, out / "work" / f"{shown}-{label}")
             energy = _energy(model, ann, probes)
-            measured.add(f"{shown} {label}")
             rows.append({"model": f"{shown} {label}", "FID-FMNIST": f"{fid.value:.3f}",
                          "ratio to ANN": f"{fid.value / ann_fid:.2f}", "energy / image (mJ)": f"{energy['mJ']:.3g}",
                          "energy ratio": f"{energy['ratio']:.3f}",

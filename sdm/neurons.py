@@ -8,6 +8,7 @@ calls, as in SpikingJelly, until `reset()`; models call `reset_neurons` before e
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 
@@ -324,27 +325,22 @@ def _select(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, inverse: torch
     return torch.mul(mask, a, out=out).addcmul_(inverse, b)
 
 
-_COMPILED: dict[str, object] = {}
-
-
+@functools.cache
 def compiled_steps():
     """`SpikingNeuron._simulate_with_autograd` compiled for inference: inductor fuses its T steps into
     one pass over memory where the eager loop makes a dozen per step (the tests hold the eager loops to
     the same outputs). Static shapes (dynamic ones defeat inductor's vectorisation on CPUs); None where
     torch.compile cannot build it here."""
-    if "steps" not in _COMPILED:
-        try:
-            compiled = torch.compile(SpikingNeuron._simulate_with_autograd, dynamic=False)
-            probe = torch.zeros(2, 1, 2)
-            with torch.no_grad():
-                compiled(IFNeuron(signed=True, neg_threshold=1.0), probe, probe[0], probe[0], torch.ones(()),
-                         torch.ones(()))
-            _COMPILED["steps"] = compiled
-        except Exception as error:  # no C++ compiler, unsupported platform, ...: the eager loop is exact too
-            warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}: {error}); neurons run "
-                          "their eager step loop", stacklevel=2)
-            _COMPILED["steps"] = None
-    return _COMPILED["steps"]
+    try:
+        compiled = torch.compile(SpikingNeuron._simulate_with_autograd, dynamic=False)
+        probe = torch.zeros(2, 1, 2)
+        with torch.no_grad():
+            compiled(IFNeuron(signed=True, neg_threshold=1.0), probe, probe[0], probe[0], torch.ones(()), torch.ones(()))
+        return compiled
+    except Exception as error:  # no C++ compiler, unsupported platform, ...: the eager loop is exact too
+        warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}: {error}); neurons run "
+                      "their eager step loop", stacklevel=2)
+        return None
 
 
 def compile_neurons(model: nn.Module, enabled: bool = True) -> nn.Module:
