@@ -1,7 +1,12 @@
-"""FID-FMNIST of the directly trained SDM: pre-spike, TSM, TSM with threshold guidance, and the ANN
-of similar size trained for as many steps.
+"""The paper's two mechanisms at the embedded ANN's size: TSM against an equal-steps pre-spike control,
+and a threshold-guidance sweep on the TSM model, beside the ANN.
 
-    python -m benchmarks.direct_training --runs runs --num-samples 1000 --steps 25
+    python -m benchmarks.direct_training --control runs/fmnist-sdm-control --tsm runs/fmnist-sdm-tsm \
+        --num-samples 2000 --sweep-samples 500 --ann-fid 3.09
+
+Every model samples DDIM-50 from seeds 0..N-1. The sweep runs at `--sweep-samples` (seeds
+0..n-1); its best scale is then measured again at `--num-samples`, reusing the sweep's samples
+(the shards of a work directory are resumable), so the headline gain is an N-sample figure.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ from benchmarks.common import provenance, sample_metric, write_table
 from sdm.cli import CommaList, command
 from sdm.energy import E_MAC_PJ, ann_macs
 from sdm.images import save_comparison
-from sdm.pretrained import load_model
-from sdm.training import read_run_config, steps_trained
+from sdm.io import atomic_file
+from sdm.pretrained import EMBEDDED_NAME, load_model
+from sdm.training import steps_trained
+
+DEFAULT_SCALES = "0.9,0.95,0.96,0.97,0.98,0.99,1.0,1.01,1.02,1.03,1.04,1.05,1.1"
 
 
 def _energy(model, scheduler_config, steps, scale):
@@ -31,35 +39,105 @@ def _energy(model, scheduler_config, steps, scale):
     return macs * E_MAC_PJ * steps / 1e9, None
 
 
-@command(help="FID-FMNIST of pre-spike, TSM and guided TSM spiking UNets beside an ANN of similar size.")
-@click.option("--runs", type=click.Path(file_okay=False), default="runs", show_default=True)
-@click.option("--scales", type=CommaList(float), default="0.9,0.95,1.0,1.05,1.1", show_default=True,
+def _tsm_factors(model) -> list[float]:
+    """The learnt per-timestep factors p, averaged over layers (all 1.0 before the TSM stage)."""
+    factors = list(model.tsm_parameters().values())
+    return [round(sum(float(p[t]) for p in factors) / len(factors), 4) for t in range(model.config.T)]
+
+
+def plot_sweep(points: list[tuple[float, float]], n: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([s for s, _ in points], [f for _, f in points], marker="o")
+    ax.axvline(1.0, color="gray", linestyle=":")
+    ax.set_xlabel("threshold scale at sampling time")
+    ax.set_ylabel(f"FID-FMNIST (N = {n})")
+    ax.set_title("Threshold guidance on the TSM model")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+@command(help="TSM against an equal-steps pre-spike control, and a threshold-guidance sweep, beside the ANN.")
+@click.option("--ann", default=EMBEDDED_NAME, show_default=True)
+@click.option("--ann-fid", type=float, default=None, help="Reuse the ANN's FID-FMNIST at these seeds and N.")
+@click.option("--control", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The pre-spike run continued for as many steps as the TSM stage added.")
+@click.option("--tsm", required=True, type=click.Path(exists=True, file_okay=False), help="The TSM run.")
+@click.option("--scales", type=CommaList(float), default=DEFAULT_SCALES, show_default=True,
               help="Threshold-guidance scales swept on the TSM model.")
-@click.option("--num-samples", type=click.IntRange(min=2), default=1000, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=25, show_default=True)
+@click.option("--num-samples", type=click.IntRange(min=2), default=2000, show_default=True)
+@click.option("--sweep-samples", type=click.IntRange(min=2), default=500, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--out", type=click.Path(), default="benchmarks/results/direct_training", show_default=True)
-def main(runs, scales, num_samples, steps, out):
-    runs, out = Path(runs), Path(out)
+def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, out):
+    out = Path(out)
     meta = provenance(__spec__.name)
-    rows, grids = [], []
-    plan = [("ANN", "ann-baseline", 1.0), ("SDM pre-spike", "sdm-prespike", 1.0)]
-    plan += [(f"SDM TSM, threshold scale {s:g}", "sdm-tsm", s) for s in scales]
-    for name, run, scale in plan:
-        loaded = load_model(runs / run)
-        preset = (read_run_config(runs / run) or {}).get("model", {}).get("preset")
-        params = sum(p.numel() for p in loaded.model.parameters())
-        label = f"{name} (`{preset}`, {params / 1e6:.2f}M)"
-        result, images, _ = sample_metric(loaded.model, loaded.scheduler_config, num_samples,
-                                          out / "work" / f"{run}_{scale:g}", steps=steps, threshold_scale=scale)
+    work = out / "work"
+
+    def measure(loaded, key, n, scale=1.0):
+        result, images, seconds = sample_metric(loaded.model, loaded.scheduler_config, n, work / f"{key}_{scale:g}",
+                                                steps=steps, threshold_scale=scale)
         energy, rate = _energy(loaded.model, loaded.scheduler_config, steps, scale)
-        rows.append({"model": label, "training steps": steps_trained(runs / run), "FID-FMNIST": f"{result.value:.3f}",
-                     "energy / image (mJ)": f"{energy:.4g}", "firing rate": "" if rate is None else f"{rate:.3f}"})
-        if scale == 1.0:
-            grids.append((name.replace(", threshold scale 1", ""), images[:16]))
+        return {"fid": result.value, "energy": energy, "rate": rate, "seconds": seconds / n}, images
+
+    def row(name, run, params, m, n):
+        return {"model": name, "parameters": f"{params / 1e6:.2f}M", "training steps": run, "N": n,
+                "FID-FMNIST": f"{m['fid']:.3f}", "energy / image (mJ)": f"{m['energy']:.4g}",
+                "firing rate": "" if m["rate"] is None else f"{m['rate']:.3f}",
+                "sampling s / image": f"{m['seconds']:.3g}"}
+
+    rows, grids, record = [], [], {}
+    teacher = load_model(ann)
+    params = sum(p.numel() for p in teacher.model.parameters())
+    if ann_fid is None:
+        m, images = measure(teacher, "ann", num_samples)
+        grids.append(("ANN", images[:16]))
+    else:
+        energy, _ = _energy(teacher.model, teacher.scheduler_config, steps, 1.0)
+        m = {"fid": ann_fid, "energy": energy, "rate": None, "seconds": float("nan")}
+    rows.append(row(f"ANN (`{teacher.source}`)", steps_trained(teacher.path), params, m, num_samples))
+    record["ann"] = m
+    for name, run in (("SDM pre-spike (control)", control), ("SDM TSM", tsm)):
+        loaded = load_model(run)
+        params = sum(p.numel() for p in loaded.model.parameters())
+        m, images = measure(loaded, Path(run).name, num_samples)
+        rows.append(row(name, steps_trained(run), params, m, num_samples))
+        grids.append((name.replace(" (control)", ""), images[:16]))
+        record[name] = m
+    loaded = load_model(tsm)
+    sweep = []
+    for scale in scales:
+        m, _ = measure(loaded, Path(tsm).name, sweep_samples, scale)
+        sweep.append({"scale": scale, **m})
+    plot_sweep([(s["scale"], s["fid"]) for s in sweep], sweep_samples, out / "guidance.png")
+    unguided = next((s for s in sweep if s["scale"] == 1.0), None)
+    best = min(sweep, key=lambda s: s["fid"])
+    if best["scale"] != 1.0:
+        m, images = measure(loaded, Path(tsm).name, num_samples, best["scale"])
+        rows.append(row(f"SDM TSM, threshold scale {best['scale']:g} (best of the sweep)", steps_trained(tsm),
+                        params, m, num_samples))
+        grids.append((f"TSM x{best['scale']:g}", images[:16]))
+        record["best_guided"] = {"scale": best["scale"], **m}
     save_comparison(grids, out / "samples.png")
-    text = write_table(rows, out, meta, f"N = {num_samples}, DDIM-{steps}, seeds 0..{num_samples - 1}; FID-FMNIST is "
-                       "not comparable with Inception FID.", num_samples=num_samples, steps=steps)
-    click.echo(text)
+    sweep_rows = [{"threshold scale": f"{s['scale']:g}", "FID-FMNIST": f"{s['fid']:.3f}",
+                   "change": "" if unguided is None else f"{(s['fid'] - unguided['fid']) / unguided['fid']:+.1%}",
+                   "energy / image (mJ)": f"{s['energy']:.4g}", "firing rate": f"{s['rate']:.3f}"} for s in sweep]
+    sweep_text = write_table(sweep_rows, out / "sweep", meta,
+                             f"Threshold guidance on the TSM model, N = {sweep_samples}, DDIM-{steps}, seeds "
+                             f"0..{sweep_samples - 1}; FID-FMNIST is not comparable with Inception FID.",
+                             num_samples=sweep_samples, steps=steps)
+    text = write_table(rows, out, meta, f"N = {num_samples}, DDIM-{steps}, seeds 0..{num_samples - 1}; learnt TSM "
+                       f"factors p (mean over layers, t = 1..T): {_tsm_factors(loaded.model)}; FID-FMNIST is not "
+                       "comparable with Inception FID.", num_samples=num_samples, steps=steps, record=record,
+                       sweep=sweep, tsm_factors=_tsm_factors(loaded.model))
+    click.echo(f"{text}\n{sweep_text}")
 
 
 if __name__ == "__main__":

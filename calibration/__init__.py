@@ -5,10 +5,18 @@ Mirrors PyTorch FX quantization: `prepare` inserts observers, `calibrate` feeds 
 """
 
 from calibration.inputs import SOURCES, calibration_pairs, probe_pairs, spread_subset
-from calibration.prepare import CalibrationStats, ObservedModel, Thresholds, calibrate, load_stats, prepare
+from calibration.prepare import (
+    CalibrationStats,
+    ObservedModel,
+    Thresholds,
+    calibrate,
+    load_stats,
+    prepare,
+    require_ann,
+)
 from calibration.rules import RULES
 
 __all__ = [
     "RULES", "SOURCES", "CalibrationStats", "ObservedModel", "Thresholds", "calibrate", "calibration_pairs",
-    "load_stats", "prepare", "probe_pairs", "spread_subset",
+    "load_stats", "prepare", "probe_pairs", "require_ann", "spread_subset",
 ]

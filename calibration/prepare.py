@@ -22,6 +22,7 @@ from calibration.observer import ActivationObserver
 from calibration.rules import site_thresholds
 from sdm.errors import SDMError
 from sdm.graph import ActivationSite, capture, conversion_sites
+from sdm.neurons import SpikingNeuron
 
 
 @dataclass
@@ -97,9 +98,17 @@ class ObservedModel(nn.Module):
         return CalibrationStats(self.fingerprint, {n: o.summary() for n, o in self.observers().items()}, source or {})
 
 
+def require_ann(model: nn.Module, name: str = "the model") -> None:
+    """Conversion starts from an ANN: a model with spiking neurons (trained or converted) spikes already."""
+    if any(isinstance(m, SpikingNeuron) for m in model.modules()):
+        raise SDMError(f"{name} is already a spiking model ({type(model).__name__}); calibrate and convert the ANN "
+                       "(a UNet2DModel) instead")
+
+
 def prepare(model: nn.Module, per_channel: bool = False, encode_analog: bool = False) -> ObservedModel:
     """Capture `model` as a graph and insert an observer after each activation call site (and, with
     `encode_analog`, after each analog input of a synaptic layer)."""
+    require_ann(model)
     graph = capture(model)
     sites = conversion_sites(graph, encode_analog)
     if not any(site.op != "identity" for site in sites):

@@ -18,6 +18,7 @@ from calibration import (
     load_stats,
     prepare,
     probe_pairs,
+    require_ann,
     spread_subset,
 )
 from convert.finetune import FinetuneSettings, run_finetune
@@ -132,8 +133,7 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
     device = resolve_device(device)
     loaded = load_model(ckpt, device=device, allow_pickle=allow_pickle)
     ann = loaded.model
-    if isinstance(ann, ConvertedUNet):
-        raise SDMError(f"'{loaded.source}' is already a converted spiking model; pass the ANN it came from")
+    require_ann(ann, f"'{loaded.source}'")
     neuron_config = NeuronConfig(kind=neuron, tau=tau, v_init=v_init, signed=signed)
     neuron_config.validate()
     for note in loaded.notes:

@@ -29,7 +29,7 @@ from sdm.io import atomic_file, write_json
 from sdm.neurons import spiking_neurons
 from sdm.sampler import trajectory
 from sdm.temporal import TemporalMean
-from sdm.training import TrainSettings, train_diffusion
+from sdm.training import CHECKPOINT_DIR, TrainSettings, read_run_config, train_diffusion
 
 aten = torch.ops.aten
 TRAINABLE = ("thresholds", "norms", "all")
@@ -241,6 +241,16 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
                     param_groups=lambda model: holder["groups"], constrain=keep_thresholds_positive,
                     save_model=save)
     return ConvertedUNet.from_pretrained(out / "snn")
+
+
+def finetuned_steps(snn_dir: str | Path) -> int | None:
+    """Steps of fine-tuning behind `snn_dir` when it is a fine-tuning run's `OUT/snn`, else None."""
+    run = Path(snn_dir).parent
+    config = read_run_config(run) if Path(snn_dir).name == "snn" else None
+    state = run / CHECKPOINT_DIR / "state.json"
+    if config is None or "snn_fingerprint" not in config.get("model", {}) or not state.is_file():
+        return None
+    return int(json.loads(state.read_text())["step"])
 
 
 def loss_curve(out: Path) -> list[dict]:

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import click
 
-from calibration import RULES, SOURCES, CalibrationStats, calibrate, calibration_pairs, prepare, probe_pairs
+from calibration import (
+    RULES,
+    SOURCES,
+    CalibrationStats,
+    calibrate,
+    calibration_pairs,
+    prepare,
+    probe_pairs,
+    require_ann,
+)
 from calibration.stats import model_fingerprint
 from convert.model import NeuronConfig
 from convert.report import eps_fidelity
@@ -114,6 +123,7 @@ def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, analog, encode_ana
     device, out = resolve_device(device), Path(out)
     loaded = load_model(ckpt, device=device, allow_pickle=allow_pickle)
     ann = loaded.model
+    require_ann(ann, f"'{loaded.source}'")
     stats_path = out / "calibration_stats.json"
     if stats_path.is_file():
         stats = CalibrationStats.load(stats_path, model_fingerprint(dict(ann.config)))

@@ -1,7 +1,11 @@
-"""Ship a trained DDPM run as the package's embedded default model (fp16 safetensors + model card).
+"""Ship a trained run as one of the package's embedded models (fp16 safetensors + model card).
 
     python examples/package_embedded_model.py --run runs/fmnist-ddpm \
-        [--quality benchmarks/results/foundation/results.json]
+        [--quality benchmarks/results/foundation/results.json]           # -> embedded:fmnist-ddpm
+    python examples/package_embedded_model.py --run runs/fmnist-sdm-tsm \
+        [--quality benchmarks/results/direct_training/results.json]      # -> embedded:fmnist-sdm
+
+The kind of run (an ANN from sdm-train-ann, a spiking UNet from sdm-train) picks the destination.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from sdm.cli import command
 from sdm.errors import SDMError
 from sdm.images import save_grid
 from sdm.io import write_text
-from sdm.pretrained import EMBEDDED_MODEL, load_model, save_pipeline
+from sdm.pretrained import EMBEDDED_MODELS, EMBEDDED_NAME, EMBEDDED_SDM_NAME, load_model, save_pipeline
 from sdm.sampler import sample
 from sdm.training import read_run_config
+
+NOT_INCEPTION = "FID-FMNIST is not comparable with Inception FID (see the extractor's card)."
 
 
 def _cpu() -> str:
@@ -30,58 +36,142 @@ def _cpu() -> str:
         return platform.processor() or platform.machine()
 
 
-@command(help="Package a sdm-train-ann run as the embedded default model.")
-@click.option("--run", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--quality", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="benchmarks/results/foundation/results.json, quoted in the card.")
-@click.option("--out", type=click.Path(file_okay=False), default=str(EMBEDDED_MODEL), show_default=True)
-def main(run, quality, out):
-    run, out = Path(run), Path(out)
-    loaded = load_model(run)
+def _run_record(run: Path) -> dict:
+    """A run's settings, trained steps, wall time (summed over resumed segments) and final loss."""
     config = read_run_config(run)
     if config is None:
-        raise SDMError(f"'{run}' has no train_config.json: pass the directory sdm-train-ann wrote")
-    preset = config.get("model", {}).get("preset", config.get("preset"))
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        raise SDMError(f"'{run}' has no train_config.json: pass the directory sdm-train or sdm-train-ann wrote")
     trained = json.loads((run / "checkpoint" / "state.json").read_text())["step"]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     logged = [entry for entry in log if entry["step"] <= trained]
-    schedule = f"{trained} steps" if trained == config["steps"] else (
-        f"{trained} of the {config['steps']} planned steps (the CPU run was stopped there by a session time limit; "
-        "`--resume` finishes it)")
-    save_pipeline(loaded.model, loaded.scheduler_config, out, dtype=torch.float16)
-    shipped = load_model(out)
-    grid = sample(shipped.model, shipped.scheduler_config, 64, sampler="ddim", steps=50, seed=0)
-    save_grid(grid, out / "sample_grid.png", nrow=8, scale=2)
-    params = sum(p.numel() for p in shipped.model.parameters())
-    size_mb = (out / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size / 1e6
+    return {"config": config, "steps": trained, "hours": _training_seconds(log) / 3600, "loss": logged[-1]["loss"]}
+
+
+def _training_seconds(log: list[dict]) -> float:
+    """Wall time of the work a run kept. Logs of older versions restart their clock on every resume and
+    keep the entries past the checkpoint it resumed from: each such segment counts up to that point."""
+    segments: list[list[dict]] = [[]]
+    for entry in log:
+        last = segments[-1][-1] if segments[-1] else None
+        if last is not None and (entry["step"] <= last["step"] or entry["seconds"] < last["seconds"]):
+            segments.append([])
+        segments[-1].append(entry)
+    total = 0.0
+    for segment, following in zip(segments, segments[1:] + [None], strict=True):
+        kept = [e for e in segment if following is None or e["step"] < following[0]["step"]]
+        total += kept[-1]["seconds"] if kept else 0.0
+    return total
+
+
+def _schedule(record: dict) -> str:
+    config = record["config"]
+    steps = f"{record['steps']} steps" if record["steps"] == config["steps"] else (
+        f"{record['steps']} of the {config['steps']} planned steps (the CPU run was stopped there by a session time "
+        "limit; `--resume` finishes it)")
+    precision = ", bf16 autocast" if config.get("precision") == "bf16" else ""
+    return (f"{steps}, batch {config['batch_size']}, AdamW lr {config['lr']} ({config['warmup']} warm-up steps), "
+            f"EMA {config['ema_decay']}, gradient clipping {config['grad_clip']}{precision}")
+
+
+def _command(tool: str, run: Path, config: dict, extra: str = "") -> str:
+    return (f"{tool} --data {config['data']} --out {run}{extra} --steps {config['steps']} "
+            f"--batch-size {config['batch_size']} --lr {config['lr']} --warmup {config['warmup']} "
+            f"--save-every {config['save_every']} --sample-every {config['sample_every']}"
+            + (" --precision bf16" if config.get("precision") == "bf16" else ""))
+
+
+def _ann_card(run: Path, shipped, params: float, size_mb: float, quality: dict | None) -> str:
+    record = _run_record(run)
+    config = record["config"]
+    preset = config.get("model", {}).get("preset", config.get("preset"))
     figure = "not measured yet"
     if quality:
-        q = json.loads(Path(quality).read_text())
-        figure = (f"**FID-FMNIST {q['model']['value']:.2f}** at N = {q['model']['n']} (DDIM-50, seeds 0..{q['model']['n'] - 1}); "
-                  f"the data floor at the same N (training images against the test split) is {q['floor']['value']:.2f}. "
-                  "FID-FMNIST is not comparable with Inception FID (see the extractor's card).")
-    command_line = (f"sdm-train-ann --data {config['data']} --out {run} --preset {preset} "
-                    f"--steps {config['steps']} --batch-size {config['batch_size']} --lr {config['lr']} "
-                    f"--warmup {config['warmup']} --save-every {config['save_every']} --sample-every {config['sample_every']}")
-    write_text(f"""# Embedded model: Fashion-MNIST DDPM (`{preset}`)
+        n = quality["model"]["n"]
+        figure = (f"**FID-FMNIST {quality['model']['value']:.2f}** at N = {n} (DDIM-50, seeds 0..{n - 1}); the data "
+                  f"floor at the same N (training images against the test split) is {quality['floor']['value']:.2f}. "
+                  + NOT_INCEPTION)
+    return f"""# Embedded model: Fashion-MNIST DDPM (`{preset}`, `{EMBEDDED_NAME}`)
 
 The default `--ckpt` of every command. A diffusers `UNet2DModel` of the `google/ddpm-cifar10-32`
 family (SiLU, GroupNorm, attention at the second resolution), trained with this package.
 
 | | |
 |---|---|
-| architecture | `{preset}` preset: 28 x 28 x 1, blocks {list(shipped.model.config.block_out_channels)}, attention at 14 x 14, {params / 1e6:.2f}M parameters |
+| architecture | `{preset}` preset: 28 x 28 x 1, blocks {list(shipped.config.block_out_channels)}, attention at 14 x 14, {params / 1e6:.2f}M parameters |
 | schedule | DDPM, epsilon prediction, linear betas 1e-4..0.02 over 1000 steps |
 | data | Fashion-MNIST training split (60,000 images), random horizontal flips |
-| training | {schedule}, batch {config['batch_size']}, AdamW lr {config['lr']} ({config['warmup']} warm-up steps), EMA {config['ema_decay']}, gradient clipping {config['grad_clip']} |
-| hardware | CPU only ({_cpu()}, 2 cores): no GPU was available for this run, hence the small preset and the short schedule; {logged[-1]['seconds'] / 3600:.1f} h |
-| final training loss | {logged[-1]['loss']:.4f} (mean of the last {config['log_every']} steps) |
+| training | {_schedule(record)} |
+| hardware | CPU only ({_cpu()}, 2 cores): no GPU was available for this run, hence the small preset and the short schedule; {record['hours']:.1f} h |
+| final training loss | {record['loss']:.4f} (mean of the last {config['log_every']} steps) |
 | weights | EMA weights, fp16 safetensors, {size_mb:.1f} MB |
 | quality | {figure} |
-| command | `{command_line}` then `python examples/package_embedded_model.py --run {run}` |
+| command | `{_command('sdm-train-ann', run, config, f' --preset {preset}')}` then `python examples/package_embedded_model.py --run {run}` |
 
 ![64 samples, DDIM-50, seeds 0..63](sample_grid.png)
-""", out / "MODEL_CARD.md")
+"""
+
+
+def _sdm_card(run: Path, shipped, params: float, size_mb: float, quality: dict | None) -> str:
+    record = _run_record(run)
+    config = record["config"]
+    parent_dir = config.get("init_from")
+    if config.get("stage") != "tsm" or not parent_dir:
+        raise SDMError(f"'{run}' is a pre-spike run; the embedded SDM is the TSM stage (sdm-train --stage tsm)")
+    parent = _run_record(Path(parent_dir))
+    model = shipped.config
+    factors = list(shipped.tsm_parameters().values())
+    mean_p = [round(sum(float(p[t]) for p in factors) / len(factors), 3) for t in range(model.T)]
+    figure = "not measured yet"
+    if quality:
+        q, ann, n = quality["record"]["SDM TSM"], quality["record"]["ann"], quality["num_samples"]
+        figure = (f"**FID-FMNIST {q['fid']:.2f}** at N = {n} (DDIM-50, seeds 0..{n - 1}; the embedded ANN "
+                  f"{ann['fid']:.2f}, {q['fid'] / ann['fid']:.2f}x); energy {q['energy']:.3g} mJ per image "
+                  f"({q['energy'] / ann['energy']:.1%} of the ANN's {ann['energy']:.3g} mJ; 0.9 pJ per accumulate, "
+                  f"4.6 pJ per MAC), firing rate {q['rate']:.3f}. " + NOT_INCEPTION)
+    preset = config.get("model", {}).get("preset")
+    return f"""# Embedded model: Fashion-MNIST Spiking Diffusion Model (`{preset}`, `{EMBEDDED_SDM_NAME}`)
+
+A spiking UNet trained directly (surrogate-gradient BPTT) with this package: the Spiking Diffusion
+Models recipe of pre-spike residual blocks, then the Temporal-wise Spiking Mechanism stage. Same
+preset (channels, depth, attention resolution) as the embedded ANN `{EMBEDDED_NAME}`, trained for
+as many steps, so `sdm-compare` sets the two routes side by side like for like.
+
+| | |
+|---|---|
+| architecture | `{preset}` spiking preset: 28 x 28 x 1, T = {model.T}, {model.neuron.upper()} neurons, spiking self-attention, TSM, {params / 1e6:.2f}M parameters |
+| schedule | DDPM, epsilon prediction, linear betas 1e-4..0.02 over 1000 steps |
+| data | Fashion-MNIST training split (60,000 images), random horizontal flips |
+| pre-spike stage | {_schedule(parent)}; final loss {parent['loss']:.4f}; {parent['hours']:.1f} h |
+| TSM stage | {_schedule(record)}; final loss {record['loss']:.4f}; {record['hours']:.1f} h; learnt p (mean over layers, t = 1..{model.T}): {mean_p} |
+| hardware | CPU only ({_cpu()}, 2 cores): no GPU was available for this run |
+| weights | EMA weights, fp16 safetensors, {size_mb:.1f} MB |
+| quality | {figure} |
+| commands | `{_command('sdm-train', Path(parent_dir), parent['config'], f' --preset {preset} --T {model.T}')}`, then `{_command('sdm-train', run, config, f' --stage tsm --init-from {parent_dir}')}`, then `python examples/package_embedded_model.py --run {run}` |
+
+![64 samples, DDIM-50, seeds 0..63](sample_grid.png)
+"""
+
+
+@command(help="Package a training run as an embedded model (ANN runs: fmnist-ddpm; spiking TSM runs: fmnist-sdm).")
+@click.option("--run", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--quality", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="results.json of benchmarks.foundation (ANN) or benchmarks.direct_training (SDM), quoted in the card.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="[default: the embedded model's directory in the package]")
+def main(run, quality, out):
+    run = Path(run)
+    loaded = load_model(run)
+    spiking = type(loaded.model).__name__ == "SpikingUNet"
+    out = Path(out) if out else EMBEDDED_MODELS[EMBEDDED_SDM_NAME if spiking else EMBEDDED_NAME]
+    save_pipeline(loaded.model, loaded.scheduler_config, out, dtype=torch.float16)
+    shipped = load_model(out)
+    grid = sample(shipped.model, shipped.scheduler_config, 64, sampler="ddim", steps=50, seed=0)
+    save_grid(grid, out / "sample_grid.png", nrow=8, scale=2)
+    params = sum(p.numel() for p in shipped.model.parameters())
+    size_mb = (out / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size / 1e6
+    figures = json.loads(Path(quality).read_text()) if quality else None
+    card = (_sdm_card if spiking else _ann_card)(run, shipped.model, params, size_mb, figures)
+    write_text(card, out / "MODEL_CARD.md")
     click.echo(f"packaged {run} -> {out} ({size_mb:.1f} MB, {params / 1e6:.2f}M parameters)")
 
 

@@ -78,7 +78,8 @@ def ckpt_options(func):
     )(func)
     return click.option(
         "--ckpt", default=None, metavar="HUB_ID_OR_DIR",
-        help="Hub id, pipeline directory or model directory [default: the embedded Fashion-MNIST DDPM].",
+        help="Hub id, pipeline or model directory, or embedded:fmnist-ddpm / embedded:fmnist-sdm [default: the embedded "
+             "Fashion-MNIST DDPM].",
     )(func)
 
 
@@ -145,6 +146,8 @@ def training_options(func):
         click.option("--sample-every", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Write a 4x4 sample grid every N steps (0: never)."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
+        click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+                     help="Autocast: auto is bf16 on GPUs and fp32 on CPUs; bf16 on a CPU with bf16 units is faster."),
         device_option,
     ]):
         func = decorator(func)

@@ -7,7 +7,9 @@ A checkpoint is what `--ckpt` names. Three layouts are understood:
   (without it the DDPM linear schedule is assumed, and `LoadedModel.notes` says so);
 * a Hugging Face hub id holding either layout (downloaded to the hub cache).
 
-The embedded Fashion-MNIST DDPM shipped in this package is the default of every command.
+Two models ship in the package and load offline by name: the Fashion-MNIST DDPM
+(`embedded:fmnist-ddpm`, the default of every command) and a spiking UNet of the same size trained
+directly (`embedded:fmnist-sdm`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import torch
 from sdm.errors import SDMError
 from sdm.io import atomic_dir, write_json
 
-EMBEDDED_MODEL = Path(__file__).parent / "assets" / "fmnist-ddpm"
+EMBEDDED_MODELS = {f"embedded:{name}": Path(__file__).parent / "assets" / name for name in ("fmnist-ddpm", "fmnist-sdm")}
 EMBEDDED_NAME = "embedded:fmnist-ddpm"
+EMBEDDED_MODEL = EMBEDDED_MODELS[EMBEDDED_NAME]
+EMBEDDED_SDM_NAME = "embedded:fmnist-sdm"
 
 # The schedule every DDPM of the google/ddpm-* family was trained with.
 DDPM_LINEAR_SCHEDULE = {
@@ -69,12 +73,14 @@ def model_classes() -> dict[str, type]:
 
 
 def resolve_checkpoint(ckpt: str | os.PathLike | None, allow_pickle: bool = False) -> Path:
-    """The local directory behind `ckpt` (None or the embedded name: the embedded model)."""
-    if ckpt is None or str(ckpt) == EMBEDDED_NAME:
-        if not (EMBEDDED_MODEL / "unet").is_dir():
-            raise SDMError(f"the embedded model is missing from {EMBEDDED_MODEL}; reinstall the package")
-        return EMBEDDED_MODEL
-    text = str(ckpt)
+    """The local directory behind `ckpt` (None: the default embedded model; `embedded:NAME`: a shipped one)."""
+    text = EMBEDDED_NAME if ckpt is None else str(ckpt)
+    if text.startswith("embedded:"):
+        if text not in EMBEDDED_MODELS:
+            raise SDMError(f"there is no embedded model '{text}': choose {' or '.join(EMBEDDED_MODELS)}")
+        if not (EMBEDDED_MODELS[text] / "unet").is_dir():
+            raise SDMError(f"the embedded model is missing from {EMBEDDED_MODELS[text]}; reinstall the package")
+        return EMBEDDED_MODELS[text]
     path = Path(os.path.expanduser(text))
     if path.exists():
         if not path.is_dir():
@@ -159,7 +165,7 @@ def load_model(
         )
     else:
         scheduler_config = _read_json(scheduler_dir / "scheduler_config.json")
-    source = EMBEDDED_NAME if path == EMBEDDED_MODEL else str(ckpt)
+    source = next((name for name, where in EMBEDDED_MODELS.items() if path == where), str(ckpt))
     return LoadedModel(model.to(device).eval(), scheduler_config, path, source, notes)
 
 

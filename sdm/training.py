@@ -1,7 +1,7 @@
 """The diffusion training loop shared by the ANN trainer and the spiking-UNet trainer.
 
 Epsilon objective on the linear 1e-4..0.02 schedule, AdamW, gradient clipping, EMA; `accelerate`
-takes care of devices, bf16 on GPUs and several processes (`accelerate launch` or `torchrun`). Every
+takes care of devices, bf16 autocast (GPUs by default; CPUs with bf16 units on request) and several processes (`accelerate launch` or `torchrun`). Every
 random draw of step s comes from a generator seeded with (seed, s, rank), and the data order from
 one seeded permutation per epoch, so a resumed run retraces the uninterrupted one exactly.
 """
@@ -27,7 +27,7 @@ from sdm.data import load_dataset
 from sdm.ema import ema_decay, make_ema, update_ema
 from sdm.errors import SDMError
 from sdm.images import save_grid, to_model_range
-from sdm.io import write_json
+from sdm.io import write_json, write_text
 from sdm.pretrained import DDPM_LINEAR_SCHEDULE, save_pipeline
 from sdm.sampler import sample
 
@@ -78,6 +78,7 @@ class TrainSettings:
     log_every: int = 50
     schedule: str = "constant"   # learning rate after warm-up: constant | cosine (decays to zero)
     device: str = "cpu"
+    precision: str = "auto"      # auto (bf16 autocast on GPUs, fp32 on CPUs) | bf16 | fp32
 
     def validate(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "save_every": self.save_every}
@@ -88,6 +89,8 @@ class TrainSettings:
             raise SDMError(f"--ema-decay must lie in [0, 1), got {self.ema_decay}")
         if self.warmup < 0 or self.sample_every < 0 or self.grad_clip <= 0:
             raise SDMError("--warmup and --sample-every must be >= 0 and --grad-clip > 0")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise SDMError(f"unknown --precision '{self.precision}': use auto, bf16 or fp32")
         if self.schedule not in ("constant", "cosine"):
             raise SDMError(f"unknown learning-rate schedule '{self.schedule}': use constant or cosine")
 
@@ -185,7 +188,8 @@ def train_diffusion(
     record = {**dataclasses.asdict(settings), "model": model_settings}
     resuming = _check_resume(out, record, resume)
     on_gpu = settings.device.startswith("cuda")
-    accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no")
+    bf16 = settings.precision == "bf16" or (settings.precision == "auto" and on_gpu)
+    accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if bf16 else "no")
     world, rank = accelerator.num_processes, accelerator.process_index
     if settings.batch_size % world:
         raise SDMError(f"--batch-size {settings.batch_size} must be divisible by the {world} processes")
@@ -207,9 +211,10 @@ def train_diffusion(
         group["base_lr"] = group.get("lr", settings.lr)
     optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     ema = make_ema(model)
-    step = 0
+    step, elapsed = 0, 0.0
     if resuming:
-        step = load_training_state(out / CHECKPOINT_DIR, model=model, ema=ema, optimizer=optimizer)["step"]
+        state = load_training_state(out / CHECKPOINT_DIR, model=model, ema=ema, optimizer=optimizer)
+        step, elapsed = state["step"], state.get("seconds", 0.0)
     elif initialise is not None:
         initialise(model)
         ema.load_state_dict(model.state_dict())
@@ -221,12 +226,13 @@ def train_diffusion(
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_json(record, out / CONFIG_FILE)
+        _drop_log_after(out / "log.jsonl", step)
     scheduler_config = dict(DDPM_LINEAR_SCHEDULE)
     if save_model is None:
         def save_model(ema, out):
             save_pipeline(ema, scheduler_config, out)
 
-    losses, started = [], time.time()
+    losses, started = [], time.time() - elapsed  # a resumed run's clock continues from its checkpoint
     bar = tqdm(total=settings.steps, initial=step, desc="train", unit="step",
                disable=not progress or not accelerator.is_main_process)
     while step < settings.steps:
@@ -258,6 +264,15 @@ def train_diffusion(
     return out
 
 
+def _drop_log_after(path: Path, step: int) -> None:
+    """Forget log entries past the checkpoint a run resumes from: that work is redone."""
+    if path.is_file():
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            write_text("".join(line + "\n" for line in kept), path)
+
+
 def _checkpoint(settings, out, step, model, ema, optimizer, scheduler_config, losses, started, save_model) -> None:
     """Logging, checkpoints and sample grids due after `step` (main process only)."""
     last = step == settings.steps
@@ -269,7 +284,8 @@ def _checkpoint(settings, out, step, model, ema, optimizer, scheduler_config, lo
             f.write(json.dumps(entry) + "\n")
         losses.clear()
     if step % settings.save_every == 0 or last:
-        save_training_state(out / CHECKPOINT_DIR, step=step, model=model, ema=ema, optimizer=optimizer)
+        save_training_state(out / CHECKPOINT_DIR, step=step, model=model, ema=ema, optimizer=optimizer,
+                            extra={"seconds": round(time.time() - started, 1)})
         save_model(ema, out)
     if settings.sample_every and (step % settings.sample_every == 0 or last):
         ema.eval()

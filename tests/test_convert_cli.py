@@ -79,10 +79,15 @@ def test_bad_inputs_write_nothing(tiny_pipeline, tmp_path, args, fragment):
     assert not (tmp_path / "out").exists()
 
 
-def test_refuses_a_converted_model_foreign_stats_and_foreign_out(converted, tiny_pipeline, tmp_path):
-    _one_line_error(_run(cli, ["--ckpt", converted / "snn", "--out", tmp_path / "o"]), "already a converted")
+def test_refuses_spiking_models_foreign_stats_and_foreign_out(converted, tiny_pipeline, tmp_path):
     from sdm.presets import build_unet
     from sdm.pretrained import DDPM_LINEAR_SCHEDULE, save_pipeline
+    from sdm.spiking_unet import SPIKING_PRESETS, SpikingUNet
+
+    _one_line_error(_run(cli, ["--ckpt", converted / "snn", "--out", tmp_path / "o"]), "already a spiking model")
+    save_pipeline(SpikingUNet(**SPIKING_PRESETS["tiny"], T=2), DDPM_LINEAR_SCHEDULE, tmp_path / "sdm")
+    _one_line_error(_run(cli, ["--ckpt", tmp_path / "sdm", "--out", tmp_path / "o"]),
+                    "already a spiking model (SpikingUNet); calibrate and convert the ANN")
 
     save_pipeline(build_unet("tiny", layers_per_block=2), DDPM_LINEAR_SCHEDULE, tmp_path / "other")
     _one_line_error(_run(cli, ["--ckpt", tmp_path / "other", "--stats", converted / "calibration_stats.json",

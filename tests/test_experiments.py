@@ -5,8 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from convert import sweep
-from sdm.commands import compare, train
+from convert import compare, sweep
+from sdm.commands import train
 
 
 def _run(command, args):
@@ -57,16 +57,23 @@ def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
     trained = _run(train, ["--data", fake_fmnist, "--out", tmp_path / "sdm", "--preset", "tiny", "--steps", 2,
                            "--batch-size", 4])
     assert trained.exit_code == 0, trained.output
-    result = _run(compare, ["--ann", tiny_pipeline, "--converted", tmp_path / "conv" / "snn", "--direct", tmp_path / "sdm",
+    result = _run(compare, ["--ann", tiny_pipeline, "--convert-T", 3, "--calib-samples", 16,
+                            "--converted", tmp_path / "conv" / "snn", "--direct", tmp_path / "sdm",
                             "--num-samples", 4, "--steps", 2, "--extractor", "fmnist", "--reference", fake_fmnist,
                             "--metrics", "fid,is", "--out", tmp_path / "cmp"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert [r["label"] for r in report["rows"]] == ["ANN", "converted SNN", "SDM (direct)"]
+    assert [r["label"] for r in report["rows"]] == ["ANN", "converted SNN", "converted SNN", "SDM (direct)"]
     assert all("FID-FMNIST" in r["metrics"] and r["energy_mJ_per_image"] > 0 for r in report["rows"])
-    assert report["rows"][0]["firing_rate"] is None and 0 < report["rows"][2]["firing_rate"] < 1
-    assert "| converted SNN | T=2, if, mse thresholds, rate executor |" in (tmp_path / "cmp" / "compare.md").read_text()
-    assert [r["executor"] for r in report["rows"]] == [None, "rate", None]  # the exact rate form by default
+    assert report["rows"][0]["firing_rate"] is None and 0 < report["rows"][3]["firing_rate"] < 1
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| converted SNN | T=3, if, mse thresholds per channel, analog down_blocks.0.resnets.0.*, rate executor |" in table
+    assert "| converted SNN | T=2, if, mse thresholds, rate executor |" in table
+    assert [r["executor"] for r in report["rows"]] == [None, "rate", "rate", None]  # the exact rate form by default
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
-    empty = _run(compare, ["--out", tmp_path / "none"])
+    empty = _run(compare, ["--ann", "none", "--direct", "none", "--convert-T", "none", "--out", tmp_path / "none"])
     assert empty.exit_code != 0 and "at least one of" in empty.stderr
+    orphan = _run(compare, ["--ann", "none", "--out", tmp_path / "none"])
+    assert orphan.exit_code != 0 and "--convert-T converts the ANN" in orphan.stderr
+    bad = _run(compare, ["--convert-T", "4,x", "--out", tmp_path / "none"])
+    assert bad.exit_code != 0 and "--convert-T takes" in bad.stderr

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from calibration import calibrate, calibration_pairs, prepare, probe_pairs
 from convert import ConvertedUNet, convert, finetune_cli
-from convert.finetune import FinetuneSettings, finetune, pair_weights
+from convert.finetune import FinetuneSettings, finetune, finetuned_steps, pair_weights
 from convert.report import compute_profile
 from sdm.errors import SDMError
 from sdm.neurons import IFNeuron
@@ -144,6 +144,7 @@ def test_cli_writes_a_loadable_snn_and_its_report(tiny, tmp_path):
     assert (out / "loss.png").is_file() and (out / "comparison.png").is_file()
     assert len(json.loads((out / "loss.json").read_text())) >= 1
     assert isinstance(ConvertedUNet.from_pretrained(out / "snn"), ConvertedUNet)
+    assert finetuned_steps(out / "snn") == 4 and finetuned_steps(root / "snn") is None
 
 
 def _one_line_error(result, fragment):

@@ -163,6 +163,7 @@ def test_fused_backpropagation_through_time_equals_autograd(kind, settings):
 @pytest.mark.parametrize("settings", [
     {"neg_threshold": torch.tensor([0.2, 0.0, 0.5]), "signed": True, "v_init": 0.5},
     {"neg_threshold": 0.4, "signed": True}, {"v_init": 0.5}, {"reset": "value", "reset_value": 0.2},
+    {"reset": "value"},  # reset to 0: the mask-product path of the inference loop
 ])
 def test_inference_loop_equals_autograd_loop_exactly(settings):
     torch.manual_seed(1)

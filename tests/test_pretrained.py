@@ -65,6 +65,11 @@ def test_missing_path(tmp_path):
         load_model("./also-missing")
 
 
+def test_unknown_embedded_name_lists_the_shipped_ones():
+    with pytest.raises(SDMError, match="no embedded model 'embedded:cifar10'.*embedded:fmnist-ddpm or embedded:fmnist-sdm"):
+        load_model("embedded:cifar10")
+
+
 def test_unreachable_hub_id_is_one_line():
     with pytest.raises(SDMError, match="could not fetch 'google/ddpm-cifar10-32'") as err:
         load_model("google/ddpm-cifar10-32")

@@ -30,9 +30,12 @@ def _interrupt_at(step_to_stop):
 def test_interrupted_run_resumes_to_the_same_state(fake_fmnist, tmp_path):
     train(_config(fake_fmnist, tmp_path / "straight"), progress=False)
     with pytest.raises(Interrupted):
-        train(_config(fake_fmnist, tmp_path / "resumed"), progress=False, on_step=_interrupt_at(3))
+        train(_config(fake_fmnist, tmp_path / "resumed", log_every=1), progress=False, on_step=_interrupt_at(3))
     assert json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())["step"] == 2
-    train(_config(fake_fmnist, tmp_path / "resumed"), progress=False, resume=True)
+    train(_config(fake_fmnist, tmp_path / "resumed", log_every=1), progress=False, resume=True)
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3, 4, 5, 6]  # step 3's first, lost try is forgotten
+    assert all(a["seconds"] <= b["seconds"] for a, b in zip(log, log[1:], strict=False))  # the clock continues
     for name in ("model", "ema", "optimizer"):
         a = load_file(tmp_path / "straight" / "checkpoint" / f"{name}.safetensors")
         b = load_file(tmp_path / "resumed" / "checkpoint" / f"{name}.safetensors")

@@ -1,0 +1,189 @@
+"""`sdm-compare`: the ANN, its conversions and a directly trained SDM side by side, on equal terms.
+
+On the defaults: the embedded ANN, its conversions at T = 4 and 8 (made here by the best
+training-free recipe) and the embedded SDM of the same size. All models sample through the shared
+sampler from the same seeds and are scored by the same extractor; energy comes from each spiking
+model's own activity. It converts, so it lives on the `convert/` side.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import torch
+
+from calibration import calibrate, calibration_pairs, prepare, require_ann
+from convert.finetune import finetuned_steps
+from convert.workflow import convert
+from sdm.cli import (
+    CommaList,
+    command,
+    device_option,
+    executor_option,
+    resolve_device,
+    sampling_options,
+    use_executor,
+)
+from sdm.commands.evaluate import read_images, spiking_energy
+from sdm.energy import E_MAC_PJ, ann_macs
+from sdm.errors import SDMError
+from sdm.images import save_comparison
+from sdm.io import write_json, write_text
+from sdm.metrics.extractors import EXTRACTORS, make_extractor
+from sdm.metrics.quality import METRICS, evaluate_quality
+from sdm.pretrained import EMBEDDED_NAME, EMBEDDED_SDM_NAME, LoadedModel, load_model
+from sdm.shards import gather_shards, sample_sharded
+
+# The best training-free conversion (BENCHMARKS 5.3): per-channel thresholds, the first ResNet analog.
+RECIPE = {"per_channel": True, "analog_sites": ("down_blocks.0.resnets.0.*",)}
+
+
+def _describe(model) -> str:
+    config = getattr(model, "config", {})
+    if type(model).__name__ == "ConvertedUNet":
+        source = getattr(model, "source", {})
+        parts = [f"T={config['T']}", config["neuron"]["kind"],
+                 f"{source.get('rule', '?')} thresholds" + (" per channel" if source.get("per_channel") else "")]
+        if config.get("analog_sites"):
+            parts.append(f"analog {', '.join(config['analog_sites'])}")
+        if config.get("encode_analog"):
+            parts.append("spike-encoded analog inputs")
+        return ", ".join(parts)
+    if type(model).__name__ == "SpikingUNet":
+        return f"T={config['T']}, {config['neuron']}, {'TSM' if config['tsm'] else 'pre-spike'}"
+    return type(model).__name__
+
+
+def _panel_title(model, tuned: int | None) -> str:
+    """A converted model's grid title: its T, spike-encoded analog inputs, fine-tuning."""
+    return (f"SNN T={model.config['T']}" + (" encoded" if model.config.get("encode_analog") else "")
+            + (" FT" if tuned else ""))
+
+
+def _optional(value: str | None) -> str | None:
+    return None if value is None or value.strip().lower() in ("", "none") else value
+
+
+def _T_values(text: str) -> list[int]:
+    if _optional(text) is None:
+        return []
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise SDMError(f"--convert-T takes comma-separated positive integers or none, got '{text}'")
+    return values
+
+
+def _conversions(ann: LoadedModel, T_values: list[int], calib_samples: int, seed: int) -> list[LoadedModel]:
+    """The ANN converted at each T by `RECIPE`, from one calibration."""
+    require_ann(ann.model, f"--ann '{ann.source}'")
+    pairs = calibration_pairs(ann.model, ann.scheduler_config, calib_samples, seed=seed)
+    stats = calibrate(prepare(ann.model, per_channel=True), pairs).stats(
+        {"source": "trajectory", "samples": calib_samples, "seed": seed})
+    converted = []
+    for T in T_values:
+        snn = convert(ann.model, stats, T=T, **RECIPE)
+        snn.source["ckpt"] = ann.source
+        converted.append(LoadedModel(snn, ann.scheduler_config, ann.path, f"{ann.source} converted at T={T}"))
+    return converted
+
+
+def _markdown(rows: list[dict], metric_names: list[str]) -> str:
+    columns = ["model", "details", *metric_names, "energy / image (mJ)", "sampling s / image", "firing rate"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [row["label"], row["details"], *[row["metrics"].get(m, "") for m in metric_names],
+                 f"{row['energy_mJ_per_image']:.4g}", f"{row['seconds_per_image']:.3g}",
+                 "" if row["firing_rate"] is None else f"{row['firing_rate']:.3f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+@command(help="Tabulate the ANN, its conversions and a directly trained SDM: sample quality, energy per image, "
+              "sampling time and firing rate, in Markdown and JSON, plus their grids side by side. The defaults compare "
+              "the two embedded models and the ANN's conversions at T = 4 and 8.")
+@click.option("--ann", default=EMBEDDED_NAME, show_default=True, help="The ANN checkpoint (hub id, directory; none).")
+@click.option("--convert-T", "convert_T", default="4,8", show_default=True,
+              help="Convert the ANN at these T (per-channel thresholds, first ResNet analog); none to skip.")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Calibration pairs for --convert-T.")
+@click.option("--converted", multiple=True, help="An existing converted SNN (sdm-convert's OUT/snn, or a fine-tuned "
+              "OUT/finetune/snn); repeat for several.")
+@click.option("--direct", default=EMBEDDED_SDM_NAME, show_default=True,
+              help="A directly trained spiking UNet (an sdm-train run; none).")
+@click.option("--num-samples", type=click.IntRange(min=2), default=1000, show_default=True)
+@sampling_options
+@click.option("--metrics", type=CommaList(str, METRICS), default="fid,kid,is", show_default=True)
+@click.option("--extractor", type=click.Choice(EXTRACTORS), default="auto", show_default=True)
+@click.option("--reference", default=None, help="Real images for FID/KID (a .npz, folder or data set name).")
+@click.option("--inception-weights", type=click.Path(dir_okay=False), default=None)
+@executor_option
+@click.option("--out", type=click.Path(file_okay=False), default="out/compare", show_default=True)
+@device_option
+def main(ann, convert_T, calib_samples, converted, direct, num_samples, sampler, steps, seed, batch_size, metrics,
+         extractor, reference, inception_weights, executor, out, device):
+    ann, direct = _optional(ann), _optional(direct)
+    T_values = _T_values(convert_T)
+    if T_values and ann is None:
+        raise SDMError("--convert-T converts the ANN: give --ann, or pass --convert-T none")
+    if ann is None and not converted and direct is None:
+        raise SDMError("give at least one of --ann, --converted, --direct")
+    device, out = resolve_device(device), Path(out)
+    reference_images = read_images(reference) if reference is not None else None
+    feature_extractor, notes = make_extractor(extractor, weights_path=inception_weights, device=device)
+    chosen = []  # (label, LoadedModel, fine-tuning steps)
+    if ann is not None:
+        loaded_ann = load_model(ann, device=device)
+        chosen.append(("ANN", loaded_ann, None))
+        chosen += [("converted SNN", snn, None) for snn in _conversions(loaded_ann, T_values, calib_samples, seed)]
+    chosen += [("converted SNN", load_model(ckpt, device=device), finetuned_steps(ckpt)) for ckpt in converted]
+    if direct is not None:
+        chosen.append(("SDM (direct)", load_model(direct, device=device), None))
+    rows, grids = [], []
+    for index, (label, loaded, tuned) in enumerate(chosen):
+        model = loaded.model
+        ran = use_executor(model, executor)
+        settings = {"sampler": sampler, "steps": steps, "batch_size": batch_size, "threshold_scale": 1.0}
+        started = time.perf_counter()
+        paths = sample_sharded(model, loaded.scheduler_config, num_samples, out / "work" / f"model_{index}",
+                               settings=settings, seed=seed)
+        seconds = time.perf_counter() - started
+        images = gather_shards(paths, num_samples, seed)
+        results, more = evaluate_quality(images, feature_extractor, metrics=metrics, reference=reference_images,
+                                         reference_name=reference)
+        energy = spiking_energy(model, loaded.scheduler_config, sampler, steps)
+        if energy is None:  # an ANN: MACs only
+            size, channels = model.config.sample_size, model.config.in_channels
+            probe = torch.zeros(1, channels, size, size, device=device)
+            macs = ann_macs(model, probe, torch.zeros(1, dtype=torch.long, device=device))
+            energy_mj, rate = macs * E_MAC_PJ * steps / 1e9, None
+        else:
+            energy_mj, rate = energy["per_image"]["energy_mJ"], energy["mean_input_firing_rate"]
+        details = (_describe(model) + (f", fine-tuned {tuned} steps" if tuned else "")
+                   + (f", {ran} executor" if ran else ""))
+        rows.append({"label": label, "ckpt": loaded.source, "details": details, "executor": ran,
+                     "metrics": {r.metric: f"{r.value:.4g}" + (f" ± {r.std:.2g}" if r.std is not None else "")
+                                 for r in results},
+                     "results": [r.to_dict() for r in results], "energy_mJ_per_image": energy_mj,
+                     "seconds_per_image": seconds / num_samples if seconds > 1e-3 else float("nan"),
+                     "firing_rate": rate, "energy": energy, "notes": loaded.notes + more})
+        grids.append((_panel_title(model, tuned) if label == "converted SNN" else label, images[:16]))
+    metric_names = list(dict.fromkeys(m for row in rows for m in row["metrics"]))
+    table = _markdown(rows, metric_names)
+    write_json({"num_samples": num_samples, "sampler": sampler, "steps": steps, "seeds": [seed, seed + num_samples - 1],
+                "extractor": feature_extractor.description, "notes": notes, "rows": rows}, out / "compare.json")
+    write_text(f"{table}\n\nN = {num_samples}, {sampler}-{steps}, seeds {seed}..{seed + num_samples - 1}; extractor: "
+               f"{feature_extractor.description}. Sampling time counts only samples drawn in this run.\n",
+               out / "compare.md")
+    save_comparison(grids, out / "comparison.png")
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(table)
+
+
+if __name__ == "__main__":
+    main()
