@@ -188,8 +188,11 @@ def train_diffusion(
     record = {**dataclasses.asdict(settings), "model": model_settings}
     resuming = _check_resume(out, record, resume)
     on_gpu = settings.device.startswith("cuda")
+    # Autocast is ours, not accelerate's: its precision is process-wide state that a second run in the
+    # same process (a test, a notebook) could not change.
     bf16 = settings.precision == "bf16" or (settings.precision == "auto" and on_gpu)
-    accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if bf16 else "no")
+    accelerator = Accelerator(cpu=not on_gpu)
+    autocast = functools.partial(torch.autocast, "cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=bf16)
     world, rank = accelerator.num_processes, accelerator.process_index
     if settings.batch_size % world:
         raise SDMError(f"--batch-size {settings.batch_size} must be divisible by the {world} processes")
@@ -239,7 +242,7 @@ def train_diffusion(
         factor = settings.lr_factor(step)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        with accelerator.autocast():
+        with autocast():
             loss, scalars = objective(model, step, _noise_generator(settings.seed, step, rank))
         if not torch.isfinite(loss):
             raise SDMError(f"the loss became {loss.item()} at step {step}; lower --lr or check the data")

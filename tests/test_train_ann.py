@@ -63,6 +63,29 @@ def test_training_lowers_the_loss(fake_fmnist, tmp_path):
     assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:5]) / 5
 
 
+def _output_dtypes(run) -> set:
+    """The dtypes of every module output while `run()` trains."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    seen = set()
+    hook = register_module_forward_hook(lambda module, inputs, out: seen.add(getattr(out, "dtype", None)))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_bf16_autocast_on_the_cpu_trains_in_bf16_and_stores_fp32(fake_fmnist, tmp_path):
+    bf16 = _config(fake_fmnist, tmp_path / "bf16", steps=2, precision="bf16")
+    assert torch.bfloat16 in _output_dtypes(lambda: train(bf16, progress=False))
+    assert json.loads((tmp_path / "bf16" / "train_config.json").read_text())["precision"] == "bf16"
+    weights = load_file(tmp_path / "bf16" / "checkpoint" / "model.safetensors")
+    assert {v.dtype for v in weights.values()} == {torch.float32}
+    fp32 = _config(fake_fmnist, tmp_path / "fp32", steps=1)  # the next run in the same process: fp32 again
+    assert torch.bfloat16 not in _output_dtypes(lambda: train(fp32, progress=False))
+
+
 def test_refuses_to_overwrite_or_mix_runs(fake_fmnist, tmp_path):
     train(_config(fake_fmnist, tmp_path / "run", steps=2), progress=False)
     with pytest.raises(SDMError, match="--resume"):
@@ -74,7 +97,8 @@ def test_refuses_to_overwrite_or_mix_runs(fake_fmnist, tmp_path):
 
 
 def test_bad_settings_write_nothing(fake_fmnist, tmp_path):
-    for kw, match in [({"steps": 0}, "--steps"), ({"ema_decay": 1.0}, "--ema-decay"), ({"preset": "huge"}, "preset")]:
+    for kw, match in [({"steps": 0}, "--steps"), ({"ema_decay": 1.0}, "--ema-decay"), ({"preset": "huge"}, "preset"),
+                      ({"precision": "fp8"}, "--precision")]:
         with pytest.raises(SDMError, match=match):
             train(_config(fake_fmnist, tmp_path / "bad", **kw), progress=False)
     with pytest.raises(SDMError, match="not found"):
