@@ -6,6 +6,12 @@ embedding added to the membrane input of the second neuron) carry an analog resi
 and up-sampling and optional spiking self-attention act on spikes; the output layer integrates its
 synaptic current without firing and its T-step membrane, divided by T, is the noise prediction.
 
+The output layer reads either the last neurons' spikes (`readout="spike"`) or, as the authors'
+reference implementation does, the analog residual stream itself (`readout="analog"`: GroupNorm,
+SiLU, averaged over the T steps, then one convolution: MACs once per pass). Spikes at T = 4 carry a
+few levels per channel, too few to hand the noisy input on to the prediction at large t, where the
+noise prediction is nearly the input itself; the analog readout removes that bottleneck.
+
 With `tsm=True` every convolution gets the Temporal-wise Spiking Mechanism: its synaptic current at
 step t is multiplied by a learnable p_t, initialised to 1.0 (so a TSM model with all p_t = 1 is its
 pre-spike parent). `from_prespike` builds one from a trained pre-spike checkpoint.
@@ -27,6 +33,7 @@ from sdm.errors import SDMError
 from sdm.neurons import NEURONS, SpikingNeuron, reset_neurons
 from sdm.temporal import fold, unfold
 
+READOUTS = ("analog", "spike")
 SPIKING_PRESETS: dict[str, dict] = {
     "tiny": dict(sample_size=16, in_channels=1, out_channels=1, base_channels=8, channel_mults=(1, 2),
                  attention_levels=(1,), res_blocks=1, norm_groups=4),
@@ -171,12 +178,15 @@ class SpikingUNet(ModelMixin, ConfigMixin):
         norm_groups: int = 8,
         tsm: bool = False,
         dropout: float = 0.0,
+        readout: str = "spike",
     ):
         super().__init__()
         if T < 1:
             raise SDMError(f"--T must be at least 1, got {T}")
         if neuron not in NEURONS:
             raise SDMError(f"unknown neuron '{neuron}': choose one of {', '.join(NEURONS)}")
+        if readout not in READOUTS:
+            raise SDMError(f"unknown readout '{readout}': choose one of {', '.join(READOUTS)}")
         cfg = self.config
         down_factor = 2 ** (len(channel_mults) - 1)
         if sample_size % down_factor:
@@ -214,8 +224,12 @@ class SpikingUNet(ModelMixin, ConfigMixin):
             if level > 0:
                 stage["upsample"] = SpikingUp(ch, cfg)
             self.up.append(stage)
-        self.out_spike = _neuron(cfg)
-        self.decode = SynapticConv(ch, out_channels, 3, T, tsm)
+        if readout == "analog":
+            self.out_norm = SeqGroupNorm(norm_groups, ch)
+            self.decode = nn.Conv2d(ch, out_channels, 3, padding=1)
+        else:
+            self.out_spike = _neuron(cfg)
+            self.decode = SynapticConv(ch, out_channels, 3, T, tsm)
 
     def _blocks(self, blocks: nn.ModuleList, h: torch.Tensor, temb: torch.Tensor, skips: list | None = None,
                 collect: list | None = None) -> torch.Tensor:
@@ -253,14 +267,17 @@ class SpikingUNet(ModelMixin, ConfigMixin):
             h = self._blocks(stage["blocks"], h, temb, skips=skips)
             if "upsample" in stage:
                 h = stage["upsample"](h)
-        out = self.decode(self.out_spike(h)).mean(0)  # the non-firing output layer's membrane over T
+        if self.config.readout == "analog":  # the convolution is linear: averaging first computes it once
+            out = self.decode(F.silu(self.out_norm(h)).mean(0))
+        else:
+            out = self.decode(self.out_spike(h)).mean(0)  # the non-firing output layer's membrane over T
         return UNet2DOutput(sample=out) if return_dict else (out,)
 
     def layer_activity(self, sample: torch.Tensor, timestep: torch.Tensor) -> list[LayerActivity]:
         """Per-layer activity of one forward pass, for `sdm.energy.energy_report`.
 
-        Every convolution but the encoder receives spikes; the time-embedding MLP and projections are
-        analog (once per pass); the attention products multiply spike maps (accumulates).
+        Every convolution but the encoder (and an analog readout) receives spikes; the time-embedding MLP
+        and projections are analog (once per pass); the attention products multiply spike maps.
         """
         synaptic = {name: m for name, m in self.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
         attention = {name: m for name, m in self.named_modules() if isinstance(m, SpikingSelfAttention)}
@@ -284,7 +301,8 @@ class SpikingUNet(ModelMixin, ConfigMixin):
             layers = record_synaptic_layers(
                 synaptic, lambda: self(sample, timestep), sample.shape[0],
                 role=lambda name: ("timestep" if isinstance(synaptic[name], nn.Linear)
-                                   else "input" if name.startswith("encode.") else "spiking"))
+                                   else "input" if name.startswith("encode.")
+                                   else "analog" if name == "decode" else "spiking"))
         finally:
             for n in neurons:
                 n.record = False

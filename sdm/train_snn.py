@@ -20,6 +20,7 @@ class SNNTrainConfig(TrainSettings):
     preset: str | None = None       # default: fmnist-small; the TSM stage inherits its parent's
     T: int | None = None            # default: 4, or the parent's T in the TSM stage
     neuron: str = "lif"
+    readout: str | None = None      # default: analog; the TSM stage inherits its parent's
     stage: str = "prespike"
     init_from: str | None = None
 
@@ -47,6 +48,9 @@ def train_snn(config: SNNTrainConfig, *, resume: bool = False, progress: bool = 
         model_config = dict(child.config)
         preset = _parent_preset(Path(config.init_from))
         _check_preset(config.preset, preset, model_config)
+        if config.readout is not None and config.readout != child.config.readout:
+            raise SDMError(f"--readout {config.readout} differs from the pre-spike model's readout "
+                           f"({child.config.readout}); the TSM stage keeps its parent's: drop --readout")
         report(f"TSM stage from {parent_dir}: every inherited weight copied by name; {len(new)} new parameters "
                f"({len(new) * child.config.T} factors p_t, all 1.0): {', '.join(new[:3])}{', ...' if len(new) > 3 else ''}")
 
@@ -57,14 +61,15 @@ def train_snn(config: SNNTrainConfig, *, resume: bool = False, progress: bool = 
             model.load_state_dict(child.state_dict())
     else:
         preset = config.preset or DEFAULT_PRESET
-        model_config = {**SPIKING_PRESETS[preset], "T": config.T or 4, "neuron": config.neuron}
+        model_config = {**SPIKING_PRESETS[preset], "T": config.T or 4, "neuron": config.neuron,
+                        "readout": config.readout or "analog"}
 
         def build():
             return SpikingUNet(**model_config)
 
         initialise = None
     settings = {"preset": preset, "stage": config.stage, "init_from": config.init_from,
-                "T": model_config["T"], "neuron": model_config["neuron"]}
+                "T": model_config["T"], "neuron": model_config["neuron"], "readout": model_config["readout"]}
     return train_diffusion(config, settings, build, initialise=initialise, resume=resume, progress=progress,
                            on_step=on_step)
 

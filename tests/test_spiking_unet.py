@@ -27,9 +27,9 @@ def _batch(n=4, seed=0):
     return torch.randn(n, 1, 16, 16, generator=g), torch.randint(0, 1000, (n,), generator=g)
 
 
-@pytest.mark.parametrize("tsm", [False, True])
-def test_gradients_reach_every_weight(tsm):
-    model = _tiny(tsm=tsm)
+@pytest.mark.parametrize("tsm, readout", [(False, "spike"), (True, "spike"), (True, "analog")])
+def test_gradients_reach_every_weight(tsm, readout):
+    model = _tiny(tsm=tsm, readout=readout)
     x, t = _batch(8)
     model(x, t).sample.pow(2).mean().backward()
     silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -58,6 +58,18 @@ def test_tsm_child_with_unit_factors_reproduces_its_parent(tmp_path):
     child.save_pretrained(tmp_path / "child")
     with pytest.raises(SDMError, match="already has TSM"):
         SpikingUNet.from_prespike(tmp_path / "child")
+
+
+def test_analog_readout_is_one_mac_convolution_per_pass():
+    """Tiny: 8 channels into 1 over 16 x 16 pixels, 3 x 3 kernel: 8 * 9 * 256 = 18,432 MACs per image,
+    once per pass (the T steps are averaged before the linear convolution), not T times."""
+    model = _tiny(readout="analog").eval()
+    x, t = _batch(2)
+    decode = {a.name: a for a in model.layer_activity(x, t)}["decode"]
+    assert decode.role == "analog" and decode.dense_ops == 8 * 9 * 16 * 16
+    assert type(model.decode) is torch.nn.Conv2d  # a plain convolution: no TSM factor
+    with pytest.raises(SDMError, match="unknown readout 'rates'"):
+        _tiny(readout="rates")
 
 
 def _firing_rate(model, x, t, scale):
@@ -132,9 +144,10 @@ def test_tsm_stage_through_the_cli(fake_fmnist, tmp_path):
     result = runner.invoke(train_command.main, [str(a) for a in [*base, "--out", tmp_path / "tsm", "--stage", "tsm",
                                                                   "--init-from", tmp_path / "pre"]])
     assert result.exit_code == 0, result.output
-    assert "41 new parameters" in result.stderr
+    assert "40 new parameters" in result.stderr  # every convolution but the analog readout's
     record = json.loads((tmp_path / "tsm" / "train_config.json").read_text())
     assert record["model"]["stage"] == "tsm" and load_model(tmp_path / "tsm").model.config.tsm
+    assert record["model"]["readout"] == "analog" and load_model(tmp_path / "tsm").model.config.readout == "analog"
     assert record["model"]["preset"] == "tiny"  # inherited from the pre-spike run, not the option's default
     assert steps_trained(tmp_path / "tsm") == "2 + 2"
     same = runner.invoke(train_command.main, [str(a) for a in [*base, "--out", tmp_path / "tsm2", "--stage", "tsm",
@@ -145,12 +158,16 @@ def test_tsm_stage_through_the_cli(fake_fmnist, tmp_path):
     lines = other.stderr.strip().splitlines()
     assert other.exit_code != 0 and len(lines) == 1 and "--preset fmnist-cpu disagrees" in lines[0], other.stderr
     assert not (tmp_path / "tsm3").exists()
+    spikes = runner.invoke(train_command.main, [str(a) for a in [*base, "--out", tmp_path / "tsm4", "--stage", "tsm",
+                                                                  "--init-from", tmp_path / "pre", "--readout", "spike"]])
+    assert spikes.exit_code != 0 and "--readout spike differs" in spikes.stderr
 
 
 @pytest.mark.parametrize("args, fragment", [
     (["--stage", "tsm"], "--init-from"),
     (["--T", 0], "--T"),
     (["--preset", "huge"], "--preset"),
+    (["--readout", "rates"], "--readout"),
     (["--stage", "tsm", "--init-from", "./nope"], "not found"),
 ])
 def test_train_bad_inputs_write_nothing(fake_fmnist, tmp_path, args, fragment):

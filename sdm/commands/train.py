@@ -7,7 +7,7 @@ from accelerate import PartialState
 
 from sdm.cli import command, resolve_device, training_options
 from sdm.neurons import NEURONS
-from sdm.spiking_unet import SPIKING_PRESETS
+from sdm.spiking_unet import READOUTS, SPIKING_PRESETS
 from sdm.train_snn import DEFAULT_PRESET, STAGES, SNNTrainConfig, train_snn
 
 
@@ -19,6 +19,9 @@ from sdm.train_snn import DEFAULT_PRESET, STAGES, SNNTrainConfig, train_snn
 @click.option("--stage", type=click.Choice(STAGES), default="prespike", show_default=True)
 @click.option("--init-from", default=None, help="The pre-spike run the TSM stage starts from.")
 @click.option("--neuron", type=click.Choice(list(NEURONS)), default="lif", show_default=True)
+@click.option("--readout", type=click.Choice(list(READOUTS)), default=None,
+              help="What the output layer reads: the analog residual stream or the last spikes [default: analog; "
+                   "TSM: the parent's].")
 @training_options
 def main(device, resume, **options):
     config = SNNTrainConfig(device=resolve_device(device), **options)
