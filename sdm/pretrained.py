@@ -79,7 +79,8 @@ def resolve_checkpoint(ckpt: str | os.PathLike | None, allow_pickle: bool = Fals
         if text not in EMBEDDED_MODELS:
             raise SDMError(f"there is no embedded model '{text}': choose {' or '.join(EMBEDDED_MODELS)}")
         if not (EMBEDDED_MODELS[text] / "unet").is_dir():
-            raise SDMError(f"the embedded model is missing from {EMBEDDED_MODELS[text]}; reinstall the package")
+            raise SDMError(f"the embedded model '{text}' is not in this installation ({EMBEDDED_MODELS[text]} has no "
+                           "unet/); reinstall the package or pass a model directory")
         return EMBEDDED_MODELS[text]
     path = Path(os.path.expanduser(text))
     if path.exists():

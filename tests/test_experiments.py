@@ -78,13 +78,3 @@ def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
     bad = _run(compare, ["--convert-T", "4,x", "--out", tmp_path / "none"])
     assert bad.exit_code != 0 and "--convert-T takes" in bad.stderr
 
-
-def test_compare_defaults_are_the_embedded_models_and_the_anns_conversions(tmp_path):
-    result = _run(compare, ["--num-samples", 2, "--steps", 1, "--calib-samples", 8, "--metrics", "is",
-                            "--out", tmp_path / "cmp"])
-    assert result.exit_code == 0, result.output
-    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
-    assert [(r["label"], r["ckpt"]) for r in rows] == [
-        ("ANN", "embedded:fmnist-ddpm"), ("converted SNN", "embedded:fmnist-ddpm converted at T=4"),
-        ("converted SNN", "embedded:fmnist-ddpm converted at T=8"), ("SDM (direct)", "embedded:fmnist-sdm")]
-    assert rows[3]["details"] == "T=4, lif, TSM"
