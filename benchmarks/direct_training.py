@@ -21,7 +21,7 @@ from sdm.energy import E_MAC_PJ, ann_macs
 from sdm.images import save_comparison
 from sdm.io import atomic_file
 from sdm.pretrained import EMBEDDED_NAME, load_model
-from sdm.training import steps_trained
+from sdm.training import read_run_config, steps_trained
 
 DEFAULT_SCALES = "0.9,0.95,0.96,0.97,0.98,0.99,1.0,1.01,1.02,1.03,1.04,1.05,1.1"
 
@@ -102,7 +102,8 @@ def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, 
     else:
         energy, _ = _energy(teacher.model, teacher.scheduler_config, steps, 1.0)
         m = {"fid": ann_fid, "energy": energy, "rate": None, "seconds": float("nan")}
-    rows.append(row(f"ANN (`{teacher.source}`)", steps_trained(teacher.path), params, m, num_samples))
+    ann_steps = steps_trained(teacher.path) if read_run_config(teacher.path) else "its model card's"
+    rows.append(row(f"ANN (`{teacher.source}`)", ann_steps, params, m, num_samples))
     record["ann"] = m
     for name, run in (("SDM pre-spike (control)", control), ("SDM TSM", tsm)):
         loaded = load_model(run)
