@@ -42,7 +42,7 @@ def _energy(model, scheduler_config, steps, scale):
 def _tsm_factors(model) -> list[float]:
     """The learnt per-timestep factors p, averaged over layers (all 1.0 before the TSM stage)."""
     factors = list(model.tsm_parameters().values())
-    return [round(sum(float(p[t]) for p in factors) / len(factors), 4) for t in range(model.config.T)]
+    return [round(sum(float(p.detach()[t]) for p in factors) / len(factors), 4) for t in range(model.config.T)]
 
 
 def plot_sweep(points: list[tuple[float, float]], n: int, path: Path) -> None:
@@ -91,7 +91,7 @@ def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, 
         return {"model": name, "parameters": f"{params / 1e6:.2f}M", "training steps": run, "N": n,
                 "FID-FMNIST": f"{m['fid']:.3f}", "energy / image (mJ)": f"{m['energy']:.4g}",
                 "firing rate": "" if m["rate"] is None else f"{m['rate']:.3f}",
-                "sampling s / image": f"{m['seconds']:.3g}"}
+                "sampling s / image": "" if m["seconds"] is None else f"{m['seconds']:.3g}"}
 
     rows, grids, record = [], [], {}
     teacher = load_model(ann)
@@ -101,7 +101,7 @@ def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, 
         grids.append(("ANN", images[:16]))
     else:
         energy, _ = _energy(teacher.model, teacher.scheduler_config, steps, 1.0)
-        m = {"fid": ann_fid, "energy": energy, "rate": None, "seconds": float("nan")}
+        m = {"fid": ann_fid, "energy": energy, "rate": None, "seconds": None}
     ann_steps = steps_trained(teacher.path) if read_run_config(teacher.path) else "its model card's"
     rows.append(row(f"ANN (`{teacher.source}`)", ann_steps, params, m, num_samples))
     record["ann"] = m

@@ -120,7 +120,7 @@ def _sdm_card(run: Path, shipped, params: float, size_mb: float, quality: dict |
     parent = _run_record(Path(parent_dir))
     model = shipped.config
     factors = list(shipped.tsm_parameters().values())
-    mean_p = [round(sum(float(p[t]) for p in factors) / len(factors), 3) for t in range(model.T)]
+    mean_p = [round(sum(float(p.detach()[t]) for p in factors) / len(factors), 3) for t in range(model.T)]
     figure = "not measured yet"
     if quality:
         q, ann, n = quality["record"]["SDM TSM"], quality["record"]["ann"], quality["num_samples"]

@@ -4,7 +4,9 @@ Shard k holds the images of seeds `seed + k*size` .. (exclusive) `seed + (k+1)*s
 (rank r of W, from `accelerate launch` or `torchrun`) draws the shards k = r, r + W, ...; a shard is
 written atomically, so a killed run leaves only whole shards, and a rerun skips them. A manifest ties
 the directory to the model (a hash of its weights) and the sampling settings: shards of another
-model or setting are never mixed in.
+model or setting are never mixed in. N is not part of it: a larger N reuses every full shard already
+drawn (a sweep at N = 500 is the first shard of the same model's N = 2000), and a shard whose seeds
+differ from the ones asked for (a partial last shard) is drawn again.
 """
 
 from __future__ import annotations
@@ -70,8 +72,7 @@ def sample_sharded(
     if num_samples < 1 or shard_size < 1:
         raise SDMError("--num-samples and --shard-size must be at least 1")
     directory = Path(work_dir)
-    manifest = {"model": model_fingerprint(model), "num_samples": num_samples, "seed": seed,
-                "shard_size": shard_size, **{k: v for k, v in settings.items() if k != "batch_size"}}
+    manifest = {"model": model_fingerprint(model), "seed": seed, "shard_size": shard_size, **{k: v for k, v in settings.items() if k != "batch_size"}}
     manifest_path = directory / "manifest.json"
     if manifest_path.is_file():
         previous = json.loads(manifest_path.read_text())

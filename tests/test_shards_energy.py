@@ -39,6 +39,17 @@ def test_killed_evaluation_resumes_to_the_same_final_set(tiny_pipeline, tmp_path
     assert resumed.shape == (10, 16, 16, 1) and np.array_equal(resumed, full)
 
 
+def test_a_larger_n_reuses_the_full_shards(tiny_pipeline, tmp_path):
+    model = load_model(tiny_pipeline).model
+    kw = dict(settings=SETTINGS, seed=0, shard_size=2, progress=False)
+    first = gather_shards(sample_sharded(model, DDPM_LINEAR_SCHEDULE, 3, tmp_path / "w", **kw), 3, 0)
+    drawn = []
+    paths = sample_sharded(model, DDPM_LINEAR_SCHEDULE, 6, tmp_path / "w", on_shard=drawn.append, **kw)
+    assert drawn == [1, 2]  # shard 0 (seeds 0, 1) reused; shard 1 held only seed 2, so it is drawn again
+    more = gather_shards(paths, 6, 0)
+    assert np.array_equal(more[:3], first) and len(more) == 6
+
+
 def test_ranks_split_the_shards_and_settings_cannot_mix(tiny_pipeline, tmp_path):
     model = load_model(tiny_pipeline).model
     kw = dict(settings=SETTINGS, seed=0, shard_size=2, progress=False)
