@@ -39,12 +39,6 @@ def _energy(model, scheduler_config, steps, scale):
     return macs * E_MAC_PJ * steps / 1e9, None
 
 
-def _tsm_factors(model) -> list[float]:
-    """The learnt per-timestep factors p, averaged over layers (all 1.0 before the TSM stage)."""
-    factors = list(model.tsm_parameters().values())
-    return [round(sum(float(p.detach()[t]) for p in factors) / len(factors), 4) for t in range(model.config.T)]
-
-
 def plot_sweep(points: list[tuple[float, float]], n: int, path: Path) -> None:
     import matplotlib
 
@@ -134,10 +128,11 @@ def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, 
                              f"Threshold guidance on the TSM model, N = {sweep_samples}, DDIM-{steps}, seeds "
                              f"0..{sweep_samples - 1}; FID-FMNIST is not comparable with Inception FID.",
                              num_samples=sweep_samples, steps=steps)
+    factors = [round(p, 4) for p in loaded.model.mean_tsm_factors()]
     text = write_table(rows, out, meta, f"N = {num_samples}, DDIM-{steps}, seeds 0..{num_samples - 1}; learnt TSM "
-                       f"factors p (mean over layers, t = 1..T): {_tsm_factors(loaded.model)}; FID-FMNIST is not "
+                       f"factors p (mean over layers, t = 1..T): {factors}; FID-FMNIST is not "
                        "comparable with Inception FID.", num_samples=num_samples, steps=steps, record=record,
-                       sweep=sweep, tsm_factors=_tsm_factors(loaded.model))
+                       sweep=sweep, tsm_factors=factors)
     click.echo(f"{text}\n{sweep_text}")
 
 

@@ -119,8 +119,7 @@ def _sdm_card(run: Path, shipped, params: float, size_mb: float, quality: dict |
         raise SDMError(f"'{run}' is a pre-spike run; the embedded SDM is the TSM stage (sdm-train --stage tsm)")
     parent = _run_record(Path(parent_dir))
     model = shipped.config
-    factors = list(shipped.tsm_parameters().values())
-    mean_p = [round(sum(float(p.detach()[t]) for p in factors) / len(factors), 3) for t in range(model.T)]
+    mean_p = [round(p, 3) for p in shipped.mean_tsm_factors()]
     figure = "not measured yet"
     if quality:
         q, ann, n = quality["record"]["SDM TSM"], quality["record"]["ann"], quality["num_samples"]

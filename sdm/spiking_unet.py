@@ -314,6 +314,11 @@ class SpikingUNet(ModelMixin, ConfigMixin):
     def tsm_parameters(self) -> dict[str, nn.Parameter]:
         return {name: p for name, p in self.named_parameters() if name.endswith(".tsm")}
 
+    def mean_tsm_factors(self) -> list[float]:
+        """The learnt p_t averaged over layers, t = 1..T (all 1.0 before the TSM stage; [] without TSM)."""
+        factors = [p.detach() for p in self.tsm_parameters().values()]
+        return [sum(float(p[t]) for p in factors) / len(factors) for t in range(self.config.T)] if factors else []
+
     @classmethod
     def from_prespike(cls, directory: str | Path) -> tuple[SpikingUNet, list[str]]:
         """A TSM model initialised from a pre-spike checkpoint; returns it and its new parameter names."""

@@ -40,6 +40,7 @@ def test_tsm_factors_start_at_one_and_move():
     model = _tiny(tsm=True)
     factors = model.tsm_parameters()
     assert factors and all(torch.equal(p, torch.ones(4)) for p in factors.values())
+    assert model.mean_tsm_factors() == [1.0] * 4 and _tiny().mean_tsm_factors() == []
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     x, t = _batch()
     model(x, t).sample.pow(2).mean().backward()
