@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every Fashion-MNIST table of README.md and BENCHMARKS.md, in order (CPU: about 2 hours after the
-# embedded model's training; sweeps skip finished cells when rerun). DATA=path/to/fashion_mnist.npz.
+# Every Fashion-MNIST table of README.md and BENCHMARKS.md, in order (CPU: about 7 hours after the
+# embedded ANN's training, 3 of them for the embedded SDM; sweeps skip finished cells when rerun).
+# DATA=path/to/fashion_mnist.npz.
 set -euo pipefail
 DATA=${DATA:-../shared/data/fashion_mnist.npz}
 R=benchmarks/results
@@ -17,16 +18,9 @@ sdm-convert --out out/convert_T4 --save-samples
 python -m benchmarks.conversion_fid --T 4,8,16 --num-samples 2000
 sdm-sweep --T 2,4,8,16,32 --calib max,percentile,mse --percentile 99.9 --neuron if,lif --out $R/sweep
 
-# 3. The directly trained SDM and the ANN of similar size.
-examples/direct_training.sh
-python -m benchmarks.direct_training --runs runs --num-samples 500 --steps 25 --scales 0.9,1.0,1.1
-
-# 4. ANN vs converted (T = 4, 8; spike-encoded analog inputs at T = 4) vs directly trained.
-sdm-convert --T 8 --num-samples 0 --out out/convert_T8
-sdm-convert --T 4 --encode-analog --num-samples 0 --out out/convert_T4_encoded
-sdm-compare --ann embedded:fmnist-ddpm --converted out/convert_T4/snn --converted out/convert_T8/snn \
-  --converted out/convert_T4_encoded/snn --direct runs/sdm-tsm \
-  --num-samples 500 --steps 25 --extractor fmnist --reference "$DATA" --executor rate --out $R/compare
+# 3. The directly trained SDM at the embedded ANN's size: pre-spike, TSM and the equal-steps control,
+#    the mechanisms' benchmark (TSM vs control, threshold-guidance sweep), packaged as embedded:fmnist-sdm.
+DATA="$DATA" RUNS=runs examples/direct_training.sh
 
 # 5. Speed (cifar10-32 conversion time, SNN vs ANN forward) and the spike-encoded fidelity sweep.
 python -m benchmarks.conversion_speed
@@ -46,5 +40,10 @@ python -m benchmarks.finetune_curve --variants t4-first,t8-first --steps 0,300,6
 python -m benchmarks.finetune_fid --variants t4-encoded-first --finetune-steps 1200 --rate-penalty 0,0.3 \
   --baseline none --num-samples 2000 --ann-fid 3.09 --out $R/rate_frontier
 
-# 7. Execution speed against SpikingJelly (pip install -e '.[bench]'); run it on an otherwise idle machine.
+# 7. Like for like (README): the embedded ANN, its conversions at T = 4 and 8, the fine-tuned ones of
+#    section 6, and the embedded SDM, same seeds and sampler.
+sdm-compare --converted $R/finetune_long/t4-first-channel/finetune/snn \
+  --converted $R/finetune_long_t8/t8-first-channel/finetune/snn --num-samples 1000 --extractor fmnist --out $R/compare
+
+# 8. Execution speed against SpikingJelly (pip install -e '.[bench]'); run it on an otherwise idle machine.
 python -m benchmarks.execution_speed
