@@ -194,12 +194,14 @@ class SpikingNeuron(nn.Module):
                 level.add_(rises).sub_(falls)
             else:
                 torch.ge(v, fire_at, out=spike).mul_(theta)
+            # With `membranes`, v is membranes[t], kept as it was before firing: the reset makes a new v.
             if self.reset_mode == "subtract":
                 v = torch.sub(v, spike) if membranes is not None else v.sub_(spike)
-            elif membranes is not None:  # v is membranes[t], kept as it was before firing
+            elif self.reset_value == 0.0:  # a float mask product: several times faster than masked_fill
+                torch.eq(spike, 0, out=silent)
+                v = torch.mul(v, silent) if membranes is not None else v.mul_(silent)
+            elif membranes is not None:
                 v = v.masked_fill(spike != 0, self.reset_value)
-            elif self.reset_value == 0.0:  # a float mask product: several times faster than masked_fill_
-                v.mul_(torch.eq(spike, 0, out=silent))
             else:
                 v.masked_fill_(spike != 0, self.reset_value)
         return out, v, level

@@ -142,6 +142,7 @@ def _reference(neuron, x_seq):
 
 @pytest.mark.parametrize("kind, settings", [
     ("if", {}), ("lif", {"tau": 2.0}), ("lif", {"tau": 3.0, "reset": "value", "reset_value": 0.1}),
+    ("lif", {"tau": 2.0, "reset": "value"}),  # the directly trained SDM's neuron: the mask-product reset
     ("if", {"v_init": 0.5, "surrogate": "sigmoid"}), ("lif", {"surrogate": "rectangle", "alpha": 1.0}),
 ])
 def test_fused_backpropagation_through_time_equals_autograd(kind, settings):
