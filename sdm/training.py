@@ -1,7 +1,8 @@
 """The diffusion training loop shared by the ANN trainer and the spiking-UNet trainer.
 
-Epsilon objective on the linear 1e-4..0.02 schedule, AdamW, gradient clipping, EMA; `accelerate`
-takes care of devices, bf16 autocast (GPUs by default; CPUs with bf16 units on request) and several processes (`accelerate launch` or `torchrun`). Every
+Epsilon objective on the linear 1e-4..0.02 schedule, AdamW, gradient clipping, EMA, bf16 autocast
+(GPUs by default; CPUs with bf16 units on request); `accelerate` takes care of devices and several
+processes (`accelerate launch` or `torchrun`). Every
 random draw of step s comes from a generator seeded with (seed, s, rank), and the data order from
 one seeded permutation per epoch, so a resumed run retraces the uninterrupted one exactly.
 """
