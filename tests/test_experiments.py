@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 from convert import compare, sweep
 from sdm.commands import train
+from sdm.pretrained import EMBEDDED_MODELS, EMBEDDED_NAME, EMBEDDED_SDM_NAME
 
 
 def _run(command, args):
@@ -78,3 +79,17 @@ def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
     bad = _run(compare, ["--convert-T", "4,x", "--out", tmp_path / "none"])
     assert bad.exit_code != 0 and "--convert-T takes" in bad.stderr
 
+
+
+@pytest.mark.skipif(not EMBEDDED_MODELS[EMBEDDED_SDM_NAME].is_dir(),
+                    reason="embedded:fmnist-sdm is not in this build yet (issue 11)")
+def test_compare_defaults_are_the_embedded_models_and_the_anns_conversions(tmp_path):
+    result = _run(compare, ["--num-samples", 2, "--steps", 1, "--calib-samples", 8, "--metrics", "is",
+                            "--out", tmp_path / "cmp"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
+    assert [(r["label"], r["details"].split(",")[0]) for r in rows] == [
+        ("ANN", "UNet2DModel"), ("converted SNN", "T=4"), ("converted SNN", "T=8"), ("SDM (direct)", "T=4")]
+    assert rows[0]["ckpt"] == EMBEDDED_NAME and rows[3]["ckpt"] == EMBEDDED_SDM_NAME
+    assert rows[3]["details"] == "T=4, lif, TSM"
+    assert all("per channel" in r["details"] and "analog down_blocks.0.resnets.0.*" in r["details"] for r in rows[1:3])
