@@ -10,18 +10,18 @@ from convert import cli
 from sdm.pretrained import EMBEDDED_MODEL, EMBEDDED_MODELS, EMBEDDED_NAME, EMBEDDED_SDM_NAME, load_model
 from sdm.sampler import sample
 
-# The directly trained SDM is still in training (issue 11): its tests run once the asset ships.
-needs_embedded_sdm = pytest.mark.skipif(not EMBEDDED_MODELS[EMBEDDED_SDM_NAME].is_dir(),
-                                        reason="embedded:fmnist-sdm is not in this build yet (issue 11)")
+
+def _stored_dtypes(weights) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(weights, "pt") as f:
+        return {str(f.get_tensor(k).dtype) for k in f.keys()}
 
 
 def test_embedded_model_is_small_fp16_and_loads_by_default():
     weights = EMBEDDED_MODEL / "unet" / "diffusion_pytorch_model.safetensors"
     assert weights.stat().st_size <= 15e6
-    from safetensors import safe_open
-
-    with safe_open(weights, "pt") as f:
-        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+    assert _stored_dtypes(weights) == {"torch.float16"}
     loaded = load_model()
     assert loaded.source == EMBEDDED_NAME and loaded.notes == []
     config = loaded.model.config
@@ -52,7 +52,7 @@ def _confident_classes(images) -> tuple[float, int]:
 
 
 @pytest.mark.parametrize("name, least_confidence", [
-    (EMBEDDED_NAME, 0.7), pytest.param(EMBEDDED_SDM_NAME, 0.6, marks=needs_embedded_sdm)])
+    (EMBEDDED_NAME, 0.7), pytest.param(EMBEDDED_SDM_NAME, 0.6, marks=pytest.mark.embedded_sdm)])
 def test_embedded_samples_are_recognisably_fashion_mnist(name, least_confidence):
     """The bundled classifier (93% test accuracy) is confident on the model's samples and sees several
     classes; pure noise or a collapsed model fails both."""
@@ -67,10 +67,8 @@ def _weights_bytes(directory) -> int:
     return sum(f.stat().st_size for f in directory.rglob("*.safetensors"))
 
 
-@needs_embedded_sdm
+@pytest.mark.embedded_sdm
 def test_embedded_sdm_is_the_anns_size_and_both_ship_small():
-    import torch
-
     from sdm.spiking_unet import SpikingUNet
 
     ann, sdm = load_model(EMBEDDED_NAME).model, load_model(EMBEDDED_SDM_NAME).model
@@ -79,10 +77,6 @@ def test_embedded_sdm_is_the_anns_size_and_both_ship_small():
     assert abs(sdm_params - ann_params) <= 0.1 * ann_params
     directory = EMBEDDED_MODELS[EMBEDDED_SDM_NAME]
     assert _weights_bytes(EMBEDDED_MODEL) + _weights_bytes(directory) < 10e6
-    from safetensors import safe_open
-
-    for weights in directory.rglob("*.safetensors"):
-        with safe_open(weights, "pt") as f:
-            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert all(_stored_dtypes(weights) == {"torch.float16"} for weights in directory.rglob("*.safetensors"))
     assert (directory / "MODEL_CARD.md").is_file() and (directory / "sample_grid.png").is_file()
     assert any(abs(p - 1.0) > 1e-3 for p in sdm.mean_tsm_factors())  # the TSM stage learnt something

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from convert import compare, sweep
 from sdm.commands import train
-from sdm.pretrained import EMBEDDED_MODELS, EMBEDDED_NAME, EMBEDDED_SDM_NAME
+from sdm.pretrained import EMBEDDED_NAME, EMBEDDED_SDM_NAME
 
 
 def _run(command, args):
@@ -80,9 +80,7 @@ def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
     assert bad.exit_code != 0 and "--convert-T takes" in bad.stderr
 
 
-
-@pytest.mark.skipif(not EMBEDDED_MODELS[EMBEDDED_SDM_NAME].is_dir(),
-                    reason="embedded:fmnist-sdm is not in this build yet (issue 11)")
+@pytest.mark.embedded_sdm
 def test_compare_defaults_are_the_embedded_models_and_the_anns_conversions(tmp_path):
     result = _run(compare, ["--num-samples", 2, "--steps", 1, "--calib-samples", 8, "--metrics", "is",
                             "--out", tmp_path / "cmp"])
