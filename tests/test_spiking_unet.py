@@ -12,7 +12,7 @@ from sdm.errors import SDMError
 from sdm.neurons import scaled_thresholds, spiking_neurons
 from sdm.pretrained import DDPM_LINEAR_SCHEDULE, load_model
 from sdm.sampler import sample
-from sdm.spiking_unet import SPIKING_PRESETS, SpikingUNet
+from sdm.spiking_unet import SPIKING_PRESETS, SpikingUNet, SynapticConv
 from sdm.train_snn import SNNTrainConfig, train_snn
 from sdm.training import steps_trained
 
@@ -46,6 +46,19 @@ def test_tsm_factors_start_at_one_and_move():
     model(x, t).sample.pow(2).mean().backward()
     optimizer.step()
     assert all(not torch.equal(p, torch.ones(4)) for p in factors.values())
+
+
+def test_tsm_keeps_a_bf16_autocast_current_in_bf16():
+    """p is an fp32 parameter; multiplying by it must not lift the layer (and the neurons after it) to fp32."""
+    torch.manual_seed(0)
+    plain, with_tsm = SynapticConv(2, 3, 3, T=4, tsm=False), SynapticConv(2, 3, 3, T=4, tsm=True)
+    with_tsm.conv.load_state_dict(plain.conv.state_dict())
+    x = torch.randn(4, 2, 2, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, current = plain(x), with_tsm(x)
+    assert current.dtype == expected.dtype == torch.bfloat16 and torch.equal(current, expected)
+    current.float().sum().backward()
+    assert with_tsm.tsm.grad.dtype == torch.float32 and with_tsm.tsm.grad.abs().min() > 0
 
 
 def test_tsm_child_with_unit_factors_reproduces_its_parent(tmp_path):
