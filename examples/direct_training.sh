@@ -3,7 +3,8 @@
 # (fmnist-small) at T = 4, the pre-spike stage, then the TSM stage from its weights; the control is the
 # pre-spike run continued for as many steps as the TSM stage adds (equal totals: 7,000 steps at batch 64,
 # as many as the embedded ANN had). Then the mechanisms' benchmark and the packaging.
-# About 3 h for the pre-spike stage (1.8 s per step) and 30 min per 1,000 further steps on 2 CPU cores with bf16 autocast
+# About 3.6 h for the pre-spike stage (1.8 to 2.3 s per step; 13,060 s measured) and 40 min per 1,000
+# further steps on 2 CPU cores with bf16 autocast
 # (PRECISION=fp32 on CPUs without bf16 units: 1.5x slower). RESUME=1 continues interrupted runs.
 set -euo pipefail
 DATA=${DATA:-../shared/data/fashion_mnist.npz}
