@@ -37,16 +37,18 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 def sample_metric(model, scheduler_config: dict, num_samples: int, work_dir, *, steps: int = 50, seed: int = 0,
                   batch_size: int = 250, threshold_scale: float = 1.0, extractor=None):
-    """FID-FMNIST (or whatever `extractor` gives) of `num_samples` DDIM samples, drawn in resumable shards."""
+    """FID-FMNIST (or whatever `extractor` gives) of `num_samples` DDIM samples, drawn in resumable shards
+    under `work_dir`'s sub-directory for this model and setting (shared with `sdm-compare --work-dir`)."""
     import time
 
     from sdm.metrics.extractors import FMNISTExtractor
     from sdm.metrics.quality import evaluate_quality
-    from sdm.shards import gather_shards, sample_sharded
+    from sdm.shards import gather_shards, keyed_work_dir, sample_sharded
 
     settings = {"sampler": "ddim", "steps": steps, "batch_size": batch_size, "threshold_scale": threshold_scale}
     started = time.perf_counter()
-    paths = sample_sharded(model, scheduler_config, num_samples, work_dir, settings=settings, seed=seed, shard_size=500)
+    work_dir = keyed_work_dir(work_dir, model, settings, seed=seed)
+    paths = sample_sharded(model, scheduler_config, num_samples, work_dir, settings=settings, seed=seed)
     seconds = time.perf_counter() - started
     images = gather_shards(paths, num_samples, seed)
     result = evaluate_quality(images, extractor or FMNISTExtractor(), metrics=("fid",))[0][0]

@@ -34,10 +34,12 @@ from sdm.io import write_json, write_text
 from sdm.metrics.extractors import EXTRACTORS, make_extractor
 from sdm.metrics.quality import METRICS, evaluate_quality
 from sdm.pretrained import EMBEDDED_NAME, EMBEDDED_SDM_NAME, LoadedModel, load_model
-from sdm.shards import gather_shards, sample_sharded
+from sdm.sampler import sample
+from sdm.shards import gather_shards, keyed_work_dir, sample_sharded
 
 # The best training-free conversion (BENCHMARKS 5.3): per-channel thresholds, the first ResNet analog.
 RECIPE = {"per_channel": True, "analog_sites": ("down_blocks.0.resnets.0.*",)}
+TIMED_IMAGES = 16
 
 
 def _describe(model) -> str:
@@ -92,6 +94,13 @@ def _conversions(ann: LoadedModel, T_values: list[int], calib_samples: int, seed
     return converted
 
 
+def _seconds_per_image(model, scheduler_config: dict, settings: dict, seed: int) -> float:
+    """Timed on a fresh draw of a few images, so that every row is timed alike, wherever its samples came from."""
+    started = time.perf_counter()
+    sample(model, scheduler_config, TIMED_IMAGES, seed=seed, progress=False, **settings)
+    return (time.perf_counter() - started) / TIMED_IMAGES
+
+
 def _markdown(rows: list[dict], metric_names: list[str]) -> str:
     columns = ["model", "details", *metric_names, "energy / image (mJ)", "sampling s / image", "firing rate"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -123,9 +132,12 @@ def _markdown(rows: list[dict], metric_names: list[str]) -> str:
 @click.option("--inception-weights", type=click.Path(dir_okay=False), default=None)
 @executor_option
 @click.option("--out", type=click.Path(file_okay=False), default="out/compare", show_default=True)
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+              help="Sample cache, one sub-directory per model and setting; point runs (and benchmarks) at one to "
+                   "reuse their samples.  [default: OUT/work]")
 @device_option
 def main(ann, convert_T, calib_samples, converted, direct, num_samples, sampler, steps, seed, batch_size, metrics,
-         extractor, reference, inception_weights, executor, out, device):
+         extractor, reference, inception_weights, executor, out, work_dir, device):
     ann, direct = _optional(ann), _optional(direct)
     T_values = _T_values(convert_T)
     if T_values and ann is None:
@@ -133,6 +145,7 @@ def main(ann, convert_T, calib_samples, converted, direct, num_samples, sampler,
     if ann is None and not converted and direct is None:
         raise SDMError("give at least one of --ann, --converted, --direct")
     device, out = resolve_device(device), Path(out)
+    work_dir = Path(work_dir) if work_dir else out / "work"
     reference_images = read_images(reference) if reference is not None else None
     feature_extractor, notes = make_extractor(extractor, weights_path=inception_weights, device=device)
     chosen = []  # (label, LoadedModel, fine-tuning steps)
@@ -144,14 +157,12 @@ def main(ann, convert_T, calib_samples, converted, direct, num_samples, sampler,
     if direct is not None:
         chosen.append(("SDM (direct)", load_model(direct, device=device), None))
     rows, grids = [], []
-    for index, (label, loaded, tuned) in enumerate(chosen):
+    for label, loaded, tuned in chosen:
         model = loaded.model
         ran = use_executor(model, executor)
         settings = {"sampler": sampler, "steps": steps, "batch_size": batch_size, "threshold_scale": 1.0}
-        started = time.perf_counter()
-        paths = sample_sharded(model, loaded.scheduler_config, num_samples, out / "work" / f"model_{index}",
-                               settings=settings, seed=seed)
-        seconds = time.perf_counter() - started
+        paths = sample_sharded(model, loaded.scheduler_config, num_samples,
+                               keyed_work_dir(work_dir, model, settings, seed=seed), settings=settings, seed=seed)
         images = gather_shards(paths, num_samples, seed)
         results, more = evaluate_quality(images, feature_extractor, metrics=metrics, reference=reference_images,
                                          reference_name=reference)
@@ -169,7 +180,7 @@ def main(ann, convert_T, calib_samples, converted, direct, num_samples, sampler,
                      "metrics": {r.metric: f"{r.value:.4g}" + (f" ± {r.std:.2g}" if r.std is not None else "")
                                  for r in results},
                      "results": [r.to_dict() for r in results], "energy_mJ_per_image": energy_mj,
-                     "seconds_per_image": seconds / num_samples if seconds > 1e-3 else float("nan"),
+                     "seconds_per_image": _seconds_per_image(model, loaded.scheduler_config, settings, seed),
                      "firing_rate": rate, "energy": energy, "notes": loaded.notes + more})
         grids.append((_panel_title(model, tuned) if label == "converted SNN" else label, images[:16]))
     metric_names = list(dict.fromkeys(m for row in rows for m in row["metrics"]))
@@ -177,7 +188,7 @@ def main(ann, convert_T, calib_samples, converted, direct, num_samples, sampler,
     write_json({"num_samples": num_samples, "sampler": sampler, "steps": steps, "seeds": [seed, seed + num_samples - 1],
                 "extractor": feature_extractor.description, "notes": notes, "rows": rows}, out / "compare.json")
     write_text(f"{table}\n\nN = {num_samples}, {sampler}-{steps}, seeds {seed}..{seed + num_samples - 1}; extractor: "
-               f"{feature_extractor.description}. Sampling time counts only samples drawn in this run.\n",
+               f"{feature_extractor.description}. Sampling time: a timed draw of {TIMED_IMAGES} images, batch {batch_size}.\n",
                out / "compare.md")
     save_comparison(grids, out / "comparison.png")
     for note in notes:

@@ -7,6 +7,9 @@ the directory to the model (a hash of its weights) and the sampling settings: sh
 model or setting are never mixed in. N is not part of it: a larger N reuses every full shard already
 drawn (a sweep at N = 500 is the first shard of the same model's N = 2000), and a shard whose seeds
 differ from the ones asked for (a partial last shard) is drawn again.
+
+`keyed_work_dir` names a directory by that manifest, so commands pointed at one root share samples:
+`sdm-compare --work-dir R` reuses what a benchmark drew under R for the same model and settings.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from sdm.images import save_npz
 from sdm.io import write_json
 from sdm.sampler import sample
 
+SHARD_SIZE = 500
+
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """sha256 of the model's class, config and every parameter and buffer."""
@@ -37,6 +42,18 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def _manifest(model: torch.nn.Module, settings: dict, seed: int, shard_size: int) -> dict:
+    return {"model": model_fingerprint(model), "seed": seed, "shard_size": shard_size,
+            **{k: v for k, v in settings.items() if k != "batch_size"}}
+
+
+def keyed_work_dir(root: str | os.PathLike, model: torch.nn.Module, settings: dict, *, seed: int = 0,
+                   shard_size: int = SHARD_SIZE) -> Path:
+    """`root`'s sub-directory for this model and these settings (a digest of the manifest)."""
+    digest = hashlib.sha256(json.dumps(_manifest(model, settings, seed, shard_size), sort_keys=True).encode())
+    return Path(root) / digest.hexdigest()[:16]
 
 
 def _shard_path(directory: Path, k: int) -> Path:
@@ -59,7 +76,7 @@ def sample_sharded(
     *,
     settings: dict,
     seed: int = 0,
-    shard_size: int = 1000,
+    shard_size: int = SHARD_SIZE,
     rank: int = 0,
     world: int = 1,
     progress: bool = True,
@@ -72,7 +89,7 @@ def sample_sharded(
     if num_samples < 1 or shard_size < 1:
         raise SDMError("--num-samples and --shard-size must be at least 1")
     directory = Path(work_dir)
-    manifest = {"model": model_fingerprint(model), "seed": seed, "shard_size": shard_size, **{k: v for k, v in settings.items() if k != "batch_size"}}
+    manifest = _manifest(model, settings, seed, shard_size)
     manifest_path = directory / "manifest.json"
     if manifest_path.is_file():
         previous = json.loads(manifest_path.read_text())

@@ -72,6 +72,17 @@ def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
     assert "| converted SNN | T=2, if, mse thresholds, rate executor |" in table
     assert [r["executor"] for r in report["rows"]] == [None, "rate", "rate", None]  # the exact rate form by default
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
+    assert all(r["seconds_per_image"] > 0 for r in report["rows"])
+    work = tmp_path / "cmp" / "work"
+    drawn = {p: p.stat().st_mtime_ns for p in work.glob("*/shard_*.npz")}
+    assert len({p.parent for p in drawn}) == 4  # one cache entry per model
+    again = _run(compare, ["--ann", "none", "--convert-T", "none", "--direct", tmp_path / "sdm", "--num-samples", 4, "--steps", 2,
+                           "--extractor", "fmnist", "--reference", fake_fmnist, "--metrics", "fid",
+                           "--work-dir", work, "--out", tmp_path / "again"])
+    assert again.exit_code == 0, again.output
+    assert {p: p.stat().st_mtime_ns for p in work.glob("*/shard_*.npz")} == drawn  # reused, not drawn again
+    reused = json.loads((tmp_path / "again" / "compare.json").read_text())["rows"][0]
+    assert reused["metrics"]["FID-FMNIST"] == report["rows"][3]["metrics"]["FID-FMNIST"]
     empty = _run(compare, ["--ann", "none", "--direct", "none", "--convert-T", "none", "--out", tmp_path / "none"])
     assert empty.exit_code != 0 and "at least one of" in empty.stderr
     orphan = _run(compare, ["--ann", "none", "--out", tmp_path / "none"])

@@ -8,7 +8,7 @@ from torch import nn
 from sdm.energy import E_AC_PJ, E_MAC_PJ, LayerActivity, ann_macs, energy_report, record_synaptic_layers
 from sdm.errors import SDMError
 from sdm.pretrained import DDPM_LINEAR_SCHEDULE, load_model
-from sdm.shards import gather_shards, sample_sharded
+from sdm.shards import gather_shards, keyed_work_dir, sample_sharded
 
 SETTINGS = {"sampler": "ddim", "steps": 3, "batch_size": 4, "threshold_scale": 1.0}
 
@@ -64,6 +64,26 @@ def test_ranks_split_the_shards_and_settings_cannot_mix(tiny_pipeline, tmp_path)
         next(model.parameters()).add_(1.0)
     with pytest.raises(SDMError, match="model"):
         sample_sharded(model, DDPM_LINEAR_SCHEDULE, 7, tmp_path / "w", **kw)
+
+
+def test_keyed_work_dirs_share_samples_of_one_model_and_setting_only(tiny_pipeline, tmp_path):
+    model = load_model(tiny_pipeline).model
+    key = keyed_work_dir(tmp_path, model, SETTINGS)
+    assert key.parent == tmp_path
+    assert keyed_work_dir(tmp_path, model, {**SETTINGS, "batch_size": 64}) == key  # batching does not change images
+    others = {keyed_work_dir(tmp_path, model, {**SETTINGS, "threshold_scale": 0.95}),
+              keyed_work_dir(tmp_path, model, {**SETTINGS, "steps": 4}), keyed_work_dir(tmp_path, model, SETTINGS, seed=1),
+              keyed_work_dir(tmp_path, model, SETTINGS, shard_size=2)}
+    assert key not in others and len(others) == 4
+    sample_sharded(model, DDPM_LINEAR_SCHEDULE, 2, key, settings=SETTINGS, progress=False)
+    drawn = []  # a second command with another batch size finds the samples under the same key
+    again = {**SETTINGS, "batch_size": 1}
+    sample_sharded(model, DDPM_LINEAR_SCHEDULE, 2, keyed_work_dir(tmp_path, model, again), settings=again,
+                   progress=False, on_shard=drawn.append)
+    assert drawn == []
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert keyed_work_dir(tmp_path, model, SETTINGS) != key
 
 
 def test_synaptic_layer_counts_by_hand():
