@@ -11,18 +11,6 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub ids fail at once instead of retrying for ~20 s
 
 
-def pytest_collection_modifyitems(config, items):
-    """The directly trained SDM is still in training (issue 11): its tests run once the asset ships."""
-    from sdm.pretrained import EMBEDDED_MODELS, EMBEDDED_SDM_NAME
-
-    if EMBEDDED_MODELS[EMBEDDED_SDM_NAME].is_dir():
-        return
-    skip = pytest.mark.skip(reason="embedded:fmnist-sdm is not in this build yet (issue 11)")
-    for item in items:
-        if "embedded_sdm" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("SDM_DATA_CACHE", str(tmp_path / "dataset-cache"))

@@ -41,33 +41,34 @@ def test_sdm_convert_defaults_to_the_embedded_model(tmp_path):
     assert np.isfinite(report["eps_cosine"])
 
 
-def _confident_classes(images) -> tuple[float, int]:
+def _classes_and_fid(images) -> tuple[int, float]:
     import torch
 
+    from sdm.metrics.extractors import FMNISTExtractor
     from sdm.metrics.fmnist_extractor import load_extractor, prepare
+    from sdm.metrics.quality import evaluate_quality
 
     with torch.no_grad():
-        confidence, labels = load_extractor()(prepare(images)).softmax(-1).max(-1)
-    return confidence.mean().item(), len(set(labels.tolist()))
+        labels = load_extractor()(prepare(images)).argmax(-1)
+    return len(set(labels.tolist())), evaluate_quality(images, FMNISTExtractor(), metrics=("fid",))[0][0].value
 
 
-@pytest.mark.parametrize("name, least_confidence", [
-    (EMBEDDED_NAME, 0.7), pytest.param(EMBEDDED_SDM_NAME, 0.6, marks=pytest.mark.embedded_sdm)])
-def test_embedded_samples_are_recognisably_fashion_mnist(name, least_confidence):
-    """The bundled classifier (93% test accuracy) is confident on the model's samples and sees several
-    classes; pure noise or a collapsed model fails both."""
+@pytest.mark.parametrize("name", [EMBEDDED_NAME, EMBEDDED_SDM_NAME])
+def test_embedded_samples_are_recognisably_fashion_mnist(name):
+    """24 DDIM-20 samples: the bundled classifier sees at least 5 classes (a collapsed model fails), and
+    their FID-FMNIST against the bundled test-split statistics is far below pure noise's (about 94 at
+    N = 24; measured 8.3 for the ANN, 13.2 for the SDM)."""
     loaded = load_model(name)
     images = sample(loaded.model, loaded.scheduler_config, 24, sampler="ddim", steps=20, seed=0, progress=False)
-    confidence, classes = _confident_classes(images)
+    classes, fid = _classes_and_fid(images)
     noise = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
-    assert confidence > least_confidence and classes >= 5 and _confident_classes(noise)[0] < confidence - 0.1
+    assert classes >= 5 and fid < 25 < 60 < _classes_and_fid(noise)[1]
 
 
 def _weights_bytes(directory) -> int:
     return sum(f.stat().st_size for f in directory.rglob("*.safetensors"))
 
 
-@pytest.mark.embedded_sdm
 def test_embedded_sdm_is_the_anns_size_and_both_ship_small():
     from sdm.spiking_unet import SpikingUNet
 

@@ -91,7 +91,6 @@ def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
     assert bad.exit_code != 0 and "--convert-T takes" in bad.stderr
 
 
-@pytest.mark.embedded_sdm
 def test_compare_defaults_are_the_embedded_models_and_the_anns_conversions(tmp_path):
     result = _run(compare, ["--num-samples", 2, "--steps", 1, "--calib-samples", 8, "--metrics", "is",
                             "--out", tmp_path / "cmp"])
