@@ -111,6 +111,19 @@ family (SiLU, GroupNorm, attention at the second resolution), trained with this 
 """
 
 
+def _guidance(quality: dict) -> str:
+    """The threshold-guidance sweep's best scale against 1.0, at the sweep's N."""
+    sweep = {s["scale"]: s for s in quality.get("sweep", [])}
+    if 1.0 not in sweep or len(sweep) < 2:
+        return ""
+    best = min(sweep.values(), key=lambda s: s["fid"])
+    if best["scale"] == 1.0:
+        return f"No threshold scale of {sorted(sweep)} beat 1.0. "
+    gain = 1 - best["fid"] / sweep[1.0]["fid"]
+    return (f"Threshold guidance: `--threshold-scale {best['scale']:g}` gave {gain:.1%} lower FID-FMNIST at "
+            f"N = {quality['sweep_samples']} ({best['fid']:.2f} against {sweep[1.0]['fid']:.2f}). ")
+
+
 def _sdm_card(run: Path, shipped, params: float, size_mb: float, quality: dict | None) -> str:
     record = _run_record(run)
     config = record["config"]
@@ -126,7 +139,7 @@ def _sdm_card(run: Path, shipped, params: float, size_mb: float, quality: dict |
         figure = (f"**FID-FMNIST {q['fid']:.2f}** at N = {n} (DDIM-50, seeds 0..{n - 1}; the embedded ANN "
                   f"{ann['fid']:.2f}, {q['fid'] / ann['fid']:.2f}x); energy {q['energy']:.3g} mJ per image "
                   f"({q['energy'] / ann['energy']:.1%} of the ANN's {ann['energy']:.3g} mJ; 0.9 pJ per accumulate, "
-                  f"4.6 pJ per MAC), firing rate {q['rate']:.3f}. " + NOT_INCEPTION)
+                  f"4.6 pJ per MAC), firing rate {q['rate']:.3f}. " + _guidance(quality) + NOT_INCEPTION)
     preset = config.get("model", {}).get("preset")
     return f"""# Embedded model: Fashion-MNIST Spiking Diffusion Model (`{preset}`, `{EMBEDDED_SDM_NAME}`)
 
@@ -142,7 +155,7 @@ as many steps, so `sdm-compare` sets the two routes side by side like for like.
 | data | Fashion-MNIST training split (60,000 images), random horizontal flips |
 | pre-spike stage | {_schedule(parent)}; final loss {parent['loss']:.4f}; {parent['hours']:.1f} h |
 | TSM stage | {_schedule(record)}; final loss {record['loss']:.4f}; {record['hours']:.1f} h; learnt p (mean over layers, t = 1..{model.T}): {mean_p} |
-| hardware | CPU only ({_cpu()}, 2 cores): no GPU was available for this run |
+| hardware | CPU only, 2 cores, over several sessions (packaged on {_cpu()}): no GPU was available for this run |
 | weights | EMA weights, fp16 safetensors, {size_mb:.1f} MB |
 | quality | {figure} |
 | commands | `{_command('sdm-train', Path(parent_dir), parent['config'], f' --preset {preset} --T {model.T}')}`, then `{_command('sdm-train', run, config, f' --stage tsm --init-from {parent_dir}')}`, then `python examples/package_embedded_model.py --run {run}` |
