@@ -133,16 +133,16 @@ def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, 
     unguided = next((s for s in sweep if s["scale"] == 1.0), None)
     best = min(sweep, key=lambda s: s["fid"])
     unconfirmed = ""
-    if best["scale"] != 1.0 and not confirm_best:
-        unconfirmed = (f"; the sweep's best scale, {best['scale']:g}, was not measured at N = {num_samples} "
-                       "(--no-confirm-best)")
-    elif best["scale"] != 1.0:
-        m, _ = measure(loaded, num_samples, best["scale"])
-        rows.append(row(f"SDM TSM, threshold scale {best['scale']:g} (best of the sweep)", steps_trained(tsm),
-                        params, m, num_samples))
-        record["best_guided"] = {"scale": best["scale"], **m}
     if best["scale"] != 1.0:
         grids.append((f"TSM x{best['scale']:g}", first_images[best["scale"]]))
+        if confirm_best:
+            m, _ = measure(loaded, num_samples, best["scale"])
+            rows.append(row(f"SDM TSM, threshold scale {best['scale']:g} (best of the sweep)", steps_trained(tsm),
+                            params, m, num_samples))
+            record["best_guided"] = {"scale": best["scale"], **m}
+        else:
+            unconfirmed = (f"; the sweep's best scale, {best['scale']:g}, was not measured at N = {num_samples} "
+                           "(--no-confirm-best)")
     save_comparison(grids, out / "samples.png")
     sweep_rows = [{"threshold scale": f"{s['scale']:g}", "FID-FMNIST": f"{s['fid']:.3f}",
                    "change": "" if unguided is None else f"{(s['fid'] - unguided['fid']) / unguided['fid']:+.1%}",
