@@ -7,6 +7,8 @@ and a threshold-guidance sweep on the TSM model, beside the ANN.
 Every model samples DDIM-50 from seeds 0..N-1. The sweep runs at `--sweep-samples` (seeds
 0..n-1); its best scale is then measured again at `--num-samples`, reusing the sweep's samples
 (the shards of a work directory are resumable), so the headline gain is an N-sample figure.
+Both comparisons (TSM against the control, the best scale against 1.0) carry a paired bootstrap over
+the seeds: how likely another seed set of the same size would show the same order.
 
 Both spiking runs are measured with their weights rounded to fp16, as the package ships them: the
 sampler is chaotic enough that fp16 rounding changes most images of a seed (19 of 255 grey levels on
@@ -16,6 +18,7 @@ here (shards may come from earlier sessions); `sdm-compare` times it.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -55,6 +58,17 @@ def _energy(model, scheduler_config, steps, scale):
     return macs * E_MAC_PJ * steps / 1e9, None
 
 
+def _paired(images_a, images_b, resamples):
+    from sdm.metrics.bootstrap import paired_bootstrap
+    from sdm.metrics.extractors import FMNISTExtractor
+    from sdm.metrics.fmnist_extractor import load_reference
+
+    extractor = FMNISTExtractor()
+    mu, sigma, _ = load_reference()
+    return paired_bootstrap(extractor.features(images_a)[0], extractor.features(images_b)[0], mu, sigma,
+                            resamples=resamples)[0]
+
+
 def plot_sweep(points: list[tuple[float, float]], n: int, path: Path) -> None:
     import matplotlib
 
@@ -87,8 +101,10 @@ def plot_sweep(points: list[tuple[float, float]], n: int, path: Path) -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--confirm-best/--no-confirm-best", default=True, show_default=True,
               help="Measure the sweep's best scale again at --num-samples; without it, it stands at --sweep-samples.")
+@click.option("--resamples", type=click.IntRange(min=2), default=1000, show_default=True,
+              help="Paired bootstrap resamples of the seeds behind each comparison.")
 @click.option("--out", type=click.Path(), default="benchmarks/results/direct_training", show_default=True)
-def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, confirm_best, out):
+def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, confirm_best, resamples, out):
     out = Path(out)
     meta = provenance(__spec__.name)
     work = out / "work"
@@ -104,7 +120,7 @@ def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, 
                 "FID-FMNIST": f"{m['fid']:.3f}", "energy / image (mJ)": f"{m['energy']:.4g}",
                 "firing rate": "" if m["rate"] is None else f"{m['rate']:.3f}"}
 
-    rows, grids, record = [], [], {}
+    rows, grids, record, drawn = [], [], {}, {}
     teacher = load_model(ann)
     params = sum(p.numel() for p in teacher.model.parameters())
     if ann_fid is None:
@@ -121,8 +137,10 @@ def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, 
         params = sum(p.numel() for p in loaded.model.parameters())
         m, images = measure(loaded, num_samples)
         rows.append(row(name, steps_trained(run), params, m, num_samples))
+        drawn[name] = images  # at N, for the paired bootstrap
         grids.append((name.replace(" (control)", ""), images[:16]))
         record[name] = m
+    pairs = [("SDM TSM", "SDM pre-spike (control)")]
     loaded = _as_shipped(load_model(tsm))
     sweep, first_images = [], {}
     for scale in scales:
@@ -136,7 +154,9 @@ def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, 
     if best["scale"] != 1.0:
         grids.append((f"TSM x{best['scale']:g}", first_images[best["scale"]]))
         if confirm_best:
-            m, _ = measure(loaded, num_samples, best["scale"])
+            guided = f"SDM TSM x{best['scale']:g}"
+            m, drawn[guided] = measure(loaded, num_samples, best["scale"])
+            pairs.append((guided, "SDM TSM"))
             rows.append(row(f"SDM TSM, threshold scale {best['scale']:g} (best of the sweep)", steps_trained(tsm),
                             params, m, num_samples))
             record["best_guided"] = {"scale": best["scale"], **m}
@@ -151,11 +171,14 @@ def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, 
                              f"Threshold guidance on the TSM model, N = {sweep_samples}, DDIM-{steps}, seeds "
                              f"0..{sweep_samples - 1}; FID-FMNIST is not comparable with Inception FID.",
                              num_samples=sweep_samples, steps=steps)
+    paired = [(a, b, _paired(drawn[a], drawn[b], resamples)) for a, b in pairs]
     factors = [round(p, 4) for p in loaded.model.mean_tsm_factors()]
     text = write_table(rows, out, meta, f"N = {num_samples}, DDIM-{steps}, seeds 0..{num_samples - 1}; learnt TSM "
                        f"factors p (mean over layers, t = 1..T): {factors}{unconfirmed}; FID-FMNIST is not "
-                       "comparable with Inception FID.", num_samples=num_samples, steps=steps, record=record,
-                       sweep=sweep, sweep_samples=sweep_samples, tsm_factors=factors)
+                       "comparable with Inception FID. Paired bootstrap: "
+                       + "; ".join(d.describe(a, b) for a, b, d in paired) + ".",
+                       num_samples=num_samples, steps=steps, record=record, sweep=sweep, sweep_samples=sweep_samples,
+                       tsm_factors=factors, paired_bootstrap={f"{a} - {b}": asdict(d) for a, b, d in paired})
     click.echo(f"{text}\n{sweep_text}")
 
 

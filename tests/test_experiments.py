@@ -101,3 +101,31 @@ def test_compare_defaults_are_the_embedded_models_and_the_anns_conversions(tmp_p
     assert rows[0]["ckpt"] == EMBEDDED_NAME and rows[3]["ckpt"] == EMBEDDED_SDM_NAME
     assert rows[3]["details"] == "T=4, lif, TSM"
     assert all("per channel" in r["details"] and "analog down_blocks.0.resnets.0.*" in r["details"] for r in rows[1:3])
+
+
+def test_direct_training_benchmark_pairs_each_comparison_with_a_bootstrap(tiny_pipeline, fake_fmnist, tmp_path):
+    from benchmarks import direct_training
+
+    common = ["--data", fake_fmnist, "--preset", "tiny", "--batch-size", 4]
+    pre = _run(train, [*common, "--out", tmp_path / "pre", "--steps", 2])
+    assert pre.exit_code == 0, pre.output
+    tsm = _run(train, [*common, "--out", tmp_path / "tsm", "--stage", "tsm", "--init-from", tmp_path / "pre",
+                       "--steps", 1])
+    assert tsm.exit_code == 0, tsm.output
+    result = _run(direct_training, ["--ann", tiny_pipeline, "--control", tmp_path / "pre", "--tsm", tmp_path / "tsm",
+                                    "--scales", "0.5,1.0", "--num-samples", 6, "--sweep-samples", 4, "--steps", 2,
+                                    "--resamples", 20, "--out", tmp_path / "bench"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "bench" / "results.json").read_text())
+    fid = {r["model"]: float(r["FID-FMNIST"]) for r in report["rows"]}
+    paired = report["paired_bootstrap"]
+    first = paired["SDM TSM - SDM pre-spike (control)"]
+    # the observed difference is the table's, and the interval brackets the resamples
+    assert first["observed"] == pytest.approx(fid["SDM TSM"] - fid["SDM pre-spike (control)"], abs=2e-3)
+    assert first["low"] <= first["high"] and first["resamples"] == 20 and 0 <= first["a_better"] <= 1
+    best = min(report["sweep"], key=lambda s: s["fid"])["scale"]
+    guided = f"SDM TSM, threshold scale {best:g} (best of the sweep)"
+    assert (f"SDM TSM x{best:g} - SDM TSM" in paired) == (best != 1.0) == (guided in fid)
+    assert [s["scale"] for s in report["sweep"]] == [0.5, 1.0] and report["sweep_samples"] == 4
+    assert "Paired bootstrap: SDM TSM - SDM pre-spike (control)" in (tmp_path / "bench" / "table.md").read_text()
+    assert (tmp_path / "bench" / "guidance.png").stat().st_size > 0

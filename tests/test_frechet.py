@@ -3,6 +3,7 @@ import pytest
 import scipy.linalg
 
 from sdm.errors import SDMError
+from sdm.metrics.bootstrap import paired_bootstrap
 from sdm.metrics.frechet import feature_statistics, frechet_distance
 
 
@@ -44,3 +45,38 @@ def test_rejects_bad_features():
         feature_statistics(np.array([[0.0, np.nan], [1.0, 2.0]]))
     with pytest.raises(SDMError, match="do not match"):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+def test_paired_bootstrap_of_a_shift_is_exactly_the_mean_term():
+    """a = b + delta: covariances agree on every draw, so each resample's difference is
+    |m + delta|^2 - |m|^2 = 2 m.delta + |delta|^2, m the drawn mean of b; its spread is 2 |delta| sigma / sqrt(n)."""
+    rng = np.random.default_rng(3)
+    n, delta = 400, np.array([0.1, 0.0, 0.0, 0.0])
+    b = rng.normal(size=(n, 4))
+    a = b + delta
+    summary, differences = paired_bootstrap(a, b, np.zeros(4), np.eye(4), resamples=2000)
+    m = b.mean(axis=0)
+    assert summary.observed == pytest.approx(2 * m @ delta + delta @ delta, abs=1e-9)
+    assert differences.mean() == pytest.approx(summary.observed, abs=0.002)
+    # 95 % interval of a normal with sd 2 * 0.1 * 1 / 20 = 0.01: width 4 * 0.0098 = 0.039
+    assert 0.033 < summary.high - summary.low < 0.046
+    assert summary.low < delta @ delta < summary.high
+
+
+def test_paired_bootstrap_identical_and_swapped_models():
+    rng = np.random.default_rng(4)
+    b = rng.normal(size=(300, 3))
+    same, differences = paired_bootstrap(b, b, np.zeros(3), np.eye(3), resamples=50)
+    assert np.all(differences == 0) and same.observed == 0 and same.a_better == 0
+    worse = b + 1.0
+    forward, _ = paired_bootstrap(worse, b, np.zeros(3), np.eye(3), resamples=200, seed=7)
+    backward, _ = paired_bootstrap(b, worse, np.zeros(3), np.eye(3), resamples=200, seed=7)
+    assert forward.a_better == 0 and backward.a_better == 1
+    assert backward.observed == pytest.approx(-forward.observed)
+    assert (backward.low, backward.high) == pytest.approx((-forward.high, -forward.low))
+    assert "lower in 100.0% of 200" in backward.describe("b", "worse")
+
+
+def test_paired_bootstrap_needs_paired_features():
+    with pytest.raises(SDMError, match="seed for seed"):
+        paired_bootstrap(np.zeros((10, 3)), np.zeros((9, 3)), np.zeros(3), np.eye(3))
