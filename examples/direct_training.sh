@@ -6,9 +6,10 @@
 # About 3.6 h for the pre-spike stage (1.8 to 2.3 s per step; 13,060 s measured) and 40 min per 1,000
 # further steps on 2 CPU cores with bf16 autocast
 # (PRECISION=fp32 on CPUs without bf16 units: 1.5x slower). RESUME=1 continues interrupted runs.
-# The benchmark samples about 1.7 s per spiking image (DDIM-50, fp32, 2 cores): 2,000 images per model and
-# 500 per guidance scale, so the full 13-scale sweep is about 5 h; its shards are resumable and shared
-# (BENCHMARKS.md 3.2 ran --scales 0.95,1.0,1.05 --no-confirm-best).
+# The benchmark samples about 1.7 s per spiking image (DDIM-50, fp32, one process on 2 cores; 2.6 s each
+# with two one-thread processes side by side): 2,000 images per model and 500 per guidance scale, so the
+# full 13-scale sweep is about 5 h; its shards are resumable and shared (BENCHMARKS.md 3.2 ran
+# --scales 0.95,0.98,1.0,1.01,1.02,1.03,1.04,1.05,1.08,1.1,1.2).
 set -euo pipefail
 DATA=${DATA:-../shared/data/fashion_mnist.npz}
 RUNS=${RUNS:-runs}
