@@ -58,7 +58,7 @@ def test_paired_bootstrap_of_a_shift_is_exactly_the_mean_term():
     m = b.mean(axis=0)
     assert summary.observed == pytest.approx(2 * m @ delta + delta @ delta, abs=1e-9)
     assert differences.mean() == pytest.approx(summary.observed, abs=0.002)
-    # 95 % interval of a normal with sd 2 * 0.1 * 1 / 20 = 0.01: width 4 * 0.0098 = 0.039
+    # 95 % interval of a normal with sd 2 * 0.1 * 1 / 20 = 0.01: width 2 * 1.96 * 0.01 = 0.039
     assert 0.033 < summary.high - summary.low < 0.046
     assert summary.low < delta @ delta < summary.high
 
