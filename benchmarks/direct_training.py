@@ -58,15 +58,16 @@ def _energy(model, scheduler_config, steps, scale):
     return macs * E_MAC_PJ * steps / 1e9, None
 
 
-def _paired(images_a, images_b, resamples):
+def _paired(pairs, drawn, resamples):
+    """Each pair's paired bootstrap, extracting every model's features once (the TSM is in both pairs)."""
     from sdm.metrics.bootstrap import paired_bootstrap
     from sdm.metrics.extractors import FMNISTExtractor
     from sdm.metrics.fmnist_extractor import load_reference
 
     extractor = FMNISTExtractor()
     mu, sigma, _ = load_reference()
-    return paired_bootstrap(extractor.features(images_a)[0], extractor.features(images_b)[0], mu, sigma,
-                            resamples=resamples)[0]
+    features = {name: extractor.features(drawn[name])[0] for name in {name for pair in pairs for name in pair}}
+    return [(a, b, paired_bootstrap(features[a], features[b], mu, sigma, resamples=resamples)[0]) for a, b in pairs]
 
 
 def plot_sweep(points: list[tuple[float, float]], n: int, path: Path) -> None:
@@ -171,7 +172,7 @@ def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, 
                              f"Threshold guidance on the TSM model, N = {sweep_samples}, DDIM-{steps}, seeds "
                              f"0..{sweep_samples - 1}; FID-FMNIST is not comparable with Inception FID.",
                              num_samples=sweep_samples, steps=steps)
-    paired = [(a, b, _paired(drawn[a], drawn[b], resamples)) for a, b in pairs]
+    paired = _paired(pairs, drawn, resamples)
     factors = [round(p, 4) for p in loaded.model.mean_tsm_factors()]
     text = write_table(rows, out, meta, f"N = {num_samples}, DDIM-{steps}, seeds 0..{num_samples - 1}; learnt TSM "
                        f"factors p (mean over layers, t = 1..T): {factors}{unconfirmed}; FID-FMNIST is not "
