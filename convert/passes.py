@@ -5,6 +5,12 @@ activation calls become neurons (one per call site, so no membrane state is shar
 foldable ops run unchanged, non-linear analog ops are fed running means, and tensors of the
 timestep path (which depend on t alone) are computed once and repeated over the T steps where
 they meet the image path. The input is presented at every step; the output is the T-step mean.
+
+Synaptic layers whose input is analog and changes from step to step (shortcuts, down- and
+upsamplers reading the residual stream, which sums spiking branches) would multiply at every step.
+In window mode every consumer of their output is window-synchronous or linear, and a linear layer
+commutes with the window mean, so they run once per window on the accumulated (mean) input: the
+same outputs for one T-th of the multiplications. In running mode they stay per step.
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ from torch import fx, nn
 
 from convert.ops import RUNNING_MEAN, is_foldable, touches_batch_dim
 from sdm.errors import SDMError
-from sdm.graph import ACTIVATIONS, SYNAPTIC, ActivationSite, sample_dependent, timestep_activation_count
+from sdm.graph import (
+    ACTIVATIONS,
+    SYNAPTIC,
+    ActivationSite,
+    sample_dependent,
+    source_through_pass_through,
+    timestep_activation_count,
+)
 from sdm.neurons import SpikingNeuron
 from sdm.temporal import ANALOG_MODES, MeanTime, RepeatTime, SpikingActivation, TemporalMean
 
@@ -36,6 +49,10 @@ class ConversionSummary:
     analog_ops: Counter = field(default_factory=Counter)          # running-mean ops by type
     analog_sites: list[str] = field(default_factory=list)         # activation sites kept analog
     timestep_activations: int = 0                                 # analog, once per denoising step
+    # Synaptic layers reading analog values that change over the steps: run once per window on the
+    # accumulated input (window mode), or multiplying at every step (running mode).
+    window_accumulated: list[str] = field(default_factory=list)
+    per_step_analog: list[str] = field(default_factory=list)
 
 
 SMOOTH_TRANSFERS = ("function", "neuron")  # what may stand in for a smooth activation (`SpikingActivation`)
@@ -55,10 +72,24 @@ def _has_batch_dim(node: fx.Node) -> bool:
     return isinstance(value, torch.Tensor) and value.dim() > 0 and isinstance(value.shape[0], torch.SymInt)
 
 
+def layer_name(node: fx.Node) -> str:
+    """The module a graph node belongs to (the node's own name outside any module)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else node.name
+
+
 def _where(node: fx.Node) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     path = list(stack.values())[-1][0] if stack else ""
     return f"node '{node.name}'" + (f" in module '{path}'" if path else "")
+
+
+def _carries_spikes(node: fx.Node, spikes: set[fx.Node]) -> bool:
+    """Whether `node` only moves spikes (through views, padding, concatenation of spikes...)."""
+    origin = source_through_pass_through(node)
+    if origin.op == "call_function" and origin.target is aten.cat.default:
+        return all(_carries_spikes(part, spikes) for part in origin.args[0])
+    return origin in spikes
 
 
 def spiking_graph(
@@ -107,6 +138,8 @@ def spiking_graph(
     static: dict[fx.Node, fx.Node] = {}
     sequence: dict[fx.Node, fx.Node] = {}
     repeated: dict[fx.Node, fx.Node] = {}
+    varying: set[fx.Node] = set()  # sequence values that differ from step to step (spikes and their sums)
+    spikes: set[fx.Node] = set()   # sequence values that are spikes (what synaptic layers accumulate)
     placeholders = [n for n in captured.graph.nodes if n.op == "placeholder"]
 
     def as_sequence(n: fx.Node) -> fx.Node:
@@ -147,14 +180,30 @@ def spiking_graph(
             transfer = "neuron" if site.op == "relu" else activation
             target = place(site, functools.partial(node.target, **node.kwargs), transfer)
             sequence[node] = graph.call_module(target, (as_sequence(node.args[0]),))
+            if site.name not in analog_sites:
+                spikes.add(node)
+            if node in spikes or analog_mode == "running":  # a window-mode analog site outputs its mean's value
+                varying.add(node)
         elif touches_batch_dim(node):
             raise UnsupportedOpError(f"{node.target} at {_where(node)} works along the batch dimension, "
                                      "where spiking steps are folded; it cannot be converted")
+        elif node.target in SYNAPTIC and node.args[0] in encoded:  # reads the encoder's spikes
+            sequence[node] = graph.node_copy(node, lambda n, data=node.args[0]: encoded[n] if n is data else as_sequence(n))
+            varying.add(node)
+        elif node.target in SYNAPTIC and node.args[0] in varying and not _carries_spikes(node.args[0], spikes):
+            if analog_mode == "window":  # once per window, on the accumulated input
+                mean = graph.call_module("mean_time", (as_sequence(node.args[0]),))
+                window = graph.node_copy(node, lambda n, data=node.args[0]: mean if n is data else as_sequence(n))
+                sequence[node] = graph.call_module("repeat_time", (window,))
+                summary.window_accumulated.append(layer_name(node))
+            else:
+                sequence[node] = graph.node_copy(node, as_sequence)
+                summary.per_step_analog.append(layer_name(node))
+                varying.add(node)
         elif is_foldable(node, len(positions), positions):
-            def feed(n, synaptic=node.target in SYNAPTIC and node.args[0] in encoded, data=node.args[0]):
-                return encoded[n] if synaptic and n is data else as_sequence(n)
-
-            sequence[node] = graph.node_copy(node, feed)
+            sequence[node] = graph.node_copy(node, as_sequence)
+            if any(a in varying for a in node.all_input_nodes):
+                varying.add(node)
         elif node.target in RUNNING_MEAN:
             if any(isinstance(v, fx.Node) and v in dependent for v in node.kwargs.values()):
                 raise UnsupportedOpError(f"{node.target} at {_where(node)} takes a step-varying keyword argument")
@@ -165,6 +214,8 @@ def spiking_graph(
             args = tuple(as_sequence(a) if isinstance(a, fx.Node) else a for a in node.args)
             kwargs = {k: static[v] if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()}
             sequence[node] = graph.call_module(f"analog.{name}", args, kwargs)
+            if analog_mode == "running":
+                varying.add(node)
         else:
             raise UnsupportedOpError(
                 f"unsupported op {node.target} at {_where(node)}: its meaning over spiking steps is unknown; "

@@ -103,6 +103,8 @@ class _Walk(fx.Interpreter):
         result = super().run_node(node)
         if node.op == "call_function" and node.target in (aten.conv2d.default, aten.linear.default):
             self._synaptic(node, result)
+        elif node.op == "call_module" and node.target == "mean_time":
+            self._accumulation(node)
         elif node.op == "call_module" and (node.target.startswith("analog.") or node.target in self.modules
                                            and isinstance(self.modules[node.target], SpikingActivation)):
             self._nonsynaptic(node, result)
@@ -119,8 +121,18 @@ class _Walk(fx.Interpreter):
             role = "spiking"
         else:  # analog input: computed at every step where it changes, once if it never does
             role = "input" if self._reads_input(node.args[0]) else "analog"
-            macs *= distinct_steps(x, self.batch) / self.T
+            macs *= distinct_steps(x, self.batch) / max(x.shape[0] // self.batch, 1)
         self.records.append(_OpRecord(_label(node), role, macs, rate, tuple(sources or ())))
+
+    def _accumulation(self, node: fx.Node) -> None:
+        """A window mean: each step's value added into an accumulator (the 1/T folds into the weights
+        that read it), T - 1 additions per value where the steps differ, none where they repeat."""
+        x = self.env[node.args[0]]
+        additions = (distinct_steps(x, self.batch) - 1) * x.numel() / self.T / self.batch
+        if additions:
+            reader = next(iter(node.users), None)
+            name = f"{_label(reader) if reader is not None and reader.op != 'output' else 'output'} (window accumulation)"
+            self.records.append(_OpRecord(name, "accumulation", additions, 1.0))
 
     def _reads_input(self, node: fx.Node) -> bool:
         origin = source_through_pass_through(node)

@@ -20,10 +20,48 @@ from sdm.errors import SDMError
 E_AC_PJ = 0.9
 E_MAC_PJ = 4.6
 
+# The same 45 nm table (Horowitz, "Computing's energy problem", ISSCC 2014) for integer arithmetic:
+# an 8 x 8-bit multiply costs 0.2 pJ, a 32-bit integer add 0.1 pJ (FP32: 3.7 + 0.9 = 4.6 pJ, above).
+E_INT8_MULT_PJ = 0.2
+E_INT32_ADD_PJ = 0.1
+WEIGHT_BITS = 8
 
-# Roles of a layer in the accounting. MAC roles read analog values; 'spiking' layers read spikes.
+
+def activation_bits(T: int) -> int:
+    """Bits of an activation quantised to the levels a T-step signed rate code carries: 2T + 1."""
+    return math.ceil(math.log2(2 * T + 1))
+
+
+def int_mac_pj(activation_bits: int, weight_bits: int = WEIGHT_BITS) -> float:
+    """An integer MAC of a b-bit activation and a w-bit weight into a 32-bit accumulator: an array
+    multiplier's energy grows with the product of its widths (0.2 pJ at 8 x 8), plus the 32-bit add."""
+    return E_INT8_MULT_PJ * activation_bits * weight_bits / 64 + E_INT32_ADD_PJ
+
+
+def quantised_ann_reference(ann_macs: float, T: int, spiking_dense_ops: float, fixed_pj: float) -> dict:
+    """The second reference: the same ANN with activations quantised to the SNN's 2T + 1 levels and
+    8-bit weights, computed in integer MACs, beside the FP32 ANN of the paper's convention.
+
+    `spiking_dense_ops` are the SNN's synapses fed by spikes over the T steps and `fixed_pj` the energy
+    of everything else it computes (analog MACs, window accumulations), both per denoising step: the
+    SNN breaks even where fixed_pj + rate x spiking_dense_ops x E_AC equals the quantised ANN's energy.
+    `rate_no_analog` leaves the analog part out (spike ACs against integer MACs only: 6 % at T = 4).
+    """
+    bits = activation_bits(T)
+    step_pj = ann_macs * int_mac_pj(bits)
+    break_even = (step_pj - fixed_pj) / (spiking_dense_ops * E_AC_PJ) if spiking_dense_ops else math.nan
+    return {"activation_bits": bits, "weight_bits": WEIGHT_BITS, "levels": 2 * T + 1,
+            "pJ_per_mac": int_mac_pj(bits), "energy_uJ_per_step": step_pj / 1e6,
+            "break_even_firing_rate": break_even if break_even > 0 else None,
+            "break_even_firing_rate_no_analog": int_mac_pj(bits) / (T * E_AC_PJ),
+            "source": "45 nm integer arithmetic (Horowitz, ISSCC 2014): 8x8-bit multiply 0.2 pJ scaled by "
+                      "bit widths, 32-bit add 0.1 pJ"}
+
+
+# Roles of a layer in the accounting. MAC roles read analog values; 'spiking' layers read spikes;
+# 'accumulation' is the addition of each step's analog value into a window sum (one AC per value and step).
 MAC_ROLES = ("input", "analog", "timestep", "attention")
-ROLES = (*MAC_ROLES, "spiking", "nonsynaptic")
+ROLES = (*MAC_ROLES, "spiking", "accumulation", "nonsynaptic")
 
 
 @dataclass
@@ -53,6 +91,8 @@ class LayerActivity:
 
     @property
     def accumulates(self) -> float:
+        if self.role == "accumulation":
+            return self.dense_ops
         return self.dense_ops * self.input_rate if self.spiking_input else 0.0
 
     @property
@@ -132,10 +172,13 @@ def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor
     acs = sum(layer.accumulates for layer in layers)
     macs = sum(layer.macs for layer in layers)
     step_pj = acs * E_AC_PJ + macs * E_MAC_PJ
-    synaptic = [layer for layer in layers if layer.role != "nonsynaptic"]
+    synaptic = [layer for layer in layers if layer.role not in ("nonsynaptic", "accumulation")]
     reference_macs = (ann_macs(ann, sample, timestep) if ann is not None
                       else sum(layer.dense_ops for layer in synaptic) / T)
     spiking_layers = [layer for layer in layers if layer.spiking_input]
+    spike_pj = sum(layer.accumulates for layer in spiking_layers) * E_AC_PJ
+    quantised = quantised_ann_reference(reference_macs, T, sum(layer.dense_ops for layer in spiking_layers),
+                                        step_pj - spike_pj)
     by_role = {role: sum(layer.macs for layer in layers if layer.role == role) for role in MAC_ROLES}
     nonsynaptic: dict[str, float] = {}
     for layer in layers:
@@ -150,9 +193,13 @@ def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor
         "denoising_steps": denoising_steps,
         "counting": "spike accumulates: one per synapse a spike reaches; MACs: one per synapse at every spiking "
                     "step where a layer's analog input changes, so a layer fed the same input at every step "
-                    "(input image, window-mode analog output, timestep path) counts once per window",
+                    "(input image, window-mode analog output, timestep path) counts once per window; a layer "
+                    "run once per window on its accumulated input counts its MACs once, and the accumulation "
+                    "T - 1 accumulates per input value",
         "per_denoising_step": {"accumulates": acs, "macs": macs, "energy_uJ": step_pj / 1e6},
         "per_image": {"accumulates": per_image(acs), "macs": per_image(macs),
+                      "window_accumulation_acs": per_image(sum(layer.accumulates for layer in layers
+                                                               if layer.role == "accumulation")),
                       "input_layer_macs": per_image(by_role["input"]),
                       "other_analog_macs": per_image(macs - by_role["input"]),
                       "timestep_path_macs": per_image(by_role["timestep"]),
@@ -163,6 +210,10 @@ def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor
                 "energy_mJ_per_image": reference_macs * E_MAC_PJ * denoising_steps / 1e9,
                 "source": "FLOP counter on the ANN" if ann is not None else "dense operations of the SNN / T"},
         "energy_ratio_snn_to_ann": step_pj / (reference_macs * E_MAC_PJ) if reference_macs else math.nan,
+        "spike_energy_ratio_to_ann": spike_pj / (reference_macs * E_MAC_PJ) if reference_macs else math.nan,
+        "quantised_ann": {**quantised, "energy_mJ_per_image": quantised["energy_uJ_per_step"] * denoising_steps / 1e3,
+                          "energy_ratio_snn_to_quantised_ann": step_pj / (quantised["energy_uJ_per_step"] * 1e6)
+                          if reference_macs else math.nan},
         "mean_input_firing_rate": (sum(layer.input_rate * layer.dense_ops for layer in spiking_layers)
                                    / max(sum(layer.dense_ops for layer in spiking_layers), 1e-12)),
         "constants": {"E_AC_pJ": E_AC_PJ, "E_MAC_pJ": E_MAC_PJ},
@@ -177,7 +228,8 @@ def energy_markdown(report: dict) -> str:
     for layer in report["layers"]:
         if layer["role"] == "nonsynaptic":
             continue
-        kind = "spikes" if layer["role"] == "spiking" else f"analog ({layer['role']})"
+        kind = {"spiking": "spikes", "accumulation": "analog, summed over the window"}.get(
+            layer["role"], f"analog ({layer['role']})")
         rate = f"{layer['input_rate']:.3f}" if layer["role"] == "spiking" else ""
         lines.append(f"| {layer['name']} | {kind} | {rate} | {layer['accumulates']:.3g} | {layer['macs']:.3g} | "
                      f"{layer['energy_pJ'] / 1e3:.3g} |")
@@ -187,10 +239,24 @@ def energy_markdown(report: dict) -> str:
               f"Per image ({report['denoising_steps']} denoising steps): {image['energy_mJ']:.3g} mJ "
               f"(ANN {ann['energy_mJ_per_image']:.3g} mJ, ratio {report['energy_ratio_snn_to_ann']:.3f}): "
               f"{image['input_layer_macs']:.3g} input-layer MACs, {image['other_analog_macs']:.3g} other analog-input "
-              f"MACs, {image['accumulates']:.3g} spike accumulates.",
+              f"MACs, {image['accumulates']:.3g} accumulates ({image['window_accumulation_acs']:.3g} of them window "
+              "accumulations of analog inputs).",
+              _quantised_line(report),
               "Analog non-synaptic ops per image (FLOPs, not in the energy): "
               + (", ".join(f"{k} {v:.3g}" for k, v in report["analog_nonsynaptic_flops_per_image"].items()) or "none")
               + ".",
               f"Counting: {report['counting']}.",
               f"Energy: {report['constants']['E_AC_pJ']} pJ per AC, {report['constants']['E_MAC_pJ']} pJ per MAC."]
     return "\n".join(lines)
+
+
+def _quantised_line(report: dict) -> str:
+    q = report["quantised_ann"]
+    rate = q["break_even_firing_rate"]
+    even = (f"the SNN would break even with it at a mean firing rate of {rate:.3f}" if rate is not None else
+            "the SNN's analog MACs and accumulations alone exceed it, so no firing rate breaks even")
+    return (f"Second reference, not the paper's convention: the ANN with {q['levels']}-level "
+            f"({q['activation_bits']}-bit) activations and {q['weight_bits']}-bit weights in integer MACs "
+            f"({q['pJ_per_mac']:.3g} pJ each) spends {q['energy_mJ_per_image']:.3g} mJ per image (SNN / it: "
+            f"{q['energy_ratio_snn_to_quantised_ann']:.2f}); {even} (spike ACs against its MACs alone: "
+            f"{q['break_even_firing_rate_no_analog']:.3f}).")

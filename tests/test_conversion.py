@@ -234,7 +234,10 @@ def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates
     layers = snn.layer_activity(x, t)
     # Left analog: the image's own convolution (plus the timestep path and the attention products).
     assert [layer.name for layer in layers if layer.role in ("input", "analog")] == ["conv_in"]
-    assert {layer.role for layer in layers} == {"input", "spiking", "timestep", "attention", "nonsynaptic"}
+    assert {layer.role for layer in layers} == {"input", "spiking", "timestep", "attention", "nonsynaptic",
+                                                "accumulation"}
+    # Nothing analog changes over the steps but the output, whose T values are summed to decode it.
+    assert [layer.name for layer in layers if layer.role == "accumulation"] == ["output (window accumulation)"]
     assert any("attentions.0.to_q" in layer.name and layer.spiking_input for layer in layers)
     snn.save_pretrained(tmp_path / "snn")
     loaded = ConvertedUNet.from_pretrained(tmp_path / "snn")
