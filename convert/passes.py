@@ -84,6 +84,11 @@ def _where(node: fx.Node) -> str:
     return f"node '{node.name}'" + (f" in module '{path}'" if path else "")
 
 
+def _feeding(data: fx.Node, value: fx.Node, otherwise: Callable[[fx.Node], fx.Node]) -> Callable:
+    """The argument map of a copied layer that reads `value` in place of its input `data`."""
+    return lambda n: value if n is data else otherwise(n)
+
+
 def _carries_spikes(node: fx.Node, spikes: set[fx.Node]) -> bool:
     """Whether `node` only moves spikes (through views, padding, concatenation of spikes...)."""
     origin = source_through_pass_through(node)
@@ -188,12 +193,12 @@ def spiking_graph(
             raise UnsupportedOpError(f"{node.target} at {_where(node)} works along the batch dimension, "
                                      "where spiking steps are folded; it cannot be converted")
         elif node.target in SYNAPTIC and node.args[0] in encoded:  # reads the encoder's spikes
-            sequence[node] = graph.node_copy(node, lambda n, data=node.args[0]: encoded[n] if n is data else as_sequence(n))
+            sequence[node] = graph.node_copy(node, _feeding(node.args[0], encoded[node.args[0]], as_sequence))
             varying.add(node)
         elif node.target in SYNAPTIC and node.args[0] in varying and not _carries_spikes(node.args[0], spikes):
             if analog_mode == "window":  # once per window, on the accumulated input
                 mean = graph.call_module("mean_time", (as_sequence(node.args[0]),))
-                window = graph.node_copy(node, lambda n, data=node.args[0]: mean if n is data else as_sequence(n))
+                window = graph.node_copy(node, _feeding(node.args[0], mean, as_sequence))
                 sequence[node] = graph.call_module("repeat_time", (window,))
                 summary.window_accumulated.append(layer_name(node))
             else:
