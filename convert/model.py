@@ -116,6 +116,21 @@ class ConvertedUNet(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    def _apply(self, fn, recurse: bool = True):
+        """`.to()`, `.double()`, `.cuda()`: the exported graph carries the dtype and device the ANN had
+        when it was captured (its timestep embedding builds a float32 `arange` on that device and casts
+        to float32), so they follow the weights here, as diffusers' eager code follows `self.dtype`."""
+        module = super()._apply(fn, recurse)
+        dtype, device = self.dtype, self.device
+        for node in self.graph.graph.nodes:
+            node.args = tuple(dtype if isinstance(a, torch.dtype) and a.is_floating_point else a for a in node.args)
+            if isinstance(node.kwargs.get("dtype"), torch.dtype) and node.kwargs["dtype"].is_floating_point:
+                node.update_kwarg("dtype", dtype)
+            if "device" in node.kwargs:
+                node.update_kwarg("device", device)
+        self.graph.recompile()
+        return module
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -80,22 +80,31 @@ def _loss(student, teacher, probes):
 
 
 def test_finetuning_lowers_the_loss_and_executors_agree(tiny, tmp_path):
+    """60 steps: the loss ratio measured 0.69 (1 torch thread) and 0.70 (2), against 0.77-0.79 and 1.0 on
+    another CPU at 30 steps, where it had not settled; the bound 0.8 leaves 3x the spread seen.
+
+    The executors are compared in float64. In float32 they round differently (the step executor sums T
+    steps where the rate form reads their mean), and after these 60 steps a drive within ~1e-6 of a
+    spike-count boundary flips a spike, which the following quantisers amplify (0.04-0.24 here, on one
+    image in twelve). In float64 no drive lies that close: a parameter or state that one executor
+    applied and the other did not would still show, far above 1e-9."""
     unet, root = tiny
     probes = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 8)
     before = ConvertedUNet.from_pretrained(root / "snn")
     after = finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "run",
-                     FinetuneSettings(**{**TINY, "steps": 30, "lr": 1e-3, "ema_decay": 0.5}), progress=False)
+                     FinetuneSettings(**{**TINY, "steps": 60, "lr": 1e-3, "ema_decay": 0.5}), progress=False)
     before.set_executor("rate")
     after.set_executor("rate")
     assert _loss(after, unet, probes) < 0.8 * _loss(before, unet, probes)
     moved = [n for n in after.neurons().values() if n.threshold.item() != pytest.approx(1.0)]
     assert moved and after.thresholds == json.loads((tmp_path / "run" / "snn" / "config.json").read_text())["thresholds"]
+    exact = ConvertedUNet.from_pretrained(tmp_path / "run" / "snn", torch_dtype=torch.float64)
     x, t, _ = probes
     with torch.no_grad():
-        rate = after(x, t).sample
-        after.set_executor("steps")
-        steps = after(x, t).sample
-    assert torch.allclose(rate, steps, atol=1e-5)
+        rate = exact(x.double(), t).sample
+        exact.set_executor("steps")
+        steps = exact(x.double(), t).sample
+    assert rate.dtype == torch.float64 and torch.allclose(rate, steps, rtol=0, atol=1e-9)
 
 
 def test_rate_penalty_lowers_the_firing_rate(tiny, tmp_path):
