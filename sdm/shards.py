@@ -45,7 +45,10 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def _manifest(model: torch.nn.Module, settings: dict, seed: int, shard_size: int) -> dict:
-    return {"model": model_fingerprint(model), "seed": seed, "shard_size": shard_size,
+    """What the samples depend on. A converted SNN run by its step executor rounds differently from
+    its rate form, so those samples are keyed apart (rate-form samples keep their earlier keys)."""
+    executor = {"executor": model.executor} if getattr(model, "executor", "rate") != "rate" else {}
+    return {"model": model_fingerprint(model), "seed": seed, "shard_size": shard_size, **executor,
             **{k: v for k, v in settings.items() if k != "batch_size"}}
 
 
