@@ -57,23 +57,25 @@ def _energy(model, ann, probes) -> dict:
 
 
 def _training(report: dict) -> str:
-    penalty = report["settings"]["rate_penalty"]
+    penalty, budget = report["settings"]["energy_penalty"], report.get("energy_budget")
     return (f"{report['steps']} steps, {report['seconds'] / 60:.1f} min"
-            + (f", rate penalty {penalty:g}" if penalty else ""))
+            + (f", energy penalty {penalty:g}" if penalty and not budget else "")
+            + (f", budget {budget['budget']:g} ({'met' if budget['met'] else 'not met'})" if budget else ""))
 
 
 @command(help="FID-FMNIST and energy of converted SNNs before and after fine-tuning.")
 @click.option("--ckpt", default=None, help="[default: the embedded model]")
 @click.option("--variants", type=CommaList(choices=list(VARIANTS)), default="t4,t8", show_default=True)
 @click.option("--finetune-steps", type=click.IntRange(min=1), default=2000, show_default=True)
-@click.option("--rate-penalty", "penalties", type=CommaList(float), default="0", show_default=True,
-              help="For the spike-encoded variants (whose target is an energy budget): one run per value.")
+@click.option("--energy-budget", "budgets", type=CommaList(float), default="", show_default=True,
+              help="Energy budgets (ratios to the ANN's energy): one fine-tuning run of every variant per budget, "
+                   "beside the unbudgeted one.")
 @click.option("--num-samples", type=click.IntRange(min=2), default=2000, show_default=True)
 @click.option("--ann-fid", type=float, default=None, help="Reuse the ANN's FID-FMNIST at these seeds instead of sampling.")
 @click.option("--baseline", type=CommaList(choices=["all", "none", *VARIANTS]), default="all", show_default=True,
               help="Variants whose converted SNN is also measured before fine-tuning.")
 @click.option("--out", type=click.Path(), default="benchmarks/results/finetune_fid", show_default=True)
-def main(ckpt, variants, finetune_steps, penalties, num_samples, ann_fid, baseline, out):
+def main(ckpt, variants, finetune_steps, budgets, num_samples, ann_fid, baseline, out):
     out = Path(out)
     meta = provenance(__spec__.name)
     loaded = load_model(ckpt)
@@ -84,16 +86,17 @@ def main(ckpt, variants, finetune_steps, penalties, num_samples, ann_fid, baseli
         ann_fid = sample_metric(ann, config, num_samples, out / "work" / "ann")[0].value
     rows, grids = [{"model": "ANN", "FID-FMNIST": f"{ann_fid:.3f}", "ratio to ANN": "1.00", "energy / image (mJ)": "",
                     "energy ratio": "1.00", "fine-tuning": ""}], []
-    if any(p < 0 for p in penalties):
-        raise click.BadParameter("rate penalties must be >= 0", param_hint="--rate-penalty")
-    runs = [(name, name, 0.0) for name in variants if "encoded" not in name]
-    runs += [(f"{name}-p{p:g}", name, p) for name in variants if "encoded" in name for p in penalties]
-    baselined: set[str] = set()  # one converted row per variant, whatever its rate penalties
-    for name, variant, rate_penalty in runs:
+    if any(not b > 0 for b in budgets):
+        raise click.BadParameter("energy budgets must be positive", param_hint="--energy-budget")
+    runs = [(name, name, None) for name in variants]
+    runs += [(f"{name}-budget{b:g}", name, b) for name in variants for b in budgets]
+    baselined: set[str] = set()  # one converted row per variant, whatever its budgets
+    for name, variant, budget in runs:
         run = out / name
         if not (run / "finetune" / "report.json").is_file():
-            convert_variant(loaded, variant, pairs, run / "snn")
-            settings = FinetuneSettings(steps=finetune_steps, rate_penalty=rate_penalty)
+            if not (run / "snn" / "config.json").is_file():
+                convert_variant(loaded, variant, pairs, run / "snn")
+            settings = FinetuneSettings(steps=finetune_steps, energy_budget=budget)
             run_finetune(run / "snn", ann, config, run / "finetune", settings, teacher_source=loaded.source,
                          num_samples=0)
         report = json.loads((run / "finetune" / "report.json").read_text())

@@ -118,8 +118,8 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
 @device_option
 def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, calib_source, data, calib_samples,
          stats, analog, encode_analog, readout, activation, analog_sites, sensitivity, finetune_steps, ft_batch_size, lr,
-         threshold_lr, source, pairs, late_share, train, rate_penalty, executor, v_init, signed, probes, num_samples,
-         sampler, steps, seed, batch_size, out, save_samples, device):
+         threshold_lr, source, pairs, late_share, train, energy_penalty, energy_budget, executor, v_init, signed,
+         probes, num_samples, sampler, steps, seed, batch_size, out, save_samples, device):
     out = Path(out)
     _check_out(out)
     if calib_source == "data" and data is None and stats is None:
@@ -128,7 +128,8 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
         raise SDMError("--finetune-steps trains the exact rate form, which needs --analog window")
     finetune_settings = FinetuneSettings(steps=max(finetune_steps, 1), batch_size=ft_batch_size, lr=lr,
                                          threshold_lr=threshold_lr, source=source, data=data, pairs=pairs,
-                                         late_share=late_share, train=train, rate_penalty=rate_penalty, seed=seed)
+                                         late_share=late_share, train=train, energy_penalty=energy_penalty,
+                                         energy_budget=energy_budget, seed=seed)
     finetune_settings.validate()
     device = resolve_device(device)
     loaded = load_model(ckpt, device=device, allow_pickle=allow_pickle)
@@ -202,7 +203,8 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
                                  teacher_source=loaded.source, images=images, num_samples=num_samples,
                                  snn_label=str(out / "snn"),
                                  sampling={"sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size})
-            report["finetune"] = {k: tuned[k] for k in ("steps", "seconds", "before", "after")}
+            report["finetune"] = {k: tuned[k] for k in ("steps", "seconds", "before", "after", "energy_budget")
+                                  if k in tuned}
         write_json(report, tmp / "report.json")
         write_text(energy_markdown(energy) + "\n", tmp / "energy.md")
     click.echo(

@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 
 from calibration.inputs import noised_pairs
 from calibration.stats import model_fingerprint
+from convert.energy_objective import BudgetController, SpikeEnergy
 from convert.model import ConvertedUNet
 from sdm.errors import SDMError
 from sdm.io import atomic_file, write_json
-from sdm.neurons import spiking_neurons
+from sdm.neurons import keeping_counts, spiking_neurons
 from sdm.sampler import trajectory
 from sdm.temporal import TemporalMean
 from sdm.training import CHECKPOINT_DIR, TrainSettings, read_run_config, train_diffusion
@@ -38,6 +39,7 @@ PAIR_SEED = 1 << 21       # trajectory seeds: disjoint from sampling seeds (0..)
 TRAJECTORY_STEPS = 50
 LATE_T = 100              # below this t the SNN is weakest: these pairs get a guaranteed share
 POOL_FILE = "pairs.safetensors"
+ENERGY_PROBES = 8         # pool pairs (spread over the pool) that measure the energy not spent by spikes
 
 
 @dataclass
@@ -53,7 +55,8 @@ class FinetuneSettings:
     pairs: int = 12_800
     late_share: float = 0.25       # fraction of each batch drawn from t < 100
     train: str = "all"
-    rate_penalty: float = 0.0      # weight of the mean spike count per neuron and step
+    energy_penalty: float = 0.0    # weight of the spikes' share of the SNN / ANN energy ratio in the loss
+    energy_budget: float | None = None  # an SNN / ANN energy ratio to meet: the penalty weight adapts to it
     warmup: int = 50
     ema_decay: float = 0.999
     seed: int = 0
@@ -75,8 +78,10 @@ class FinetuneSettings:
             raise SDMError(f"unknown --train '{self.train}': choose one of {', '.join(TRAINABLE)}")
         if not 0.0 <= self.late_share < 1.0:
             raise SDMError(f"--late-share must lie in [0, 1), got {self.late_share}")
-        if self.rate_penalty < 0 or not math.isfinite(self.rate_penalty):
-            raise SDMError(f"--rate-penalty must be a finite number >= 0, got {self.rate_penalty}")
+        if self.energy_penalty < 0 or not math.isfinite(self.energy_penalty):
+            raise SDMError(f"--energy-penalty must be a finite number >= 0, got {self.energy_penalty}")
+        if self.energy_budget is not None and not (self.energy_budget > 0 and math.isfinite(self.energy_budget)):
+            raise SDMError(f"--energy-budget must be a positive ratio to the ANN's energy, got {self.energy_budget}")
 
 
 def check_student(snn: nn.Module, teacher: nn.Module | None = None) -> None:
@@ -181,28 +186,27 @@ def keep_thresholds_positive(snn: nn.Module) -> None:
                 theta.clamp_(min=1e-4)
 
 
-def distillation_objective(teacher_pool, settings: FinetuneSettings, device: str):
-    """loss(student, step, generator): MSE to the teacher's eps on a weighted draw of pool pairs, plus
-    `rate_penalty` times the student's mean spike count per neuron and spiking step."""
+def distillation_objective(teacher_pool, settings: FinetuneSettings, device: str, energy: SpikeEnergy,
+                           budget: BudgetController):
+    """loss(student, step, generator): MSE to the teacher's eps on a weighted draw of pool pairs, plus a
+    weight times the spikes' share of the SNN / ANN energy ratio (`SpikeEnergy`): `energy_penalty`, or
+    under an energy budget the weight `budget` adapts."""
     x, t, eps = teacher_pool
     weights = pair_weights(t, settings.late_share)
 
     def objective(student, step, generator):
         idx = torch.multinomial(weights, settings.batch_size, replacement=True, generator=generator)
-        neurons = spiking_neurons(student)
-        for n in neurons:
-            n.keep_counts = True
-        try:
+        with keeping_counts(student) as neurons:
             pred = student(x[idx].to(device), t[idx].to(device), return_dict=False)[0]
+            spikes = energy.ratio(neurons, len(idx))
             counts = [c for n in neurons for c in n.counts]
-        finally:
-            for n in neurons:
-                n.keep_counts = False
-        T = student.T
-        rate = sum(c.sum() for c in counts) / (T * sum(c.numel() for c in counts))
+        rate = sum(c.sum() for c in counts) / (student.T * sum(c.numel() for c in counts))
         mse = F.mse_loss(pred.float(), eps[idx].to(device))
-        loss = mse + settings.rate_penalty * rate if settings.rate_penalty else mse
-        return loss, {"mse": mse.item(), "firing_rate": rate.item()}
+        ratio = energy.fixed_ratio + spikes.detach()
+        weight = budget.update(step, float(ratio), mse.item())
+        loss = mse + weight * spikes if weight else mse
+        return loss, {"mse": mse.item(), "firing_rate": rate.item(), "energy_ratio": float(ratio),
+                      "energy_weight": weight}
 
     return objective
 
@@ -221,6 +225,9 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     fingerprint = student.config["model_fingerprint"]
     pool = cached_pairs(out / POOL_FILE, lambda: teacher_pairs(teacher, scheduler_config, settings, images,
                                                                progress=progress))
+    probes = torch.linspace(0, len(pool[0]) - 1, ENERGY_PROBES).long()
+    energy = SpikeEnergy(student.to(device), teacher, pool[0][probes].to(device), pool[1][probes].to(device))
+    budget = BudgetController(settings.energy_penalty, settings.energy_budget, out)
     holder: dict[str, list[dict]] = {}
 
     def build() -> ConvertedUNet:
@@ -229,6 +236,7 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
 
     def save(ema: ConvertedUNet, directory: Path) -> None:
         ema.save_pretrained(directory / "snn", scheduler_config=scheduler_config)
+        budget.save()
 
     train = TrainSettings(data=f"{settings.source}:{settings.data or teacher_source}", out=str(out),
                           steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
@@ -237,7 +245,7 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     record = {k: v for k, v in asdict(settings).items() if k not in ("steps", "save_every", "device")}
     record |= {"snn": str(snn_dir), "snn_fingerprint": fingerprint, "T": student.T}
     train_diffusion(train, record, build, resume=resume, progress=progress, on_step=on_step,
-                    objective=distillation_objective(pool, settings, device),
+                    objective=distillation_objective(pool, settings, device, energy, budget),
                     param_groups=lambda model: holder["groups"], constrain=keep_thresholds_positive,
                     save_model=save)
     return ConvertedUNet.from_pretrained(out / "snn")
@@ -308,8 +316,14 @@ def finetune_report(before: ConvertedUNet, after: ConvertedUNet, teacher: nn.Mod
     write_json(curve, out / "loss.json")
     if curve:
         plot_loss(curve, out / "loss.png")
+    budget = {}
+    if settings.energy_budget is not None:
+        reached = result["after"]["energy_ratio_snn_to_ann"]
+        budget = {"energy_budget": {"budget": settings.energy_budget, "reached": reached,
+                                    "met": reached <= settings.energy_budget,
+                                    "final_weight": curve[-1].get("energy_weight") if curve else None}}
     return {"settings": asdict(settings), "steps": settings.steps, "seconds": round(seconds, 1),
-            "T": after.T, **result, "loss_curve": "loss.json", "loss_plot": "loss.png"}
+            "T": after.T, **result, **budget, "loss_curve": "loss.json", "loss_plot": "loss.png"}
 
 
 def run_finetune(snn_dir: Path, teacher: nn.Module, scheduler_config: dict, out: Path, settings: FinetuneSettings,

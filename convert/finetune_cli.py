@@ -51,8 +51,12 @@ def finetune_options(func, batch_flag: str = "--batch-size"):
                      show_default=True, help="Share of each batch drawn from t < 100, the fine-detail steps."),
         click.option("--train", type=click.Choice(TRAINABLE), default=_DEFAULTS["train"], show_default=True,
                      help="What learns besides the thresholds: nothing more, the norms' affine parameters, or all."),
-        click.option("--rate-penalty", type=click.FloatRange(min=0), default=_DEFAULTS["rate_penalty"],
-                     show_default=True, help="Weight of the mean spike count in the loss (trade spikes for quality)."),
+        click.option("--energy-penalty", type=click.FloatRange(min=0), default=_DEFAULTS["energy_penalty"],
+                     show_default=True, help="Weight in the loss of the spikes' share of the SNN / ANN energy ratio "
+                                             "(each spike priced by the synapses it reaches): trade energy for quality."),
+        click.option("--energy-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="An SNN / ANN energy ratio per image to meet: the energy penalty's weight adapts during "
+                          "fine-tuning (starting from --energy-penalty); the report says whether it was met."),
     ]):
         func = decorator(func)
     return func
@@ -75,7 +79,7 @@ def finetune_options(func, batch_flag: str = "--batch-size"):
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @device_option
 def main(snn_path, teacher, allow_pickle, steps, ft_batch_size, lr, threshold_lr, source, pairs, late_share, train,
-         rate_penalty, data, seed, num_samples, out, resume, device):
+         energy_penalty, energy_budget, data, seed, num_samples, out, resume, device):
     out = Path(out)
     if steps < 1:
         raise SDMError("--steps must be at least 1 (0 fine-tunes nothing)")
@@ -89,8 +93,8 @@ def main(snn_path, teacher, allow_pickle, steps, ft_batch_size, lr, threshold_lr
     loaded = load_model(teacher, device=device, allow_pickle=allow_pickle)
     check_student(snn, loaded.model)
     settings = FinetuneSettings(steps=steps, batch_size=ft_batch_size, lr=lr, threshold_lr=threshold_lr, source=source,
-                                data=data, pairs=pairs, late_share=late_share, train=train, rate_penalty=rate_penalty,
-                                seed=seed, device=device)
+                                data=data, pairs=pairs, late_share=late_share, train=train,
+                                energy_penalty=energy_penalty, energy_budget=energy_budget, seed=seed, device=device)
     settings.validate()
     images = None
     if source == "data":
@@ -102,11 +106,13 @@ def main(snn_path, teacher, allow_pickle, steps, ft_batch_size, lr, threshold_lr
 
 def summarise(report: dict, out: Path) -> None:
     """One line on what fine-tuning changed."""
-    b, a = report["before"], report["after"]
+    b, a, budget = report["before"], report["after"], report.get("energy_budget")
     click.echo(f"fine-tuned {report['snn']} for {report['steps']} steps in {report['seconds']:.0f} s: eps cosine {b['eps_cosine']:.4f} "
                f"-> {a['eps_cosine']:.4f} (t<100: {b['eps_cosine_t_lt_100']:.4f} -> {a['eps_cosine_t_lt_100']:.4f}), "
                f"firing rate {b['firing_rate']:.3f} -> {a['firing_rate']:.3f}, energy {b['energy_mJ_per_image']:.3g} "
-               f"-> {a['energy_mJ_per_image']:.3g} mJ per image. Wrote {out}/snn, {out}/report.json")
+               f"-> {a['energy_mJ_per_image']:.3g} mJ per image ({a['energy_ratio_snn_to_ann']:.3f} of the ANN's"
+               + (f"; budget {budget['budget']:g} {'met' if budget['met'] else 'NOT met'}" if budget else "")
+               + f"). Wrote {out}/snn, {out}/report.json")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ class _OpRecord:
     ops: float         # MACs (synaptic layers, attention products) or FLOPs (non-synaptic analog ops)
     input_rate: float  # fraction of non-zero inputs (synaptic layers)
     sources: tuple[tuple[str, float], ...] = ()  # spiking layers: the neuron modules feeding them
+    inputs: float = 0.0  # synaptic layers: input values per image and spiking step
 
 
 class _Walk(fx.Interpreter):
@@ -122,7 +123,8 @@ class _Walk(fx.Interpreter):
         else:  # analog input: computed at every step where it changes, once if it never does
             role = "input" if self._reads_input(node.args[0]) else "analog"
             macs *= distinct_steps(x, self.batch) / max(x.shape[0] // self.batch, 1)
-        self.records.append(_OpRecord(_label(node), role, macs, rate, tuple(sources or ())))
+        inputs = x.numel() / self.batch / max(x.shape[0] // self.batch, 1)
+        self.records.append(_OpRecord(_label(node), role, macs, rate, tuple(sources or ()), inputs))
 
     def _accumulation(self, node: fx.Node) -> None:
         """A window mean: each step's value added into an accumulator (the 1/T folds into the weights
@@ -227,6 +229,18 @@ def site_compute_shares(snn) -> dict[str, float]:
             by_module[module] += r.ops * share
     total = sum(by_module.values()) or 1.0
     return {site: by_module[path] / total for site, path in snn.summary.neurons.items()}
+
+
+def spike_costs(snn) -> dict[str, float]:
+    """Accumulates per spike of each spiking site: the synapses one spike reaches in the layers it feeds
+    (a layer's MACs per step over its input values; a site feeding several layers sums them). Times a
+    site's spike count, it is that site's share of the energy report's accumulates."""
+    costs: Counter = Counter()
+    for r in _blank_walk(snn):
+        if r.role == "spiking" and r.inputs:
+            for module, _ in r.sources:
+                costs[module] += r.ops / snn.T / r.inputs
+    return {site: costs[path] for site, path in snn.summary.neurons.items() if costs[path]}
 
 
 def site_sensitivity(ann: torch.nn.Module, snn, probes: tuple[torch.Tensor, ...], batch_size: int = 32) -> list[dict]:

@@ -115,7 +115,7 @@ class SpikingNeuron(nn.Module):
         self.level: torch.Tensor | None = None  # net spike count of signed neurons
         self.record = False
         self.compiled = False  # run inference through `compiled_steps` (see `compile_neurons`)
-        self.keep_counts = False  # keep the differentiable spike counts of the rate form (rate penalties)
+        self.keep_counts = False  # keep the differentiable spike counts of the rate form (`keeping_counts`)
         self.counts: list[torch.Tensor] = []
         self.spike_count = 0
         self.neuron_steps = 0
@@ -441,6 +441,20 @@ def scaled_thresholds(model: nn.Module, scale: float):
     finally:
         for n, value in zip(neurons, previous, strict=True):
             n.threshold_scale = value
+
+
+@contextlib.contextmanager
+def keeping_counts(model: nn.Module):
+    """Inside the block every neuron keeps the differentiable spike counts of its rate-form calls
+    (`SpikingNeuron.counts`, emptied by each reset); yields the neurons. For losses on spikes."""
+    neurons = spiking_neurons(model)
+    for n in neurons:
+        n.keep_counts = True
+    try:
+        yield neurons
+    finally:
+        for n in neurons:
+            n.keep_counts = False
 
 
 def reset_neurons(model: nn.Module) -> None:

@@ -9,10 +9,12 @@ from safetensors.torch import load_file
 
 from calibration import calibrate, calibration_pairs, prepare, probe_pairs
 from convert import ConvertedUNet, convert, finetune_cli
+from convert.energy_objective import SpikeEnergy
 from convert.finetune import FinetuneSettings, finetune, finetuned_steps, pair_weights
 from convert.report import compute_profile
 from sdm.errors import SDMError
-from sdm.neurons import IFNeuron
+from sdm.energy import energy_report
+from sdm.neurons import IFNeuron, keeping_counts
 from sdm.presets import build_unet
 from sdm.pretrained import DDPM_LINEAR_SCHEDULE, save_pipeline
 
@@ -107,16 +109,40 @@ def test_finetuning_lowers_the_loss_and_executors_agree(tiny, tmp_path):
     assert rate.dtype == torch.float64 and torch.allclose(rate, steps, rtol=0, atol=1e-9)
 
 
-def test_rate_penalty_lowers_the_firing_rate(tiny, tmp_path):
+def test_spike_energy_is_the_reports_spike_share(tiny):
+    """The loss term, from the rate form's counts priced by fan-out, equals the energy report's spike
+    share, counted from the step-by-step graph's non-zero inputs of every spiking layer."""
     unet, root = tiny
-    rates = {}
-    for penalty in (0.0, 5.0):
-        run = tmp_path / f"p{penalty}"
-        finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, run,
-                 FinetuneSettings(**{**TINY, "steps": 12, "lr": 1e-3, "rate_penalty": penalty}), progress=False)
-        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-        rates[penalty] = log[-1]["firing_rate"]
-    assert rates[5.0] < rates[0.0]
+    snn = ConvertedUNet.from_pretrained(root / "snn")
+    x, t, _ = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 6)
+    energy = SpikeEnergy(snn, unet, x, t)
+    report = energy_report(snn, x, t, denoising_steps=1, ann=unet)
+    snn.set_executor("rate")
+    with torch.no_grad(), keeping_counts(snn) as neurons:
+        snn(x, t)
+        share = energy.ratio(neurons, len(x)).item()
+    assert share == pytest.approx(report["spike_energy_ratio_to_ann"], rel=1e-6)
+    assert energy.fixed_ratio == pytest.approx(report["energy_ratio_snn_to_ann"] - share, rel=1e-6)
+
+
+def _last_log(run):
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()][-1]
+
+
+def test_energy_penalty_lowers_the_energy_and_a_budget_moves_its_weight(tiny, tmp_path):
+    """12 steps: penalty 3 ends at an energy ratio of 0.541 against 0.565 without (with 1 and with 2 torch
+    threads, equal to 1e-4). From the same weight 3, a budget far below the ratio (0.05) raises the weight
+    (to 3.22) and one far above it (5) lowers it (to 2.98): dual ascent, 0.05 x loss x (ratio / budget - 1)."""
+    unet, root = tiny
+    runs = {"free": {}, "penalty": {"energy_penalty": 3.0}, "tight": {"energy_penalty": 3.0, "energy_budget": 0.05},
+            "loose": {"energy_penalty": 3.0, "energy_budget": 5.0}}
+    for name, extra in runs.items():
+        finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / name,
+                 FinetuneSettings(**{**TINY, "steps": 12, "lr": 1e-3, **extra}), progress=False)
+    assert _last_log(tmp_path / "penalty")["energy_ratio"] < 0.98 * _last_log(tmp_path / "free")["energy_ratio"]
+    tight, loose = (json.loads((tmp_path / name / "energy_budget.json").read_text()) for name in ("tight", "loose"))
+    assert tight["step"] == loose["step"] == 12 and tight["weight"] > 3.1 and 2.9 < loose["weight"] < 3.0
+    assert not (tmp_path / "penalty" / "energy_budget.json").exists()  # a fixed weight has no state to resume
 
 
 class Interrupted(Exception):
@@ -124,32 +150,41 @@ class Interrupted(Exception):
 
 
 def test_interrupted_finetuning_resumes_to_the_same_state(tiny, tmp_path):
+    """Under an energy budget, so that the adapted penalty weight resumes too."""
     unet, root = tiny
+    settings = {**TINY, "energy_budget": 0.05}
 
     def stop_at(step, loss):
         if step == 3:
             raise Interrupted
 
-    finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "straight", FinetuneSettings(**TINY), progress=False)
+    finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "straight", FinetuneSettings(**settings),
+             progress=False)
     with pytest.raises(Interrupted):
-        finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "resumed", FinetuneSettings(**TINY),
+        finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "resumed", FinetuneSettings(**settings),
                  progress=False, on_step=stop_at)
-    finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "resumed", FinetuneSettings(**TINY), progress=False,
-             resume=True)
+    finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "resumed", FinetuneSettings(**settings),
+             progress=False, resume=True)
     for name in ("model", "ema", "optimizer"):
         a = load_file(tmp_path / "straight" / "checkpoint" / f"{name}.safetensors")
         b = load_file(tmp_path / "resumed" / "checkpoint" / f"{name}.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert (json.loads((tmp_path / "straight" / "energy_budget.json").read_text())
+            == json.loads((tmp_path / "resumed" / "energy_budget.json").read_text()))
 
 
 def test_cli_writes_a_loadable_snn_and_its_report(tiny, tmp_path):
     _, root = tiny
     out = tmp_path / "out"
     result = CliRunner().invoke(finetune_cli.main, ["--snn", str(root / "snn"), "--steps", "4", "--pairs", "16",
-                                                    "--batch-size", "4", "--num-samples", "2", "--out", str(out)])
+                                                    "--batch-size", "4", "--num-samples", "2", "--out", str(out),
+                                                    "--energy-budget", "100"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 4 and {"eps_cosine", "firing_rate", "energy_mJ_per_image"} <= set(report["after"])
+    budget = report["energy_budget"]  # 100x the ANN's energy: met, and the weight never left zero
+    assert budget["met"] and budget["reached"] == report["after"]["energy_ratio_snn_to_ann"]
+    assert budget["final_weight"] == 0 and "budget 100 met" in result.output
     assert (out / "loss.png").is_file() and (out / "comparison.png").is_file()
     assert len(json.loads((out / "loss.json").read_text())) >= 1
     assert isinstance(ConvertedUNet.from_pretrained(out / "snn"), ConvertedUNet)
@@ -173,6 +208,7 @@ def test_bad_inputs_write_nothing(tiny, tmp_path):
         (["--snn", str(root / "ann" / "unet")], "is not a saved ConvertedUNet"),
         (["--snn", str(root / "snn"), "--teacher", str(tmp_path / "other")], "architecture differs"),
         (["--snn", str(root / "snn"), "--steps", "0"], "--steps"),
+        (["--snn", str(root / "snn"), "--energy-budget", "0"], "--energy-budget"),
         (["--snn", str(tmp_path / "running")], "window"),
         (["--snn", str(root / "snn"), "--source", "data"], "--data"),
         (["--snn", str(root / "snn"), "--source", "data", "--data", str(tmp_path / "missing.npz")], "not found"),
