@@ -12,8 +12,8 @@ from convert import ConvertedUNet, convert, finetune_cli
 from convert.energy_objective import SpikeEnergy
 from convert.finetune import FinetuneSettings, finetune, finetuned_steps, pair_weights
 from convert.report import compute_profile
-from sdm.errors import SDMError
 from sdm.energy import energy_report
+from sdm.errors import SDMError
 from sdm.neurons import IFNeuron, keeping_counts
 from sdm.presets import build_unet
 from sdm.pretrained import DDPM_LINEAR_SCHEDULE, save_pipeline
