@@ -195,7 +195,9 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
                 save_grid(sampled[name][:64], tmp / f"samples_{name}.png", scale=2)
                 if save_samples:
                     save_npz(sampled[name], tmp / f"samples_{name}.npz", seeds=np.arange(seed, seed + num_samples))
-            save_comparison([("ANN", sampled["ann"][:64]), (f"SNN T={T}", sampled["snn"][:64])], tmp / "comparison.png")
+            save_comparison([(f"ANN {energy['ann']['energy_mJ_per_image']:.3g} mJ", sampled["ann"][:64]),
+                             (f"SNN T={T} {energy['per_image']['energy_mJ']:.3g} mJ", sampled["snn"][:64])],
+                            tmp / "comparison.png")
             report["sampling"] = {"sampler": sampler, "steps": steps, "seeds": [seed, seed + num_samples - 1]}
         if finetune_steps:
             images = load_dataset(data, ann.config.sample_size, ann.config.in_channels) if source == "data" else None

@@ -346,8 +346,12 @@ def run_finetune(snn_dir: Path, teacher: nn.Module, scheduler_config: dict, out:
               **finetune_report(before, after, teacher, scheduler_config, out, settings, seconds)}
     if num_samples:
         sampling = {"sampler": "ddim", "steps": 50, "seed": 0, "batch_size": 64, **(sampling or {})}
+        mj = {name: f"{report[name]['energy_mJ_per_image']:.3g} mJ" for name in ("before", "after")}
+        ann_mj = report["before"]["energy_mJ_per_image"] / report["before"]["energy_ratio_snn_to_ann"]
+        panels = ((f"ANN {ann_mj:.3g} mJ", teacher), (f"SNN T={after.T} {mj['before']}", before),
+                  (f"fine-tuned {mj['after']}", after))
         grids = [(label, sample(model, scheduler_config, num_samples, progress=progress, **sampling))
-                 for label, model in (("ANN", teacher), (f"SNN T={after.T}", before), ("fine-tuned", after))]
+                 for label, model in panels]
         save_comparison([(label, images[:64]) for label, images in grids], out / "comparison.png")
         report["sampling"] = {**sampling, "num_samples": num_samples}
     write_json(report, out / "report.json")
