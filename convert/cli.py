@@ -91,6 +91,9 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
 @click.option("--encode-analog", is_flag=True,
               help="Also spike-encode the analog inputs of synaptic layers (shortcuts, down/up-sampling, attention "
                    "projections): every synaptic layer but the first then accumulates instead of multiplying.")
+@click.option("--encode-sites", type=CommaList(), default=None,
+              help="Comma-separated shell patterns of the analog inputs to spike-encode (e.g. "
+                   "'up_blocks.1.upsamplers.0.conv:input'); implies --encode-analog for these only.")
 @click.option("--readout", type=click.Choice(READOUTS), default="analog", show_default=True,
               help="analog: the activation feeding the output layer stays analog, so the output layer reads real "
                    "values (its MACs are counted); spikes: it spikes too.")
@@ -117,11 +120,12 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
 @click.option("--save-samples", is_flag=True, help="Also write samples_ann.npz and samples_snn.npz.")
 @device_option
 def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, calib_source, data, calib_samples,
-         stats, analog, encode_analog, readout, activation, analog_sites, sensitivity, finetune_steps, ft_batch_size, lr,
+         stats, analog, encode_analog, encode_sites, readout, activation, analog_sites, sensitivity, finetune_steps, ft_batch_size, lr,
          threshold_lr, source, pairs, late_share, train, energy_penalty, energy_budget, executor, v_init, signed,
          probes, num_samples, sampler, steps, seed, batch_size, out, save_samples, device):
     out = Path(out)
     _check_out(out)
+    encode_analog = encode_analog or bool(encode_sites)
     if calib_source == "data" and data is None and stats is None:
         raise SDMError("--calib-source data needs --data PATH (a .npz, an image folder or a data set name)")
     if finetune_steps and analog != "window":
@@ -156,7 +160,7 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
                                           "data": data})
         snn = convert(ann, calibration, T=T, rule=calib, percentile=percentile, per_channel=per_channel,
                       neuron=neuron_config, analog_mode=analog, encode_analog=encode_analog, activation=activation,
-                      readout=readout, analog_sites=tuple(analog_sites or ()))
+                      readout=readout, analog_sites=tuple(analog_sites or ()), encode_sites=tuple(encode_sites or ()))
         snn.source["ckpt"] = _recordable(ckpt, loaded.source)
         executor = use_executor(snn, executor)
         convert_seconds = time.perf_counter() - started

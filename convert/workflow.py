@@ -24,6 +24,7 @@ def convert(
     activation: str = "function",
     readout: str = "analog",
     analog_sites: tuple[str, ...] = (),
+    encode_sites: tuple[str, ...] = (),
 ) -> ConvertedUNet:
     """Build the spiking network of a calibrated model.
 
@@ -32,7 +33,8 @@ def convert(
     `readout='analog'` keeps the activation that feeds the output layer analog (the output layer then
     reads real values, as a directly trained SDM's decoder reads its membrane); `analog_sites` are
     shell patterns of further sites to keep analog; `activation='neuron'` replaces smooth activations
-    by the neurons' own transfer (see `sdm.temporal.SpikingActivation`).
+    by the neurons' own transfer (see `sdm.temporal.SpikingActivation`); with `encode_analog`,
+    `encode_sites` are shell patterns of the spike encoders to build (default: all).
     """
     neuron = neuron or NeuronConfig()
     if isinstance(model, ObservedModel):
@@ -60,4 +62,4 @@ def convert(
         sites = {name: th for name, th in sites.items() if ":input" not in name}
     return ConvertedUNet(dict(float_model.config), T, neuron, sites, unet=float_model, source=source,
                          analog_mode=analog_mode, encode_analog=encode_analog, activation=activation,
-                         readout=readout, analog_sites=analog_sites)
+                         readout=readout, analog_sites=analog_sites, encode_sites=encode_sites)

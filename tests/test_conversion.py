@@ -243,6 +243,19 @@ def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates
     loaded = ConvertedUNet.from_pretrained(tmp_path / "snn")
     with torch.no_grad():
         assert loaded.config["encode_analog"] and torch.equal(loaded(x, t).sample, snn(x, t).sample)
+    # Chosen encoders only: the upsampler reads spikes, the other analog inputs are window-accumulated.
+    chosen = convert(observed, T=4, encode_analog=True, encode_sites=("*upsamplers*",), readout="spikes")
+    assert [name for name in chosen.summary.neurons if ":input" in name] == ["up_blocks.0.upsamplers.0.conv:input"]
+    assert "up_blocks.0.upsamplers.0.conv" not in chosen.summary.window_accumulated
+    assert "up_blocks.0.resnets.0.conv_shortcut" in chosen.summary.window_accumulated
+    assert any(layer.name == "up_blocks.0.upsamplers.0.conv" and layer.spiking_input for layer in chosen.layer_activity(x, t))
+    chosen.save_pretrained(tmp_path / "chosen")
+    with torch.no_grad():
+        assert torch.equal(ConvertedUNet.from_pretrained(tmp_path / "chosen")(x, t).sample, chosen(x, t).sample)
+    with pytest.raises(SDMError, match="--encode-sites pattern 'nowhere"):
+        convert(observed, T=4, encode_analog=True, encode_sites=("nowhere*",))
+    with pytest.raises(SDMError, match="needs --encode-analog"):
+        convert(observed, T=4, encode_sites=("*upsamplers*",))
     plain = convert(observed, T=4)  # the same statistics serve a conversion without encoders
     assert not any(":input" in name for name in plain.summary.neurons)
     with pytest.raises(SDMError, match="--encode-analog"):
