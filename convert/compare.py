@@ -15,7 +15,7 @@ import click
 import torch
 
 from calibration import calibrate, calibration_pairs, prepare, require_ann
-from convert.finetune import finetuned_steps
+from convert.finetune import finetune_budget, finetuned_steps
 from convert.workflow import convert
 from sdm.cli import (
     CommaList,
@@ -58,10 +58,10 @@ def _describe(model) -> str:
     return type(model).__name__
 
 
-def _panel_title(model, tuned: int | None) -> str:
-    """A converted model's grid title: its T, spike-encoded analog inputs, fine-tuning."""
+def _panel_title(model, tuned: tuple[int, float | None] | None) -> str:
+    """A converted model's grid title: its T, spike-encoded analog inputs, fine-tuning and its budget."""
     return (f"SNN T={model.config['T']}" + (" encoded" if model.config.get("encode_analog") else "")
-            + (" FT" if tuned else ""))
+            + (" FT" if tuned else "") + (f" budget {tuned[1]:g}" if tuned and tuned[1] else ""))
 
 
 def _optional(value: str | None) -> str | None:
@@ -92,6 +92,42 @@ def _conversions(ann: LoadedModel, T_values: list[int], calib_samples: int, seed
         snn.source["ckpt"] = ann.source
         converted.append(LoadedModel(snn, ann.scheduler_config, ann.path, f"{ann.source} converted at T={T}"))
     return converted
+
+
+def _fine_tuning(snn_dir: str) -> tuple[int, float | None] | None:
+    """(steps, energy budget) of the fine-tuning run behind `snn_dir`; None for a plain conversion."""
+    steps = finetuned_steps(snn_dir)
+    return None if steps is None else (steps, finetune_budget(snn_dir))
+
+
+def plot_frontier(rows: list[dict], metric: str, extractor: str, path: Path) -> None:
+    """Quality against energy per image, one point per row: the ANN and a directly trained SDM marked
+    apart from the conversions, each conversion labelled by its T and fine-tuning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sdm.io import atomic_file
+
+    style = {"ANN": ("s", "black"), "SDM (direct)": ("^", "tab:green"), "converted SNN": ("o", "tab:blue")}
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for row in rows:
+        value = next((r["value"] for r in row["results"] if r["metric"] == metric), None)
+        if value is None:
+            continue
+        marker, colour = style[row["label"]]
+        ax.scatter(row["energy_mJ_per_image"], value, marker=marker, color=colour, s=40, zorder=3)
+        name = row["label"] if row["label"] != "converted SNN" else row["panel"]
+        ax.annotate(name, (row["energy_mJ_per_image"], value), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xlabel("energy per image (mJ, 45 nm: 4.6 pJ / MAC, 0.9 pJ / AC)")
+    ax.set_ylabel(f"{metric.upper()} ({extractor})")
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)
 
 
 def _seconds_per_image(model, scheduler_config: dict, settings: dict, seed: int) -> float:
@@ -148,12 +184,12 @@ def main(ann, convert_T, calib_samples, converted, direct, num_samples, sampler,
     work_dir = Path(work_dir) if work_dir else out / "work"
     reference_images = read_images(reference) if reference is not None else None
     feature_extractor, notes = make_extractor(extractor, weights_path=inception_weights, device=device)
-    chosen = []  # (label, LoadedModel, fine-tuning steps)
+    chosen = []  # (label, LoadedModel, `_fine_tuning` or None)
     if ann is not None:
         loaded_ann = load_model(ann, device=device)
         chosen.append(("ANN", loaded_ann, None))
         chosen += [("converted SNN", snn, None) for snn in _conversions(loaded_ann, T_values, calib_samples, seed)]
-    chosen += [("converted SNN", load_model(ckpt, device=device), finetuned_steps(ckpt)) for ckpt in converted]
+    chosen += [("converted SNN", load_model(ckpt, device=device), _fine_tuning(ckpt)) for ckpt in converted]
     if direct is not None:
         chosen.append(("SDM (direct)", load_model(direct, device=device), None))
     rows, grids = [], []
@@ -174,15 +210,17 @@ def main(ann, convert_T, calib_samples, converted, direct, num_samples, sampler,
             energy_mj, rate = macs * E_MAC_PJ * steps / 1e9, None
         else:
             energy_mj, rate = energy["per_image"]["energy_mJ"], energy["mean_input_firing_rate"]
-        details = (_describe(model) + (f", fine-tuned {tuned} steps" if tuned else "")
+        details = (_describe(model) + (f", fine-tuned {tuned[0]} steps" if tuned else "")
+                   + (f" under energy budget {tuned[1]:g}" if tuned and tuned[1] else "")
                    + (f", {ran} executor" if ran else ""))
         rows.append({"label": label, "ckpt": loaded.source, "details": details, "executor": ran,
                      "metrics": {r.metric: f"{r.value:.4g}" + (f" ± {r.std:.2g}" if r.std is not None else "")
                                  for r in results},
                      "results": [r.to_dict() for r in results], "energy_mJ_per_image": energy_mj,
                      "seconds_per_image": _seconds_per_image(model, loaded.scheduler_config, settings, seed),
-                     "firing_rate": rate, "energy": energy, "notes": loaded.notes + more})
-        grids.append((_panel_title(model, tuned) if label == "converted SNN" else label, images[:16]))
+                     "firing_rate": rate, "energy": energy, "notes": loaded.notes + more,
+                     "panel": _panel_title(model, tuned) if label == "converted SNN" else label})
+        grids.append((rows[-1]["panel"], images[:16]))
     metric_names = list(dict.fromkeys(m for row in rows for m in row["metrics"]))
     table = _markdown(rows, metric_names)
     write_json({"num_samples": num_samples, "sampler": sampler, "steps": steps, "seeds": [seed, seed + num_samples - 1],
@@ -191,6 +229,8 @@ def main(ann, convert_T, calib_samples, converted, direct, num_samples, sampler,
                f"{feature_extractor.description}. Sampling time: a timed draw of {TIMED_IMAGES} images, batch {batch_size}.\n",
                out / "compare.md")
     save_comparison(grids, out / "comparison.png")
+    if metric_names:
+        plot_frontier(rows, metric_names[0], feature_extractor.name, out / "frontier.png")
     for note in notes:
         click.echo(f"note: {note}", err=True)
     click.echo(table)

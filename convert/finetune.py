@@ -251,6 +251,12 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     return ConvertedUNet.from_pretrained(out / "snn")
 
 
+def finetune_budget(snn_dir: str | Path) -> float | None:
+    """The energy budget a fine-tuning run behind `snn_dir` trained under, if any."""
+    config = read_run_config(Path(snn_dir).parent) if Path(snn_dir).name == "snn" else None
+    return (config or {}).get("model", {}).get("energy_budget")
+
+
 def finetuned_steps(snn_dir: str | Path) -> int | None:
     """Steps of fine-tuning behind `snn_dir` when it is a fine-tuning run's `OUT/snn`, else None."""
     run = Path(snn_dir).parent

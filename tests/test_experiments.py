@@ -71,7 +71,8 @@ def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
     assert "| converted SNN | T=3, if, mse thresholds per channel, analog down_blocks.0.resnets.0.*, rate executor |" in table
     assert "| converted SNN | T=2, if, mse thresholds, rate executor |" in table
     assert [r["executor"] for r in report["rows"]] == [None, "rate", "rate", None]  # the exact rate form by default
-    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0 and (tmp_path / "cmp" / "frontier.png").stat().st_size > 0
+    assert [r["panel"] for r in report["rows"]] == ["ANN", "SNN T=3", "SNN T=2", "SDM (direct)"]
     assert all(r["seconds_per_image"] > 0 for r in report["rows"])
     work = tmp_path / "cmp" / "work"
     drawn = {p: p.stat().st_mtime_ns for p in work.glob("*/shard_*.npz")}
