@@ -177,6 +177,8 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
             "neuron": neuron_config.__dict__ | {"analog_mode": analog, "encode_analog": encode_analog,
                                                 "activation": activation, "readout": readout},
             "analog_sites": snn.summary.analog_sites,
+            "window_accumulated": snn.summary.window_accumulated,  # analog-input layers run once per window
+            "per_step_analog": snn.summary.per_step_analog,        # analog-input layers multiplying every step
             "executor": executor,
             "calibration": {"rule": calib, **({"percentile": percentile} if calib == "percentile" else {}),
                             "per_channel": per_channel, **calibration.source, "sites": len(calibration.sites)},

@@ -37,6 +37,10 @@ def test_report_and_outputs(converted):
         assert key in report, key
     assert report["T"] == 2 and report["calibration"]["rule"] == "mse" and report["calibration"]["source"] == "trajectory"
     assert report["analog_ops"]["group_norm"] > 0 and 0 < report["firing_rate"] < 1
+    # the tiny UNet's down- and upsampler and its four up-block shortcuts read the residual stream
+    assert "up_blocks.0.upsamplers.0.conv" in report["window_accumulated"] and len(report["window_accumulated"]) == 6
+    assert report["per_step_analog"] == []
+    assert report["energy"]["quantised_ann"]["activation_bits"] == 3  # 2T + 1 = 5 levels at T = 2
     for name in ("ann", "snn"):
         with np.load(converted / f"samples_{name}.npz") as npz:
             assert npz["images"].shape == (3, 16, 16, 1) and npz["images"].dtype == np.uint8
