@@ -79,9 +79,8 @@ def layer_name(node: fx.Node) -> str:
 
 
 def _where(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    path = list(stack.values())[-1][0] if stack else ""
-    return f"node '{node.name}'" + (f" in module '{path}'" if path else "")
+    path = layer_name(node)
+    return f"node '{node.name}'" + (f" in module '{path}'" if path != node.name else "")
 
 
 def _feeding(data: fx.Node, value: fx.Node, otherwise: Callable[[fx.Node], fx.Node]) -> Callable:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from convert.passes import layer_name
 from sdm.energy import ROLES, LayerActivity, distinct_steps
 from sdm.graph import sample_dependent, source_through_pass_through
 from sdm.neurons import spiking_neurons
@@ -124,7 +125,7 @@ class _Walk(fx.Interpreter):
             role = "input" if self._reads_input(node.args[0]) else "analog"
             macs *= distinct_steps(x, self.batch) / max(x.shape[0] // self.batch, 1)
         inputs = x.numel() / self.batch / max(x.shape[0] // self.batch, 1)
-        self.records.append(_OpRecord(_label(node), role, macs, rate, tuple(sources or ()), inputs))
+        self.records.append(_OpRecord(layer_name(node), role, macs, rate, tuple(sources or ()), inputs))
 
     def _accumulation(self, node: fx.Node) -> None:
         """A window mean: each step's value added into an accumulator (the 1/T folds into the weights
@@ -133,7 +134,7 @@ class _Walk(fx.Interpreter):
         additions = (distinct_steps(x, self.batch) - 1) * x.numel() / self.T / self.batch
         if additions:
             reader = next(iter(node.users), None)
-            name = f"{_label(reader) if reader is not None and reader.op != 'output' else 'output'} (window accumulation)"
+            name = f"{layer_name(reader) if reader is not None and reader.op != 'output' else 'output'} (window accumulation)"
             self.records.append(_OpRecord(name, "accumulation", additions, 1.0))
 
     def _reads_input(self, node: fx.Node) -> bool:
@@ -159,11 +160,6 @@ class _Walk(fx.Interpreter):
             self.records.append(_OpRecord("softmax", "nonsynaptic", scores * runs, 0.0))
         else:
             self.records.append(_OpRecord(kind, "nonsynaptic", per_run * runs, 0.0))
-
-
-def _label(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0] if stack else node.name
 
 
 @torch.no_grad()
