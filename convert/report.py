@@ -87,6 +87,7 @@ class _OpRecord:
     input_rate: float  # fraction of non-zero inputs (synaptic layers)
     sources: tuple[tuple[str, float], ...] = ()  # spiking layers: the neuron modules feeding them
     inputs: float = 0.0  # synaptic layers: input values per image and spiking step
+    macs_per_step: float | None = None  # MACs of one spiking step (the ANN's share of this op)
 
 
 class _Walk(fx.Interpreter):
@@ -115,6 +116,7 @@ class _Walk(fx.Interpreter):
     def _synaptic(self, node: fx.Node, result: torch.Tensor) -> None:
         x, weight = self.env[node.args[0]], self.env[node.args[1]]
         macs = result.numel() * weight[0].numel() / self.batch
+        per_step = macs / max(result.shape[0] // self.batch, 1)
         rate = float((x != 0).float().mean()) if x.numel() else 0.0
         sources = _spike_sources(node.args[0], self.spiking) if node in self.image_path else None
         if node not in self.image_path:
@@ -125,7 +127,7 @@ class _Walk(fx.Interpreter):
             role = "input" if self._reads_input(node.args[0]) else "analog"
             macs *= distinct_steps(x, self.batch) / max(x.shape[0] // self.batch, 1)
         inputs = x.numel() / self.batch / max(x.shape[0] // self.batch, 1)
-        self.records.append(_OpRecord(layer_name(node), role, macs, rate, tuple(sources or ()), inputs))
+        self.records.append(_OpRecord(layer_name(node), role, macs, rate, tuple(sources or ()), inputs, per_step))
 
     def _accumulation(self, node: fx.Node) -> None:
         """A window mean: each step's value added into an accumulator (the 1/T folds into the weights
@@ -156,7 +158,8 @@ class _Walk(fx.Interpreter):
         if kind == "scaled_dot_product_attention":
             q, k = self.env[node.args[0]].shape, self.env[node.args[1]].shape
             scores = math.prod(q[1:-1]) * k[-2]
-            self.records.append(_OpRecord(module.name, "attention", 2 * scores * q[-1] * runs, 1.0))
+            self.records.append(_OpRecord(module.name, "attention", 2 * scores * q[-1] * runs, 1.0,
+                                          macs_per_step=2 * scores * q[-1]))
             self.records.append(_OpRecord("softmax", "nonsynaptic", scores * runs, 0.0))
         else:
             self.records.append(_OpRecord(kind, "nonsynaptic", per_run * runs, 0.0))
@@ -178,7 +181,7 @@ def walk(snn, sample: torch.Tensor, timestep: torch.Tensor) -> list[_OpRecord]:
 
 def layer_activity(snn, sample: torch.Tensor, timestep: torch.Tensor) -> list[LayerActivity]:
     """Every synaptic layer, attention product and analog non-synaptic op, for `sdm.energy.energy_report`."""
-    return [LayerActivity(r.name, r.role, r.ops, r.input_rate) for r in walk(snn, sample, timestep)]
+    return [LayerActivity(r.name, r.role, r.ops, r.input_rate, r.macs_per_step) for r in walk(snn, sample, timestep)]
 
 
 def _blank_walk(snn) -> list[_OpRecord]:

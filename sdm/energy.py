@@ -80,6 +80,8 @@ class LayerActivity:
     role: str               # one of ROLES
     dense_ops: float
     input_rate: float       # fraction of non-zero inputs (the firing rate for spike inputs)
+    macs_per_step: float | None = None  # the layer's MACs in one spiking step: what the ANN of the same
+                                        # graph computes (None: dense_ops / T, a layer run at every step)
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -128,9 +130,11 @@ def record_synaptic_layers(modules: dict[str, nn.Module], run: Callable[[], obje
             x = inputs[0]
             fan_in = module.weight[0].numel()
             ops = output.numel() * fan_in / batch
+            steps = max(x.shape[0] // batch, 1)
+            entry = totals.setdefault(name, [0.0, 0.0, 0.0, 0.0])
+            entry[3] += ops / steps
             if role(name) != "spiking":
-                ops *= distinct_steps(x, batch) / max(x.shape[0] // batch, 1)
-            entry = totals.setdefault(name, [0.0, 0.0, 0.0])
+                ops *= distinct_steps(x, batch) / steps
             entry[0] += ops
             entry[1] += float((x != 0).sum())
             entry[2] += x.numel()
@@ -143,8 +147,8 @@ def record_synaptic_layers(modules: dict[str, nn.Module], run: Callable[[], obje
     finally:
         for h in handles:
             h.remove()
-    return [LayerActivity(name, role(name), ops, nonzero / count if count else 0.0)
-            for name, (ops, nonzero, count) in totals.items()]
+    return [LayerActivity(name, role(name), ops, nonzero / count if count else 0.0, per_step)
+            for name, (ops, nonzero, count, per_step) in totals.items()]
 
 
 def ann_macs(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor) -> float:
@@ -162,8 +166,8 @@ def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor
     """Per-layer activity and energy per denoising step and per image, beside the ANN's MACs.
 
     `model` must offer `layer_activity(sample, timestep) -> list[LayerActivity]` (spiking models do).
-    `ann`, when given, is measured with the FLOP counter; otherwise the spiking model's own dense
-    operations divided by T stand in for the ANN of the same architecture.
+    `ann`, when given, is measured with the FLOP counter; otherwise the spiking model's layers give
+    the ANN of the same graph: each one's MACs in one spiking step.
     """
     if not hasattr(model, "layer_activity"):
         raise SDMError(f"{type(model).__name__} is not a spiking model; energy accounting needs spikes")
@@ -173,8 +177,9 @@ def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor
     macs = sum(layer.macs for layer in layers)
     step_pj = acs * E_AC_PJ + macs * E_MAC_PJ
     synaptic = [layer for layer in layers if layer.role not in ("nonsynaptic", "accumulation")]
-    reference_macs = (ann_macs(ann, sample, timestep) if ann is not None
-                      else sum(layer.dense_ops for layer in synaptic) / T)
+    reference_macs = (ann_macs(ann, sample, timestep) if ann is not None else
+                      sum(layer.dense_ops / T if layer.macs_per_step is None else layer.macs_per_step
+                          for layer in synaptic))
     spiking_layers = [layer for layer in layers if layer.spiking_input]
     spike_pj = sum(layer.accumulates for layer in spiking_layers) * E_AC_PJ
     quantised = quantised_ann_reference(reference_macs, T, sum(layer.dense_ops for layer in spiking_layers),
@@ -208,7 +213,7 @@ def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor
         "analog_nonsynaptic_flops_per_image": nonsynaptic,
         "ann": {"macs_per_step": reference_macs, "energy_uJ_per_step": reference_macs * E_MAC_PJ / 1e6,
                 "energy_mJ_per_image": reference_macs * E_MAC_PJ * denoising_steps / 1e9,
-                "source": "FLOP counter on the ANN" if ann is not None else "dense operations of the SNN / T"},
+                "source": "FLOP counter on the ANN" if ann is not None else "the SNN's layers, one spiking step each"},
         "energy_ratio_snn_to_ann": step_pj / (reference_macs * E_MAC_PJ) if reference_macs else math.nan,
         "spike_energy_ratio_to_ann": spike_pj / (reference_macs * E_MAC_PJ) if reference_macs else math.nan,
         "quantised_ann": {**quantised, "energy_mJ_per_image": quantised["energy_uJ_per_step"] * denoising_steps / 1e3,
