@@ -174,7 +174,7 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
         snn.save_pretrained(tmp / "snn", scheduler_config=loaded.scheduler_config)
         report = {
             "ckpt": loaded.source, "T": T,
-            "neuron": neuron_config.__dict__ | {"analog_mode": analog, "encode_analog": encode_analog,
+            "neuron": neuron_config.__dict__ | {"analog_mode": analog, "encode_analog": snn.config["encode_analog"],
                                                 "activation": activation, "readout": readout},
             "analog_sites": snn.summary.analog_sites,
             "window_accumulated": snn.summary.window_accumulated,  # analog-input layers run once per window

@@ -51,7 +51,8 @@ def _describe(model) -> str:
         if config.get("analog_sites"):
             parts.append(f"analog {', '.join(config['analog_sites'])}")
         if config.get("encode_analog"):
-            parts.append("spike-encoded analog inputs")
+            encoded = config["encode_analog"]
+            parts.append("spike-encoded analog inputs" + (f" {', '.join(encoded)}" if isinstance(encoded, list) else ""))
         return ", ".join(parts)
     if type(model).__name__ == "SpikingUNet":
         return f"T={config['T']}, {config['neuron']}, {'TSM' if config['tsm'] else 'pre-spike'}"

@@ -72,10 +72,11 @@ class ConvertedUNet(nn.Module):
 
     def __init__(self, unet_config: dict, T: int, neuron: dict | NeuronConfig, thresholds: dict[str, dict],
                  unet: nn.Module | None = None, source: dict | None = None, analog_mode: str = "window",
-                 encode_analog: bool = False, activation: str = "function", readout: str = "analog",
-                 analog_sites: list[str] | tuple[str, ...] = (), encode_sites: list[str] | tuple[str, ...] = ()):
-        """`encode_sites`: shell patterns of the encoder sites (`LAYER:input`) to build when `encode_analog`
-        (default: every one); the other analog inputs stay analog, window-accumulated."""
+                 encode_analog: bool | list[str] | tuple[str, ...] = False, activation: str = "function",
+                 readout: str = "analog", analog_sites: list[str] | tuple[str, ...] = ()):
+        """`encode_analog`: spike-encode the analog inputs of synaptic layers, every one (True) or those
+        whose encoder site (`LAYER:input`) matches one of its shell patterns; the others stay analog,
+        window-accumulated."""
         super().__init__()
         from diffusers import UNet2DModel
         from diffusers.configuration_utils import FrozenDict
@@ -87,13 +88,13 @@ class ConvertedUNet(nn.Module):
         unet_config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
         unet = unet if unet is not None else UNet2DModel.from_config(unet_config)
         captured = capture(unet)
-        sites = conversion_sites(captured, encode_analog)
+        patterns = list(encode_analog) if isinstance(encode_analog, (list, tuple)) else []
+        encode_analog = patterns or bool(encode_analog)
+        sites = conversion_sites(captured, bool(encode_analog))
         if encode_analog and not any(s.op == "identity" and s.name in thresholds for s in sites):
             raise SDMError("the calibration has no spike-encoder sites: calibrate with --encode-analog")
-        if encode_sites and not encode_analog:
-            raise SDMError("--encode-sites chooses among spike encoders: it needs --encode-analog")
-        if encode_sites:
-            encoders = match_sites(list(encode_sites), [s.name for s in sites if s.op == "identity"], "--encode-sites")
+        if patterns:
+            encoders = match_sites(patterns, [s.name for s in sites if s.op == "identity"], "--encode-sites")
             sites = [s for s in sites if s.op != "identity" or s.name in encoders]
             thresholds = {name: th for name, th in thresholds.items() if ":input" not in name or name in encoders}
         check_sites(list(thresholds), [s.name for s in sites], "the thresholds")
@@ -117,8 +118,7 @@ class ConvertedUNet(nn.Module):
             _class_name=type(self).__name__, sample_size=unet_config["sample_size"],
             in_channels=unet_config["in_channels"], out_channels=unet_config["out_channels"], T=T,
             neuron=asdict(neuron), analog_mode=analog_mode, encode_analog=encode_analog, activation=activation,
-            readout=readout, analog_sites=list(analog_sites), encode_sites=list(encode_sites),
-            model_fingerprint=model_fingerprint(unet_config),
+            readout=readout, analog_sites=list(analog_sites), model_fingerprint=model_fingerprint(unet_config),
         )
 
     @property
@@ -230,7 +230,7 @@ class ConvertedUNet(nn.Module):
                         source=config.get("source"), analog_mode=config["analog_mode"],
                         encode_analog=config.get("encode_analog", False),
                         activation=config.get("activation", "function"), readout=config.get("readout", "spikes"),
-                        analog_sites=config.get("analog_sites", ()), encode_sites=config.get("encode_sites", ()))
+                        analog_sites=config.get("analog_sites", ()))
         except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
             raise SDMError(f"'{directory}' is not a saved ConvertedUNet ({type(err).__name__}: {err})") from None
         try:

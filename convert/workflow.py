@@ -33,8 +33,8 @@ def convert(
     `readout='analog'` keeps the activation that feeds the output layer analog (the output layer then
     reads real values, as a directly trained SDM's decoder reads its membrane); `analog_sites` are
     shell patterns of further sites to keep analog; `activation='neuron'` replaces smooth activations
-    by the neurons' own transfer (see `sdm.temporal.SpikingActivation`); with `encode_analog`,
-    `encode_sites` are shell patterns of the spike encoders to build (default: all).
+    by the neurons' own transfer (see `sdm.temporal.SpikingActivation`); `encode_sites` spike-encodes
+    only the analog inputs whose encoder sites match these shell patterns (`encode_analog`: all).
     """
     neuron = neuron or NeuronConfig()
     if isinstance(model, ObservedModel):
@@ -58,8 +58,9 @@ def convert(
         thresholds = stats
     source = {"rule": thresholds.rule, **thresholds.params, "calibration": getattr(stats, "source", {})}
     sites = thresholds.sites
+    encode_analog = list(encode_sites) or encode_analog
     if not encode_analog:  # statistics gathered for encoders as well serve a conversion without them
         sites = {name: th for name, th in sites.items() if ":input" not in name}
     return ConvertedUNet(dict(float_model.config), T, neuron, sites, unet=float_model, source=source,
                          analog_mode=analog_mode, encode_analog=encode_analog, activation=activation,
-                         readout=readout, analog_sites=analog_sites, encode_sites=encode_sites)
+                         readout=readout, analog_sites=analog_sites)

@@ -250,7 +250,7 @@ def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates
     with torch.no_grad():
         assert loaded.config["encode_analog"] and torch.equal(loaded(x, t).sample, snn(x, t).sample)
     # Chosen encoders only: the upsampler reads spikes, the other analog inputs are window-accumulated.
-    chosen = convert(observed, T=4, encode_analog=True, encode_sites=("*upsamplers*",), readout="spikes")
+    chosen = convert(observed, T=4, encode_sites=("*upsamplers*",), readout="spikes")
     assert [name for name in chosen.summary.neurons if ":input" in name] == ["up_blocks.0.upsamplers.0.conv:input"]
     assert "up_blocks.0.upsamplers.0.conv" not in chosen.summary.window_accumulated
     assert "up_blocks.0.resnets.0.conv_shortcut" in chosen.summary.window_accumulated
@@ -260,8 +260,9 @@ def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates
         assert torch.equal(ConvertedUNet.from_pretrained(tmp_path / "chosen")(x, t).sample, chosen(x, t).sample)
     with pytest.raises(SDMError, match="--encode-sites pattern 'nowhere"):
         convert(observed, T=4, encode_analog=True, encode_sites=("nowhere*",))
-    with pytest.raises(SDMError, match="needs --encode-analog"):
-        convert(observed, T=4, encode_sites=("*upsamplers*",))
+    assert chosen.config["encode_analog"] == ["*upsamplers*"]
+    with pytest.raises(SDMError, match="no spike-encoder sites"):
+        convert(_calibrated("silu")[1], T=4, encode_sites=("*upsamplers*",))
     plain = convert(observed, T=4)  # the same statistics serve a conversion without encoders
     assert not any(":input" in name for name in plain.summary.neurons)
     with pytest.raises(SDMError, match="--encode-analog"):
