@@ -132,7 +132,7 @@ def _last_log(run):
 def test_energy_penalty_lowers_the_energy_and_a_budget_moves_its_weight(tiny, tmp_path):
     """12 steps: penalty 3 ends at an energy ratio of 0.541 against 0.565 without (with 1 and with 2 torch
     threads, equal to 1e-4). From the same weight 3, a budget far below the ratio (0.05) raises the weight
-    (to 3.22) and one far above it (5) lowers it (to 2.98): dual ascent, 0.05 x loss x (ratio / budget - 1)."""
+    (to 3.22) and one far above it (5) lowers it (to 2.98): dual ascent, 0.05 x loss x (ratio / (0.98 budget) - 1)."""
     unet, root = tiny
     runs = {"free": {}, "penalty": {"energy_penalty": 3.0}, "tight": {"energy_penalty": 3.0, "energy_budget": 0.05},
             "loose": {"energy_penalty": 3.0, "energy_budget": 5.0}}
