@@ -152,10 +152,18 @@ def record_synaptic_layers(modules: dict[str, nn.Module], run: Callable[[], obje
 
 
 def ann_macs(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor) -> float:
-    """MACs of one forward pass per image (torch's FLOP counter / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """MACs of one forward pass per image (torch's FLOP counter / 2).
 
-    counter = FlopCounterMode(display=False)
+    torch's counter knows the attention kernels of GPUs but not the CPU's, so the ANN's attention
+    products (the Q K^T and A V matrix products a spiking network's accounting counts) would go
+    uncounted on a CPU; the CPU kernel is given the same formula."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def attention(query_shape, key_shape, value_shape, *_, out_shape=None, **__):
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    counter = FlopCounterMode(display=False,
+                              custom_mapping={torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention})
     with torch.no_grad(), counter:
         model(sample, timestep)
     return counter.get_total_flops() / 2 / sample.shape[0]

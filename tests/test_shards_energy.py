@@ -113,6 +113,16 @@ def test_ann_macs_by_hand():
     assert ann_macs(Net(), torch.zeros(2, 1, 5, 5), torch.zeros(2)) == 900
 
 
+def test_ann_macs_count_attention_products_on_a_cpu():
+    class Attend(nn.Module):
+        def forward(self, x, t):  # 2 heads, 5 tokens of 3 channels
+            q = x.reshape(x.shape[0], 2, 5, 3)
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    # Q K^T: 2 heads x 5 x 5 scores x 3 = 150 MACs; A V as many: 300 per image
+    assert ann_macs(Attend(), torch.randn(2, 30), torch.zeros(2)) == 300
+
+
 def test_energy_report_totals():
     class Fake(nn.Module):
         class config:  # noqa: N801
