@@ -278,7 +278,7 @@ def loss_curve(out: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot_loss(curve: list[dict], path: Path) -> None:
+def plot_loss(curve: list[dict], path: Path, budget: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,7 +291,13 @@ def plot_loss(curve: list[dict], path: Path) -> None:
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("MSE")
     ax.grid(alpha=0.3)
-    if any("firing_rate" in e for e in curve):
+    if any("energy_ratio" in e for e in curve):  # what the spikes cost, the budget's measure
+        energy_ax = ax.twinx()
+        energy_ax.plot(steps, [e.get("energy_ratio") for e in curve], color="tab:orange")
+        energy_ax.set_ylabel("SNN / ANN energy", color="tab:orange")
+        if budget is not None:
+            energy_ax.axhline(budget, color="tab:orange", linestyle="--", linewidth=1)
+    elif any("firing_rate" in e for e in curve):
         rate_ax = ax.twinx()
         rate_ax.plot(steps, [e.get("firing_rate") for e in curve], color="tab:orange", label="firing rate")
         rate_ax.set_ylabel("firing rate", color="tab:orange")
@@ -321,7 +327,7 @@ def finetune_report(before: ConvertedUNet, after: ConvertedUNet, teacher: nn.Mod
     curve = loss_curve(out)
     write_json(curve, out / "loss.json")
     if curve:
-        plot_loss(curve, out / "loss.png")
+        plot_loss(curve, out / "loss.png", settings.energy_budget)
     budget = {}
     if settings.energy_budget is not None:
         reached = result["after"]["energy_ratio_snn_to_ann"]
