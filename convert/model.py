@@ -7,6 +7,7 @@ so nothing is ever unpickled.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 import os
@@ -86,7 +87,9 @@ class ConvertedUNet(nn.Module):
         if not isinstance(T, int) or T < 1:
             raise SDMError(f"--T must be an integer of at least 1, got {T}")
         unet_config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
-        unet = unet if unet is not None else UNet2DModel.from_config(unet_config)
+        # The export shares the module's parameters: a copy keeps the SNN's weights its own, so that
+        # moving, casting or training it leaves the ANN it came from untouched.
+        unet = copy.deepcopy(unet) if unet is not None else UNet2DModel.from_config(unet_config)
         captured = capture(unet)
         patterns = list(encode_analog) if isinstance(encode_analog, (list, tuple)) else []
         encode_analog = patterns or bool(encode_analog)

@@ -153,6 +153,17 @@ def test_every_activation_call_of_the_cifar10_32_architecture_is_converted():
     assert snn.summary.analog_ops == {"group_norm": 51, "scaled_dot_product_attention": 6}
 
 
+def test_the_snn_owns_its_weights(relu_model):
+    unet, observed = relu_model
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    snn = convert(observed, T=2).double()
+    with torch.no_grad():
+        for p in snn.parameters():
+            p.add_(1.0)
+    after = unet.state_dict()
+    assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_save_and_load_give_identical_outputs(silu_model, tmp_path):
     from sdm.pretrained import load_model
 
