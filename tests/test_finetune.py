@@ -232,7 +232,7 @@ def test_readout_activation_and_analog_sites(tiny):
     assert {s.transfer for s in neuron.sites().values()} == {"neuron", "analog"}
     kept = convert(observed, T=2, analog_sites=("down_blocks.0.*",))
     assert all(name.startswith("down_blocks.0.") for name in kept.summary.analog_sites[:-1])
-    with pytest.raises(SDMError, match="matches no activation site"):
+    with pytest.raises(SDMError, match="--analog-sites pattern .nowhere.* matches no site"):
         convert(observed, T=2, analog_sites=("nowhere.*",))
     with pytest.raises(SDMError, match="converted no activation"):
         convert(observed, T=2, analog_sites=("*",))
