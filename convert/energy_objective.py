@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from sdm.energy import E_AC_PJ, E_MAC_PJ, ann_macs, energy_report
+from sdm.energy import E_AC_PJ, E_MAC_PJ, energy_report
 from sdm.errors import SDMError
 from sdm.io import write_json
 
@@ -41,8 +41,8 @@ class SpikeEnergy:
         costs = spike_costs(snn)
         neurons = snn.neurons()
         self.cost = {id(neurons[site]): cost for site, cost in costs.items()}
-        self.ann_pj = ann_macs(ann, sample, timestep) * E_MAC_PJ
         report = energy_report(snn, sample, timestep, denoising_steps=1, ann=ann)
+        self.ann_pj = report["ann"]["macs_per_step"] * E_MAC_PJ
         self.fixed_ratio = report["energy_ratio_snn_to_ann"] - report["spike_energy_ratio_to_ann"]
 
     def ratio(self, neurons, images: int) -> torch.Tensor:

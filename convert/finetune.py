@@ -251,18 +251,22 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     return ConvertedUNet.from_pretrained(out / "snn")
 
 
+def _finetune_record(snn_dir: str | Path) -> dict | None:
+    """The settings of the fine-tuning run whose `OUT/snn` is `snn_dir`; None for any other directory."""
+    config = read_run_config(Path(snn_dir).parent) if Path(snn_dir).name == "snn" else None
+    record = (config or {}).get("model", {})
+    return record if "snn_fingerprint" in record else None
+
+
 def finetune_budget(snn_dir: str | Path) -> float | None:
     """The energy budget a fine-tuning run behind `snn_dir` trained under, if any."""
-    config = read_run_config(Path(snn_dir).parent) if Path(snn_dir).name == "snn" else None
-    return (config or {}).get("model", {}).get("energy_budget")
+    return (_finetune_record(snn_dir) or {}).get("energy_budget")
 
 
 def finetuned_steps(snn_dir: str | Path) -> int | None:
     """Steps of fine-tuning behind `snn_dir` when it is a fine-tuning run's `OUT/snn`, else None."""
-    run = Path(snn_dir).parent
-    config = read_run_config(run) if Path(snn_dir).name == "snn" else None
-    state = run / CHECKPOINT_DIR / "state.json"
-    if config is None or "snn_fingerprint" not in config.get("model", {}) or not state.is_file():
+    state = Path(snn_dir).parent / CHECKPOINT_DIR / "state.json"
+    if _finetune_record(snn_dir) is None or not state.is_file():
         return None
     return int(json.loads(state.read_text())["step"])
 

@@ -29,8 +29,8 @@ from sdm.graph import (
     ACTIVATIONS,
     SYNAPTIC,
     ActivationSite,
+    moved_values,
     sample_dependent,
-    source_through_pass_through,
     timestep_activation_count,
 )
 from sdm.neurons import SpikingNeuron
@@ -86,14 +86,6 @@ def _where(node: fx.Node) -> str:
 def _feeding(data: fx.Node, value: fx.Node, otherwise: Callable[[fx.Node], fx.Node]) -> Callable:
     """The argument map of a copied layer that reads `value` in place of its input `data`."""
     return lambda n: value if n is data else otherwise(n)
-
-
-def _carries_spikes(node: fx.Node, spikes: set[fx.Node]) -> bool:
-    """Whether `node` only moves spikes (through views, padding, concatenation of spikes...)."""
-    origin = source_through_pass_through(node)
-    if origin.op == "call_function" and origin.target is aten.cat.default:
-        return all(_carries_spikes(part, spikes) for part in origin.args[0])
-    return origin in spikes
 
 
 def spiking_graph(
@@ -194,7 +186,7 @@ def spiking_graph(
         elif node.target in SYNAPTIC and node.args[0] in encoded:  # reads the encoder's spikes
             sequence[node] = graph.node_copy(node, _feeding(node.args[0], encoded[node.args[0]], as_sequence))
             varying.add(node)
-        elif node.target in SYNAPTIC and node.args[0] in varying and not _carries_spikes(node.args[0], spikes):
+        elif node.target in SYNAPTIC and node.args[0] in varying and not set(moved_values(node.args[0])) <= spikes:
             if analog_mode == "window":  # once per window, on the accumulated input
                 mean = graph.call_module("mean_time", (as_sequence(node.args[0]),))
                 window = graph.node_copy(node, _feeding(node.args[0], mean, as_sequence))

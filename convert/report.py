@@ -116,7 +116,8 @@ class _Walk(fx.Interpreter):
     def _synaptic(self, node: fx.Node, result: torch.Tensor) -> None:
         x, weight = self.env[node.args[0]], self.env[node.args[1]]
         macs = result.numel() * weight[0].numel() / self.batch
-        per_step = macs / max(result.shape[0] // self.batch, 1)
+        steps = max(x.shape[0] // self.batch, 1)  # spiking steps folded into the input (1: once per window)
+        per_step = macs / steps
         rate = float((x != 0).float().mean()) if x.numel() else 0.0
         sources = _spike_sources(node.args[0], self.spiking) if node in self.image_path else None
         if node not in self.image_path:
@@ -125,9 +126,9 @@ class _Walk(fx.Interpreter):
             role = "spiking"
         else:  # analog input: computed at every step where it changes, once if it never does
             role = "input" if self._reads_input(node.args[0]) else "analog"
-            macs *= distinct_steps(x, self.batch) / max(x.shape[0] // self.batch, 1)
-        inputs = x.numel() / self.batch / max(x.shape[0] // self.batch, 1)
-        self.records.append(_OpRecord(layer_name(node), role, macs, rate, tuple(sources or ()), inputs, per_step))
+            macs *= distinct_steps(x, self.batch) / steps
+        self.records.append(_OpRecord(layer_name(node), role, macs, rate, tuple(sources or ()), x.numel() / self.batch / steps,
+                                      per_step))
 
     def _accumulation(self, node: fx.Node) -> None:
         """A window mean: each step's value added into an accumulator (the 1/T folds into the weights

@@ -45,7 +45,8 @@ def quantised_ann_reference(ann_macs: float, T: int, spiking_dense_ops: float, f
     `spiking_dense_ops` are the SNN's synapses fed by spikes over the T steps and `fixed_pj` the energy
     of everything else it computes (analog MACs, window accumulations), both per denoising step: the
     SNN breaks even where fixed_pj + rate x spiking_dense_ops x E_AC equals the quantised ANN's energy.
-    `rate_no_analog` leaves the analog part out (spike ACs against integer MACs only: 6 % at T = 4).
+    `break_even_firing_rate_no_analog` leaves the analog part out (spike ACs against integer MACs only:
+    5.6 % at T = 4).
     """
     bits = activation_bits(T)
     step_pj = ann_macs * int_mac_pj(bits)

@@ -126,6 +126,15 @@ def source_through_pass_through(node: fx.Node) -> fx.Node:
     return node
 
 
+def moved_values(node: fx.Node) -> list[fx.Node]:
+    """The nodes whose values `node` merely moves: through pass-through ops and one concatenation
+    (a synaptic layer reads a spike tensor, an analog one, or a channel-wise cat of several)."""
+    origin = source_through_pass_through(node)
+    if origin.op == "call_function" and origin.target is aten.cat.default:
+        return [source_through_pass_through(part) for part in origin.args[0]]
+    return [origin]
+
+
 def encoding_sites(module: fx.GraphModule) -> list[ActivationSite]:
     """Analog inputs of synaptic layers on the image path (op 'identity'): where spike encoders go.
 
@@ -138,11 +147,8 @@ def encoding_sites(module: fx.GraphModule) -> list[ActivationSite]:
         if node.op != "call_function" or node.target not in SYNAPTIC or node not in dependent:
             continue
         source = node.args[0]
-        origin = source_through_pass_through(source)
-        parts = origin.args[0] if origin.op == "call_function" and origin.target is aten.cat.default else [origin]
-        already_spikes = all(p.op == "call_function" and source_through_pass_through(p).target in ACTIVATIONS
-                             for p in parts)
-        if source in done or origin.op == "placeholder" or already_spikes:
+        already_spikes = all(v.op == "call_function" and v.target in ACTIVATIONS for v in moved_values(source))
+        if source in done or source_through_pass_through(source).op == "placeholder" or already_spikes:
             continue
         done.add(source)
         stack = node.meta.get("nn_module_stack") or {}
@@ -164,10 +170,8 @@ def readout_sites(module: fx.GraphModule, sites: list[ActivationSite]) -> list[s
     synaptic = [n for n in module.graph.nodes if n.op == "call_function" and n.target in SYNAPTIC and n in dependent]
     if not synaptic:
         return []
-    origin = source_through_pass_through(synaptic[-1].args[0])
-    parts = origin.args[0] if origin.op == "call_function" and origin.target is aten.cat.default else [origin]
     by_node = {s.node: s.name for s in sites}
-    return [by_node[p.name] for p in map(source_through_pass_through, parts) if p.name in by_node]
+    return [by_node[v.name] for v in moved_values(synaptic[-1].args[0]) if v.name in by_node]
 
 
 def timestep_activation_count(module: fx.GraphModule) -> int:
