@@ -121,7 +121,8 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
 @device_option
 def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, calib_source, data, calib_samples,
          stats, analog, encode_analog, encode_sites, readout, activation, analog_sites, sensitivity, finetune_steps, ft_batch_size, lr,
-         threshold_lr, source, pairs, late_share, train, energy_penalty, energy_budget, executor, v_init, signed,
+         threshold_lr, source, pairs, late_share, train, feature_weight, precision, energy_penalty, energy_budget,
+         executor, v_init, signed,
          probes, num_samples, sampler, steps, seed, batch_size, out, save_samples, device):
     out = Path(out)
     _check_out(out)
@@ -132,7 +133,8 @@ def main(ckpt, allow_pickle, T, neuron, tau, calib, percentile, per_channel, cal
         raise SDMError("--finetune-steps trains the exact rate form, which needs --analog window")
     finetune_settings = FinetuneSettings(steps=max(finetune_steps, 1), batch_size=ft_batch_size, lr=lr,
                                          threshold_lr=threshold_lr, source=source, data=data, pairs=pairs,
-                                         late_share=late_share, train=train, energy_penalty=energy_penalty,
+                                         late_share=late_share, train=train, feature_weight=feature_weight,
+                                         precision=precision, energy_penalty=energy_penalty,
                                          energy_budget=energy_budget, seed=seed)
     finetune_settings.validate()
     device = resolve_device(device)

@@ -16,29 +16,31 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
-from calibration.inputs import noised_pairs
 from calibration.stats import model_fingerprint
+from convert.distill import (
+    PAIR_SOURCES,
+    POOL_FILE,
+    TEACHER_BATCH,
+    FeatureTargets,
+    cached_pairs,
+    distillation_objective,
+    pool_batches,
+    pool_size,
+    teacher_pairs,
+)
 from convert.energy_objective import BudgetController, SpikeEnergy
 from convert.model import ConvertedUNet
 from sdm.errors import SDMError
 from sdm.io import atomic_file, write_json
-from sdm.neurons import keeping_counts, spiking_neurons
-from sdm.sampler import trajectory
+from sdm.neurons import spiking_neurons
+from sdm.progress import StagedBar
 from sdm.temporal import TemporalMean
-from sdm.training import CHECKPOINT_DIR, TrainSettings, read_run_config, train_diffusion
+from sdm.training import CHECKPOINT_DIR, PRECISIONS, TrainSettings, read_run_config, train_diffusion
 
 aten = torch.ops.aten
 TRAINABLE = ("thresholds", "norms", "all")
-PAIR_SOURCES = ("trajectory", "data")
-PAIR_SEED = 1 << 21       # trajectory seeds: disjoint from sampling seeds (0..) and probe seeds (1 << 20)
-TRAJECTORY_STEPS = 50
-LATE_T = 100              # below this t the SNN is weakest: these pairs get a guaranteed share
-POOL_FILE = "pairs.safetensors"
 ENERGY_PROBES = 8         # pool pairs (spread over the pool) that measure the energy not spent by spikes
 
 
@@ -52,22 +54,29 @@ class FinetuneSettings:
     threshold_lr: float = 1e-3     # relative: each threshold moves by about this fraction per step
     source: str = "trajectory"     # trajectory (data-free, the teacher's DDIM paths) | data (noised images)
     data: str | None = None
-    pairs: int = 12_800
+    pairs: int | None = None       # the pool; None: sized to the run (`convert.distill.pool_size`)
     late_share: float = 0.25       # fraction of each batch drawn from t < 100
     train: str = "all"
     energy_penalty: float = 0.0    # weight of the spikes' share of the SNN / ANN energy ratio in the loss
     energy_budget: float | None = None  # an SNN / ANN energy ratio to meet: the penalty weight adapts to it
+    feature_weight: float = 0.0    # weight of the sites' relative input error against the ANN's (feature distillation)
+    precision: str = "fp32"        # fp32 | bf16 (autocast; CPUs with bf16 units, GPUs) | auto (bf16 on GPUs)
     warmup: int = 50
     ema_decay: float = 0.999
     seed: int = 0
     save_every: int = 250
     device: str = "cpu"
 
+    @property
+    def pool(self) -> int:
+        """Pairs in the pool: `pairs`, or the run's draws over `convert.distill.PAIR_REUSE`."""
+        return self.pairs if self.pairs is not None else pool_size(self.steps, self.batch_size)
+
     def validate(self) -> None:
         if self.steps < 1:
             raise SDMError(f"--steps must be at least 1, got {self.steps}")
-        if self.batch_size < 1 or self.pairs < self.batch_size:
-            raise SDMError(f"--pairs ({self.pairs}) must be at least --batch-size ({self.batch_size}), which is >= 1")
+        if self.batch_size < 1 or self.pool < self.batch_size:
+            raise SDMError(f"--pairs ({self.pool}) must be at least --batch-size ({self.batch_size}), which is >= 1")
         if not (self.lr > 0 and self.threshold_lr >= 0):
             raise SDMError("--lr must be positive and --threshold-lr non-negative")
         if self.source not in PAIR_SOURCES:
@@ -80,6 +89,10 @@ class FinetuneSettings:
             raise SDMError(f"--late-share must lie in [0, 1), got {self.late_share}")
         if self.energy_penalty < 0 or not math.isfinite(self.energy_penalty):
             raise SDMError(f"--energy-penalty must be a finite number >= 0, got {self.energy_penalty}")
+        if self.feature_weight < 0 or not math.isfinite(self.feature_weight):
+            raise SDMError(f"--feature-weight must be a finite number >= 0, got {self.feature_weight}")
+        if self.precision not in PRECISIONS:
+            raise SDMError(f"unknown --precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         if self.energy_budget is not None and not (self.energy_budget > 0 and math.isfinite(self.energy_budget)):
             raise SDMError(f"--energy-budget must be a positive ratio to the ANN's energy, got {self.energy_budget}")
 
@@ -100,50 +113,6 @@ def check_student(snn: nn.Module, teacher: nn.Module | None = None) -> None:
                        "with --teacher")
 
 
-@torch.no_grad()
-def teacher_pairs(teacher: nn.Module, scheduler_config: dict, settings: FinetuneSettings,
-                  images: torch.Tensor | None = None, batch_size: int = 64, progress: bool = True):
-    """(x_t, t, teacher eps): `settings.pairs` inputs with the teacher's noise prediction on each."""
-    if settings.source == "trajectory":
-        count = math.ceil(settings.pairs / TRAJECTORY_STEPS)
-        xs, ts = [], []
-        for start in tqdm(range(0, count, batch_size), desc="teacher trajectories", disable=not progress):
-            seeds = range(PAIR_SEED + settings.seed * 100_000 + start,
-                          PAIR_SEED + settings.seed * 100_000 + min(start + batch_size, count))
-            x, t = trajectory(teacher, scheduler_config, seeds, steps=TRAJECTORY_STEPS)
-            xs.append(x)
-            ts.append(t)
-        x, t = torch.cat(xs)[: settings.pairs], torch.cat(ts)[: settings.pairs]
-    else:
-        x, t = noised_pairs(images, scheduler_config, settings.pairs, settings.seed)
-    device = next(teacher.parameters()).device
-    eps = torch.cat([teacher(x[i : i + batch_size].to(device), t[i : i + batch_size].to(device),
-                             return_dict=False)[0].cpu()
-                     for i in tqdm(range(0, len(x), batch_size), desc="teacher targets", disable=not progress)])
-    return x, t, eps
-
-
-def cached_pairs(path: Path, make) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The pair pool stored at `path` (so a resumed run trains on the same pairs), made once."""
-    if path.is_file():
-        stored = load_file(path)
-        return stored["x"], stored["t"], stored["eps"]
-    x, t, eps = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        save_file({"x": x.contiguous(), "t": t.contiguous(), "eps": eps.contiguous()}, tmp)
-    return x, t, eps
-
-
-def pair_weights(t: torch.Tensor, late_share: float) -> torch.Tensor:
-    """Sampling weights over the pool that give pairs at t < 100 `late_share` of every batch (when there
-    are any), the rest spread uniformly."""
-    late = t < LATE_T
-    if not late.any() or late.all() or late_share == 0:
-        return torch.ones(len(t))
-    return torch.where(late, late_share / late.sum(), (1 - late_share) / (~late).sum()).float()
-
-
 def norm_parameters(snn: ConvertedUNet) -> set[str]:
     """Names of the affine parameters of the analog normalisations (GroupNorm, LayerNorm)."""
     modules = dict(snn.graph.named_modules())
@@ -161,7 +130,8 @@ def prepare_student(snn: ConvertedUNet, settings: FinetuneSettings) -> list[dict
     snn.set_executor("rate")
     snn.requires_grad_(False)
     groups = []
-    for neuron in spiking_neurons(snn):
+    spiking = [activation.neuron for activation in snn.sites().values() if activation.spiking]
+    for neuron in spiking:  # an analog site's thresholds take no part in its output: nothing to learn
         for theta in neuron.learn_thresholds():  # Adam moves each by ~lr; scaling it by theta makes that relative
             theta.requires_grad_(settings.threshold_lr > 0)
             groups.append({"params": [theta], "lr": settings.threshold_lr * float(theta.detach().abs().mean())})
@@ -186,69 +156,98 @@ def keep_thresholds_positive(snn: nn.Module) -> None:
                 theta.clamp_(min=1e-4)
 
 
-def distillation_objective(teacher_pool, settings: FinetuneSettings, device: str, energy: SpikeEnergy,
-                           budget: BudgetController):
-    """loss(student, step, generator): MSE to the teacher's eps on a weighted draw of pool pairs, plus a
-    weight times the spikes' share of the SNN / ANN energy ratio (`SpikeEnergy`): `energy_penalty`, or
-    under an energy budget the weight `budget` adapts."""
-    x, t, eps = teacher_pool
-    weights = pair_weights(t, settings.late_share)
-
-    def objective(student, step, generator):
-        idx = torch.multinomial(weights, settings.batch_size, replacement=True, generator=generator)
-        with keeping_counts(student) as neurons:
-            pred = student(x[idx].to(device), t[idx].to(device), return_dict=False)[0]
-            spikes = energy.ratio(neurons, len(idx))
-            counts = [c for n in neurons for c in n.counts]
-        rate = sum(c.sum() for c in counts) / (student.T * sum(c.numel() for c in counts))
-        mse = F.mse_loss(pred.float(), eps[idx].to(device))
-        ratio = energy.fixed_ratio + spikes.detach()
-        weight = budget.update(step, float(ratio), mse.item())
-        loss = mse + weight * spikes if weight else mse
-        return loss, {"mse": mse.item(), "firing_rate": rate.item(), "energy_ratio": float(ratio),
-                      "energy_weight": weight}
-
-    return objective
-
-
 def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, out: str | Path,
              settings: FinetuneSettings, *, teacher_source: str = "", images: torch.Tensor | None = None,
              resume: bool = False, progress: bool = True, on_step=None) -> ConvertedUNet:
     """Fine-tune the converted SNN saved in `snn_dir` against `teacher`; writes `out/snn` (the EMA
     student, a converted SNN directory) plus the training run's checkpoint and log. Returns the EMA
-    student. The report (`convert.finetune_report`) is the caller's."""
+    student. The report (`convert.finetune_report`) is the caller's. One progress bar covers the
+    teacher's pool and the training steps."""
+    from accelerate import PartialState
+
     settings.validate()
     out = Path(out)
     device = settings.device
-    student = ConvertedUNet.from_pretrained(snn_dir)
+    student = ConvertedUNet.from_pretrained(snn_dir).to(device)
     check_student(student, teacher)
     fingerprint = student.config["model_fingerprint"]
-    pool = cached_pairs(out / POOL_FILE, lambda: teacher_pairs(teacher, scheduler_config, settings, images,
-                                                               progress=progress))
+    state = PartialState()
+    features = FeatureTargets(student) if settings.feature_weight else None
+    done = _steps_done(out) if resume else 0
+    bar = StagedBar("fine-tuning", {"teacher pool": (pool_batches(settings.source, settings.pool), _teacher_cost(teacher)),
+                                    "training": (settings.steps, _step_cost(student, settings, features))},
+                    disable=not progress or not state.is_main_process)
+    pool = cached_pairs(out / POOL_FILE, lambda: teacher_pairs(teacher, scheduler_config, settings.source,
+                                                               settings.pool, settings.seed, images, bar))
     probes = torch.linspace(0, len(pool[0]) - 1, ENERGY_PROBES).long()
-    energy = SpikeEnergy(student.to(device), teacher, pool[0][probes].to(device), pool[1][probes].to(device))
+    energy = SpikeEnergy(student, teacher, pool[0][probes].to(device), pool[1][probes].to(device))
     budget = BudgetController(settings.energy_penalty, settings.energy_budget, out)
     holder: dict[str, list[dict]] = {}
 
     def build() -> ConvertedUNet:
-        holder["groups"] = prepare_student(student.to(device), settings)
+        holder["groups"] = prepare_student(student, settings)
         return student
 
     def save(ema: ConvertedUNet, directory: Path) -> None:
         ema.save_pretrained(directory / "snn", scheduler_config=scheduler_config)
         budget.save()
 
+    def stepped(step: int, loss: float) -> None:
+        bar.update(1)
+        if on_step is not None:
+            on_step(step, loss)
+
     train = TrainSettings(data=f"{settings.source}:{settings.data or teacher_source}", out=str(out),
                           steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
                           warmup=settings.warmup, ema_decay=settings.ema_decay, seed=settings.seed, hflip=False,
-                          save_every=settings.save_every, log_every=10, schedule="cosine", device=device)
+                          save_every=settings.save_every, log_every=10, schedule="cosine", device=device,
+                          precision=settings.precision)
     record = {k: v for k, v in asdict(settings).items() if k not in ("steps", "save_every", "device")}
-    record |= {"snn": str(snn_dir), "snn_fingerprint": fingerprint, "T": student.T}
-    train_diffusion(train, record, build, resume=resume, progress=progress, on_step=on_step,
-                    objective=distillation_objective(pool, settings, device, energy, budget),
-                    param_groups=lambda model: holder["groups"], constrain=keep_thresholds_positive,
-                    save_model=save)
+    record |= {"pairs": settings.pool, "snn": str(snn_dir), "snn_fingerprint": fingerprint, "T": student.T}
+    bar.start("training", done)
+    try:
+        train_diffusion(train, record, build, resume=resume, progress=False, on_step=stepped,
+                        objective=distillation_objective(pool, settings, device, energy, budget, features,
+                                                         state.num_processes),
+                        param_groups=lambda model: holder["groups"], constrain=keep_thresholds_positive,
+                        save_model=save)
+    finally:
+        bar.close()
     return ConvertedUNet.from_pretrained(out / "snn")
+
+
+def _steps_done(out: Path) -> int:
+    state = out / CHECKPOINT_DIR / "state.json"
+    return int(json.loads(state.read_text())["step"]) if state.is_file() else 0
+
+
+@torch.no_grad()
+def _teacher_cost(teacher: nn.Module) -> float:
+    """Seconds of one teacher evaluation of a pool batch (timed once, for the progress estimate)."""
+    import time
+
+    size, channels = int(teacher.config.sample_size), int(teacher.config.in_channels)
+    p = next(teacher.parameters())
+    x = torch.zeros(TEACHER_BATCH, channels, size, size, dtype=p.dtype, device=p.device)
+    started = time.perf_counter()
+    teacher(x, torch.full((TEACHER_BATCH,), 500, device=p.device), return_dict=False)
+    return time.perf_counter() - started
+
+
+def _step_cost(student: ConvertedUNet, settings: FinetuneSettings, features) -> float:
+    """Seconds of one training step, from a forward and backward pass of one batch (progress estimate)."""
+    import time
+
+    size, channels = int(student.config.sample_size), int(student.config.in_channels)
+    x = torch.zeros(settings.batch_size, channels, size, size, device=settings.device)
+    t = torch.full((settings.batch_size,), 500, device=settings.device)
+    student.set_executor("rate")
+    started = time.perf_counter()
+    student(x, t, return_dict=False)[0].square().mean().backward()
+    if features is not None:
+        features.twin(x, t, return_dict=False)
+    student.zero_grad(set_to_none=True)
+    return time.perf_counter() - started
 
 
 def _finetune_record(snn_dir: str | Path) -> dict | None:
@@ -265,10 +264,9 @@ def finetune_budget(snn_dir: str | Path) -> float | None:
 
 def finetuned_steps(snn_dir: str | Path) -> int | None:
     """Steps of fine-tuning behind `snn_dir` when it is a fine-tuning run's `OUT/snn`, else None."""
-    state = Path(snn_dir).parent / CHECKPOINT_DIR / "state.json"
-    if _finetune_record(snn_dir) is None or not state.is_file():
+    if _finetune_record(snn_dir) is None:
         return None
-    return int(json.loads(state.read_text())["step"])
+    return _steps_done(Path(snn_dir).parent) or None
 
 
 def loss_curve(out: Path) -> list[dict]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from convert.finetune import PAIR_SOURCES, TRAINABLE, FinetuneSettings, check_student, run_finetune
+from sdm.training import PRECISIONS
 from convert.model import ConvertedUNet
 from sdm.cli import command, device_option, resolve_device
 from sdm.data import load_dataset
@@ -45,12 +46,18 @@ def finetune_options(func, batch_flag: str = "--batch-size"):
                      show_default=True, help="Relative learning rate of the thresholds (fraction per step)."),
         click.option("--source", type=click.Choice(PAIR_SOURCES), default=_DEFAULTS["source"], show_default=True,
                      help="trajectory: the teacher's DDIM paths (data-free); data: real images noised at random t."),
-        click.option("--pairs", type=click.IntRange(min=1), default=_DEFAULTS["pairs"], show_default=True,
-                     help="(x_t, t) pairs in the training pool, each labelled with the teacher's eps."),
+        click.option("--pairs", type=click.IntRange(min=1), default=_DEFAULTS["pairs"],
+                     help="(x_t, t) pairs in the training pool, each labelled with the teacher's eps [default: "
+                          "sized to the run, each pair drawn about 4 times]."),
         click.option("--late-share", type=click.FloatRange(0, 1, max_open=True), default=_DEFAULTS["late_share"],
                      show_default=True, help="Share of each batch drawn from t < 100, the fine-detail steps."),
         click.option("--train", type=click.Choice(TRAINABLE), default=_DEFAULTS["train"], show_default=True,
                      help="What learns besides the thresholds: nothing more, the norms' affine parameters, or all."),
+        click.option("--feature-weight", type=click.FloatRange(min=0), default=_DEFAULTS["feature_weight"],
+                     show_default=True, help="Weight of feature distillation: every spiking site's input matched to "
+                                             "the ANN's at the same graph position, as a relative error."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default=_DEFAULTS["precision"], show_default=True,
+                     help="bf16: autocast the training steps (CPUs with bf16 units, GPUs); auto: bf16 on GPUs only."),
         click.option("--energy-penalty", type=click.FloatRange(min=0), default=_DEFAULTS["energy_penalty"],
                      show_default=True, help="Weight in the loss of the spikes' share of the SNN / ANN energy ratio "
                                              "(each spike priced by the synapses it reaches): trade energy for quality."),
@@ -79,7 +86,7 @@ def finetune_options(func, batch_flag: str = "--batch-size"):
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @device_option
 def main(snn_path, teacher, allow_pickle, steps, ft_batch_size, lr, threshold_lr, source, pairs, late_share, train,
-         energy_penalty, energy_budget, data, seed, num_samples, out, resume, device):
+         feature_weight, precision, energy_penalty, energy_budget, data, seed, num_samples, out, resume, device):
     out = Path(out)
     if steps < 1:
         raise SDMError("--steps must be at least 1 (0 fine-tunes nothing)")
@@ -94,7 +101,7 @@ def main(snn_path, teacher, allow_pickle, steps, ft_batch_size, lr, threshold_lr
     check_student(snn, loaded.model)
     settings = FinetuneSettings(steps=steps, batch_size=ft_batch_size, lr=lr, threshold_lr=threshold_lr, source=source,
                                 data=data, pairs=pairs, late_share=late_share, train=train,
-                                energy_penalty=energy_penalty, energy_budget=energy_budget, seed=seed, device=device)
+                                feature_weight=feature_weight, precision=precision, energy_penalty=energy_penalty, energy_budget=energy_budget, seed=seed, device=device)
     settings.validate()
     images = None
     if source == "data":

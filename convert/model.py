@@ -156,6 +156,14 @@ class ConvertedUNet(nn.Module):
         modules = dict(self.graph.named_modules())
         return {site: modules[path] for site, path in self.summary.neurons.items()}
 
+    def analog_twin(self) -> ConvertedUNet:
+        """A frozen copy with every site analog: the ANN this SNN approximates, computed by the same graph,
+        so that each of the SNN's sites has the ANN's value at the same position (feature distillation)."""
+        twin = copy.deepcopy(self).requires_grad_(False)
+        for activation in twin.sites().values():
+            activation.transfer = "analog"
+        return twin
+
     def current_thresholds(self) -> dict[str, dict]:
         """Every site's thresholds as the neurons hold them now (after fine-tuning, the learnt ones)."""
         def plain(value: torch.Tensor):

@@ -84,7 +84,7 @@ def sample(
 
 
 def _sample_batch(model, scheduler_config, sampler, steps, seeds, shape, dtype, device, bar, on_step=None) -> np.ndarray:
-    """Denoise one batch; `on_step(x_in, t)` sees every model input (trajectory recording)."""
+    """Denoise one batch; `on_step(x_in, t, eps)` sees every model input and output (trajectory recording)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     scheduler = make_scheduler(sampler, scheduler_config)
@@ -96,13 +96,13 @@ def _sample_batch(model, scheduler_config, sampler, steps, seeds, shape, dtype, 
     x = x * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         x_in = scheduler.scale_model_input(x, t)
-        if on_step is not None:
-            on_step(x_in, t)
         eps = model(x_in, t.expand(len(x)).to(device), return_dict=False)[0]
         if not torch.isfinite(eps).all():
             raise SDMError(
                 f"the model produced NaN or inf at timestep {int(t)}; check the checkpoint (and any thresholds)"
             )
+        if on_step is not None:
+            on_step(x_in, t, eps)
         x = scheduler.step(eps, t, x, generator=generators).prev_sample
         if bar is not None:
             bar.update(1)
@@ -111,16 +111,20 @@ def _sample_batch(model, scheduler_config, sampler, steps, seeds, shape, dtype, 
 
 @torch.no_grad()
 def trajectory(
-    model: torch.nn.Module, scheduler_config: dict, seeds: range, *, sampler: str = "ddim", steps: int = 16
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model inputs (x_t, t) met while sampling `seeds`: len(seeds) * steps pairs spanning all t."""
+    model: torch.nn.Module, scheduler_config: dict, seeds: range, *, sampler: str = "ddim", steps: int = 16,
+    bar=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model inputs (x_t, t) met while sampling `seeds`, and the model's eps at each: len(seeds) *
+    steps triples spanning all t. The eps comes free with the path (distillation targets need no second
+    pass). `bar`, a tqdm-like, advances once per denoising step."""
     make_scheduler(sampler, scheduler_config)
     size, channels, dtype, device = model_signature(model)
-    xs, ts = [], []
+    xs, ts, eps = [], [], []
 
-    def record(x_in, t):
+    def record(x_in, t, e):
         xs.append(x_in.detach().cpu())
         ts.append(t.expand(len(x_in)).cpu())
+        eps.append(e.detach().float().cpu())
 
-    _sample_batch(model, scheduler_config, sampler, steps, seeds, (channels, size, size), dtype, device, None, record)
-    return torch.cat(xs), torch.cat(ts)
+    _sample_batch(model, scheduler_config, sampler, steps, seeds, (channels, size, size), dtype, device, bar, record)
+    return torch.cat(xs), torch.cat(ts), torch.cat(eps)

@@ -58,6 +58,9 @@ def steps_trained(run: str | Path) -> str:
     return own if parent_config is None else f"{parent_config['steps']} + {own}"
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
 @dataclass
 class TrainSettings:
     """What every diffusion training run is configured by, whatever the model."""
@@ -90,7 +93,7 @@ class TrainSettings:
             raise SDMError(f"--ema-decay must lie in [0, 1), got {self.ema_decay}")
         if self.warmup < 0 or self.sample_every < 0 or self.grad_clip <= 0:
             raise SDMError("--warmup and --sample-every must be >= 0 and --grad-clip > 0")
-        if self.precision not in ("auto", "bf16", "fp32"):
+        if self.precision not in PRECISIONS:
             raise SDMError(f"unknown --precision '{self.precision}': use auto, bf16 or fp32")
         if self.schedule not in ("constant", "cosine"):
             raise SDMError(f"unknown learning-rate schedule '{self.schedule}': use constant or cosine")

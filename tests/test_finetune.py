@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from calibration import calibrate, calibration_pairs, prepare, probe_pairs
 from convert import ConvertedUNet, convert, finetune_cli
 from convert.energy_objective import SpikeEnergy
-from convert.finetune import FinetuneSettings, finetune, finetuned_steps, pair_weights
+from convert.distill import pair_weights
+from convert.finetune import FinetuneSettings, finetune, finetuned_steps
 from convert.report import compute_profile
 from sdm.energy import energy_report
 from sdm.errors import SDMError

@@ -43,7 +43,7 @@ def spiking_energy(model, scheduler_config: dict, sampler: str, steps: int, thre
     if not spiking_neurons(model):
         return None
     with scaled_thresholds(model, threshold_scale):
-        x, t = trajectory(model, scheduler_config, range(probes), sampler=sampler, steps=min(steps, 8))
+        x, t, _ = trajectory(model, scheduler_config, range(probes), sampler=sampler, steps=min(steps, 8))
         device = next(model.parameters()).device
         return energy_report(model, x.to(device), t.to(device), denoising_steps=steps)
 

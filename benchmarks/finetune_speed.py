@@ -1,0 +1,142 @@
+"""Fine-tuning methods against each other: FID-FMNIST against wall-clock minutes, energy beside each.
+
+    python -m benchmarks.finetune_speed --candidates baseline,lr3,lr3-features,lr3-features-bf16 \
+        --steps 1000 --snapshots 2 --num-samples 500
+
+Every candidate fine-tunes the same converted SNN (the embedded model at `--variant`, converted once
+with `benchmarks.finetune_fid`'s recipe) for `--steps` steps with `sdm-finetune`'s defaults changed as
+`CANDIDATES` says. The EMA student is kept at `--snapshots` evenly spaced steps, each with the wall
+time since the run began (the teacher's pool included), and measured: FID-FMNIST at `--num-samples`
+(DDIM-50, seeds 0..N-1) and energy per image. A snapshot sits part-way along its run's cosine
+schedule, the same for every candidate. Finished candidates and sample shards are reused on a rerun
+(one interrupted mid-run starts again).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import click
+
+from benchmarks.common import provenance, sample_metric, write_table
+from benchmarks.finetune_fid import VARIANTS, _energy, convert_variant
+from calibration import calibration_pairs, probe_pairs
+from convert.finetune import FinetuneSettings, finetune
+from convert.model import ConvertedUNet
+from sdm.cli import CommaList, command
+from sdm.io import atomic_file, write_json
+from sdm.pretrained import load_model
+
+CANDIDATES = {  # FinetuneSettings fields that differ from sdm-finetune's defaults
+    "baseline": {"lr": 1e-4, "threshold_lr": 1e-3},
+    "lr3": {"lr": 3e-4, "threshold_lr": 3e-3},
+    "lr3-features": {"lr": 3e-4, "threshold_lr": 3e-3, "feature_weight": 1.0},
+    "lr3-features-bf16": {"lr": 3e-4, "threshold_lr": 3e-3, "feature_weight": 1.0, "precision": "bf16"},
+    "features": {"lr": 1e-4, "threshold_lr": 1e-3, "feature_weight": 1.0},
+    "lr10-features-bf16": {"lr": 1e-3, "threshold_lr": 1e-2, "feature_weight": 1.0, "precision": "bf16"},
+    "batch64-lr3-features-bf16": {"lr": 3e-4, "threshold_lr": 3e-3, "feature_weight": 1.0, "precision": "bf16",
+                                  "batch_size": 64},
+}
+
+
+def run_candidate(loaded, snn_dir: Path, run: Path, overrides: dict, steps: int, snapshots: int) -> dict[int, float]:
+    """Fine-tune with `overrides`; keep the EMA student at each snapshot step; {step: wall minutes}."""
+    timing_file = run / "timing.json"
+    if timing_file.is_file():
+        return {int(k): v for k, v in json.loads(timing_file.read_text()).items()}
+    shutil.rmtree(run, ignore_errors=True)
+    every = max(1, steps // snapshots)
+    marks = {min(steps, every * k) for k in range(1, snapshots + 1)}
+    settings = FinetuneSettings(steps=steps, save_every=every, **overrides)
+    timing, started, paused = {}, time.perf_counter(), 0.0
+
+    def keep(step: int, _loss: float) -> None:
+        nonlocal paused
+        if step in marks:  # the checkpoint of this step has just written run/snn
+            timing[step] = (time.perf_counter() - started - paused) / 60
+            copy_started = time.perf_counter()
+            shutil.copytree(run / "snn", run / "snapshots" / f"step-{step}")
+            paused += time.perf_counter() - copy_started
+
+    finetune(snn_dir, loaded.model, loaded.scheduler_config, run, settings, teacher_source=loaded.source,
+             on_step=keep)
+    write_json(timing, timing_file)
+    return timing
+
+
+def plot(curves: dict[str, list[tuple[float, float]]], ann_fid: float, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        ax.plot([m for m, _ in points], [f for _, f in points], marker="o", label=name)
+    ax.axhline(ann_fid, color="gray", linestyle="--", label="ANN")
+    ax.axhline(1.3 * ann_fid, color="gray", linestyle=":", label="1.3 x ANN")
+    ax.set_xlabel("wall-clock minutes of fine-tuning (2 cores)")
+    ax.set_ylabel("FID-FMNIST")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+@command(help="Fine-tuning candidates: FID-FMNIST against wall-clock minutes, energy beside each.")
+@click.option("--ckpt", default=None, help="[default: the embedded model]")
+@click.option("--variant", type=click.Choice(list(VARIANTS)), default="t4-first-channel", show_default=True)
+@click.option("--candidates", type=CommaList(choices=list(CANDIDATES)), default="baseline,lr3,lr3-features",
+              show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--snapshots", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--num-samples", type=click.IntRange(min=2), default=500, show_default=True)
+@click.option("--ann-fid", type=float, default=None, help="Reuse the ANN's FID-FMNIST at these seeds and N.")
+@click.option("--out", type=click.Path(), default="benchmarks/results/finetune_speed", show_default=True)
+def main(ckpt, variant, candidates, steps, snapshots, num_samples, ann_fid, out):
+    out = Path(out)
+    meta = provenance(__spec__.name)
+    loaded = load_model(ckpt)
+    ann, config = loaded.model, loaded.scheduler_config
+    snn_dir = out / variant / "snn"
+    if not (snn_dir / "config.json").is_file():
+        convert_variant(loaded, variant, calibration_pairs(ann, config, 256), snn_dir)
+    if ann_fid is None:
+        ann_fid = sample_metric(ann, config, num_samples, out / "work" / "ann")[0].value
+    probes = probe_pairs(ann, config, 64)
+    converted = ConvertedUNet.from_pretrained(snn_dir)
+    fid0 = sample_metric(converted, config, num_samples, out / "work" / f"{variant}-converted")[0].value
+    energy0 = _energy(converted, ann, probes)
+    rows = [{"candidate": "converted", "step": 0, "minutes": "0.0", "FID-FMNIST": f"{fid0:.3f}",
+             "ratio to ANN": f"{fid0 / ann_fid:.2f}", "energy / image (mJ)": f"{energy0['mJ']:.3g}",
+             "energy ratio": f"{energy0['ratio']:.3f}"}]
+    curves = {}
+    for name in candidates:
+        run = out / variant / name
+        timing = run_candidate(loaded, snn_dir, run, CANDIDATES[name], steps, snapshots)
+        curves[name] = [(0.0, fid0)]
+        for step, minutes in sorted(timing.items()):
+            model = ConvertedUNet.from_pretrained(run / "snapshots" / f"step-{step}")
+            fid = sample_metric(model, config, num_samples, out / "work" / f"{variant}-{name}-{step}")[0].value
+            energy = _energy(model, ann, probes)
+            curves[name].append((minutes, fid))
+            rows.append({"candidate": name, "step": step, "minutes": f"{minutes:.1f}", "FID-FMNIST": f"{fid:.3f}",
+                         "ratio to ANN": f"{fid / ann_fid:.2f}", "energy / image (mJ)": f"{energy['mJ']:.3g}",
+                         "energy ratio": f"{energy['ratio']:.3f}"})
+        plot(curves, ann_fid, out / "speed.png", f"{variant}: FID-FMNIST (N = {num_samples}) against time")
+    text = write_table(rows, out, meta, f"{variant}, N = {num_samples}, DDIM-50, seeds 0..{num_samples - 1}; ANN "
+                       f"{ann_fid:.3f}; FID-FMNIST is not comparable with Inception FID; minutes: wall time of "
+                       "fine-tuning on the machine below, the teacher's pool included.",
+                       ckpt=loaded.source, candidates={n: CANDIDATES[n] for n in candidates}, steps=steps)
+    click.echo(text)
+
+
+if __name__ == "__main__":
+    main()
