@@ -30,15 +30,16 @@ from sdm.cli import CommaList, command
 from sdm.io import atomic_file, write_json
 from sdm.pretrained import load_model
 
-CANDIDATES = {  # FinetuneSettings fields that differ from sdm-finetune's defaults
-    "baseline": {"lr": 1e-4, "threshold_lr": 1e-3},
-    "lr3": {"lr": 3e-4, "threshold_lr": 3e-3},
-    "lr3-features": {"lr": 3e-4, "threshold_lr": 3e-3, "feature_weight": 1.0},
-    "lr3-features-bf16": {"lr": 3e-4, "threshold_lr": 3e-3, "feature_weight": 1.0, "precision": "bf16"},
-    "features": {"lr": 1e-4, "threshold_lr": 1e-3, "feature_weight": 1.0},
-    "lr10-features-bf16": {"lr": 1e-3, "threshold_lr": 1e-2, "feature_weight": 1.0, "precision": "bf16"},
-    "batch64-lr3-features-bf16": {"lr": 3e-4, "threshold_lr": 3e-3, "feature_weight": 1.0, "precision": "bf16",
-                                  "batch_size": 64},
+OLD = {"lr": 1e-4, "threshold_lr": 1e-3, "feature_weight": 0.0, "precision": "fp32"}  # the defaults before issue 22
+CANDIDATES = {  # FinetuneSettings fields, every one that a candidate changes, spelt out
+    "baseline": OLD,
+    "lr3": {**OLD, "lr": 3e-4, "threshold_lr": 3e-3},
+    "lr3-features": {**OLD, "lr": 3e-4, "threshold_lr": 3e-3, "feature_weight": 1.0},
+    "lr3-features-bf16": {**OLD, "lr": 3e-4, "threshold_lr": 3e-3, "feature_weight": 1.0, "precision": "bf16"},
+    "features": {**OLD, "feature_weight": 1.0},
+    "lr10-features-bf16": {**OLD, "lr": 1e-3, "threshold_lr": 1e-2, "feature_weight": 1.0, "precision": "bf16"},
+    "batch64-lr3-features-bf16": {**OLD, "lr": 3e-4, "threshold_lr": 3e-3, "feature_weight": 1.0,
+                                  "precision": "bf16", "batch_size": 64},
 }
 
 

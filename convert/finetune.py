@@ -37,7 +37,14 @@ from sdm.io import atomic_file, write_json
 from sdm.neurons import spiking_neurons
 from sdm.progress import StagedBar
 from sdm.temporal import TemporalMean
-from sdm.training import CHECKPOINT_DIR, PRECISIONS, TrainSettings, read_run_config, train_diffusion
+from sdm.training import (
+    CHECKPOINT_DIR,
+    PRECISIONS,
+    TrainSettings,
+    native_bf16,
+    read_run_config,
+    train_diffusion,
+)
 
 aten = torch.ops.aten
 TRAINABLE = ("thresholds", "norms", "all")
@@ -50,8 +57,8 @@ class FinetuneSettings:
 
     steps: int = 2000
     batch_size: int = 32
-    lr: float = 1e-4               # weights, biases and norm parameters
-    threshold_lr: float = 1e-3     # relative: each threshold moves by about this fraction per step
+    lr: float = 3e-4               # weights, biases and norm parameters (BENCHMARKS.md 8: 3x 1e-4 converges faster)
+    threshold_lr: float = 3e-3     # relative: each threshold moves by about this fraction per step
     source: str = "trajectory"     # trajectory (data-free, the teacher's DDIM paths) | data (noised images)
     data: str | None = None
     pairs: int | None = None       # the pool; None: sized to the run (`convert.distill.pool_size`)
@@ -59,8 +66,8 @@ class FinetuneSettings:
     train: str = "all"
     energy_penalty: float = 0.0    # weight of the spikes' share of the SNN / ANN energy ratio in the loss
     energy_budget: float | None = None  # an SNN / ANN energy ratio to meet: the penalty weight adapts to it
-    feature_weight: float = 0.0    # weight of the sites' relative input error against the ANN's (feature distillation)
-    precision: str = "fp32"        # fp32 | bf16 (autocast; CPUs with bf16 units, GPUs) | auto (bf16 on GPUs)
+    feature_weight: float = 1.0    # weight of the sites' relative input error against the ANN's (feature distillation)
+    precision: str = "auto"        # auto (bf16 where native: GPUs, CPUs with bf16 units) | bf16 | fp32
     warmup: int = 50
     ema_decay: float = 0.999
     seed: int = 0
@@ -171,7 +178,7 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     student = ConvertedUNet.from_pretrained(snn_dir).to(device)
     check_student(student, teacher)
     fingerprint = student.config["model_fingerprint"]
-    state = PartialState()
+    state = PartialState(cpu=not device.startswith("cuda"))  # as the training loop's Accelerator will see it
     features = FeatureTargets(student) if settings.feature_weight else None
     done = _steps_done(out) if resume else 0
     bar = StagedBar("fine-tuning", {"teacher pool": (pool_batches(settings.source, settings.pool), _teacher_cost(teacher)),
@@ -201,7 +208,7 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
                           steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
                           warmup=settings.warmup, ema_decay=settings.ema_decay, seed=settings.seed, hflip=False,
                           save_every=settings.save_every, log_every=10, schedule="cosine", device=device,
-                          precision=settings.precision)
+                          precision="bf16" if settings.precision == "auto" and native_bf16(device) else settings.precision)
     record = {k: v for k, v in asdict(settings).items() if k not in ("steps", "save_every", "device")}
     record |= {"pairs": settings.pool, "snn": str(snn_dir), "snn_fingerprint": fingerprint, "T": student.T}
     bar.start("training", done)
@@ -343,10 +350,13 @@ def finetune_report(before: ConvertedUNet, after: ConvertedUNet, teacher: nn.Mod
 def run_finetune(snn_dir: Path, teacher: nn.Module, scheduler_config: dict, out: Path, settings: FinetuneSettings,
                  *, teacher_source: str, images: torch.Tensor | None = None, resume: bool = False,
                  num_samples: int = 16, sampling: dict | None = None, progress: bool = True,
-                 snn_label: str | None = None) -> dict:
+                 snn_label: str | None = None) -> dict | None:
     """`finetune` plus its report: report.json, loss.json / loss.png and, with `num_samples`, the
-    teacher / converted / fine-tuned grid from the same seeds (comparison.png)."""
+    teacher / converted / fine-tuned grid from the same seeds (comparison.png). Under several
+    processes the main one reports; the others return None."""
     import time
+
+    from accelerate import PartialState
 
     from sdm.images import save_comparison
     from sdm.sampler import sample
@@ -355,6 +365,8 @@ def run_finetune(snn_dir: Path, teacher: nn.Module, scheduler_config: dict, out:
     after = finetune(snn_dir, teacher, scheduler_config, out, settings, teacher_source=teacher_source,
                      images=images, resume=resume, progress=progress)
     seconds = time.perf_counter() - started
+    if not PartialState().is_main_process:  # the report is the main process's, once
+        return None
     before = ConvertedUNet.from_pretrained(snn_dir)
     report = {"snn": snn_label or str(snn_dir), "teacher": teacher_source,
               **finetune_report(before, after, teacher, scheduler_config, out, settings, seconds)}

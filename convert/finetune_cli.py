@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from convert.finetune import PAIR_SOURCES, TRAINABLE, FinetuneSettings, check_student, run_finetune
-from sdm.training import PRECISIONS
 from convert.model import ConvertedUNet
 from sdm.cli import command, device_option, resolve_device
 from sdm.data import load_dataset
 from sdm.errors import SDMError
 from sdm.pretrained import load_model
+from sdm.training import PRECISIONS
 
 _DEFAULTS = {f.name: f.default for f in fields(FinetuneSettings)}
 
@@ -57,7 +57,8 @@ def finetune_options(func, batch_flag: str = "--batch-size"):
                      show_default=True, help="Weight of feature distillation: every spiking site's input matched to "
                                              "the ANN's at the same graph position, as a relative error."),
         click.option("--precision", type=click.Choice(PRECISIONS), default=_DEFAULTS["precision"], show_default=True,
-                     help="bf16: autocast the training steps (CPUs with bf16 units, GPUs); auto: bf16 on GPUs only."),
+                     help="bf16: autocast the training steps; auto: bf16 where it is native (GPUs, CPUs with "
+                          "AVX512-BF16 or AMX), else fp32."),
         click.option("--energy-penalty", type=click.FloatRange(min=0), default=_DEFAULTS["energy_penalty"],
                      show_default=True, help="Weight in the loss of the spikes' share of the SNN / ANN energy ratio "
                                              "(each spike priced by the synapses it reaches): trade energy for quality."),
@@ -108,7 +109,8 @@ def main(snn_path, teacher, allow_pickle, steps, ft_batch_size, lr, threshold_lr
         images = load_dataset(data, loaded.model.config.sample_size, loaded.model.config.in_channels)
     report = run_finetune(snn_dir, loaded.model, loaded.scheduler_config, out, settings, teacher_source=loaded.source,
                           images=images, resume=resume, num_samples=num_samples)
-    summarise(report, out)
+    if report is not None:
+        summarise(report, out)
 
 
 def summarise(report: dict, out: Path) -> None:

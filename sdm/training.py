@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import time
@@ -59,6 +60,18 @@ def steps_trained(run: str | Path) -> str:
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes in bf16 natively (a GPU, or a CPU with AVX512-BF16 or AMX), where bf16
+    autocast pays: elsewhere a CPU emulates it, slower than fp32."""
+    if device.startswith("cuda"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 @dataclass
@@ -261,9 +274,12 @@ def train_diffusion(
         losses.append({"loss": loss.item(), **scalars})
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]['loss']:.4f}")
+        digests = None
+        if step % settings.save_every == 0 or step == settings.steps:  # every process takes part
+            digests = _rank_digests(accelerator, accelerator.unwrap_model(model), step)
         if accelerator.is_main_process:
             _checkpoint(settings, out, step, accelerator.unwrap_model(model), ema, optimizer, scheduler_config,
-                        losses, started, save_model)
+                        losses, started, save_model, digests)
         if on_step is not None:
             on_step(step, loss.item())
     bar.close()
@@ -280,7 +296,28 @@ def _drop_log_after(path: Path, step: int) -> None:
             write_text("".join(line + "\n" for line in kept), path)
 
 
-def _checkpoint(settings, out, step, model, ema, optimizer, scheduler_config, losses, started, save_model) -> None:
+def weight_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter's bytes, in order: equal only for bit-identical weights."""
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(p.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _rank_digests(accelerator, model: nn.Module, step: int) -> list[str]:
+    """Every process's `weight_digest`; data-parallel processes must hold the same weights, and a run
+    whose processes diverged stops here rather than save one process's weights as the run's."""
+    from accelerate.utils import gather_object
+
+    digests = gather_object([weight_digest(model)]) if accelerator.num_processes > 1 else [weight_digest(model)]
+    if len(set(digests)) > 1:
+        raise SDMError(f"the {len(digests)} processes' weights differ at step {step}; the data-parallel run is "
+                       "broken (rerun with one process and report it)")
+    return digests
+
+
+def _checkpoint(settings, out, step, model, ema, optimizer, scheduler_config, losses, started, save_model,
+                digests) -> None:
     """Logging, checkpoints and sample grids due after `step` (main process only)."""
     last = step == settings.steps
     if step % settings.log_every == 0 or last:
@@ -292,7 +329,7 @@ def _checkpoint(settings, out, step, model, ema, optimizer, scheduler_config, lo
         losses.clear()
     if step % settings.save_every == 0 or last:
         save_training_state(out / CHECKPOINT_DIR, step=step, model=model, ema=ema, optimizer=optimizer,
-                            extra={"seconds": round(time.time() - started, 1)})
+                            extra={"seconds": round(time.time() - started, 1), "weight_digests": digests})
         save_model(ema, out)
     if settings.sample_every and (step % settings.sample_every == 0 or last):
         ema.eval()

@@ -41,3 +41,32 @@ def test_sharded_evaluation_on_two_ranks(tiny_pipeline, tmp_path):
     assert report["processes"] == 2 and report["results"][0]["n"] == 6
     seeds = np.concatenate([np.load(tmp_path / "work" / f"shard_{k:05d}.npz")["seeds"] for k in range(3)])
     assert seeds.tolist() == list(range(6))
+
+
+def test_finetuning_under_accelerate_launch_keeps_the_ranks_identical(tmp_path):
+    """`sdm-finetune` on two CPU processes (accelerate launch): every checkpoint gathers each process's
+    weight digest (and stops the run if they differ); both are recorded, and they are equal."""
+    import torch
+
+    from calibration import calibrate, calibration_pairs, prepare
+    from convert import convert
+    from sdm.presets import build_unet
+    from sdm.pretrained import DDPM_LINEAR_SCHEDULE, save_pipeline
+
+    torch.manual_seed(3)
+    unet = build_unet("tiny").eval()
+    save_pipeline(unet, DDPM_LINEAR_SCHEDULE, tmp_path / "ann")
+    snn = convert(calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 16), progress=False), T=2)
+    snn.source["ckpt"] = str(tmp_path / "ann")
+    snn.save_pretrained(tmp_path / "snn", scheduler_config=DDPM_LINEAR_SCHEDULE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+              "-m", "convert.finetune_cli", "--snn", str(tmp_path / "snn"), "--steps", "4", "--batch-size", "4",
+              "--feature-weight", "1", "--num-samples", "0", "--out", str(tmp_path / "run")]
+    proc = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 4 and len(state["weight_digests"]) == 2
+    assert state["weight_digests"][0] == state["weight_digests"][1]
+    assert proc.stdout.count("fine-tuned") == 1  # the main process reports, once

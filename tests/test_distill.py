@@ -1,0 +1,94 @@
+"""The distillation pool and objective: trajectory eps, pool sizing, the analog twin, feature targets,
+and the one progress bar's time estimate."""
+
+import pytest
+import torch
+
+from calibration import calibrate, calibration_pairs, prepare
+from convert import convert
+from convert.distill import FeatureTargets, pool_batches, pool_size, site_inputs, spiking_sites, teacher_pairs
+from sdm.presets import build_unet
+from sdm.pretrained import DDPM_LINEAR_SCHEDULE
+from sdm.progress import StagedBar
+from sdm.sampler import trajectory
+
+
+@pytest.fixture(scope="module")
+def tiny_snn():
+    torch.manual_seed(5)
+    unet = build_unet("tiny").eval()
+    observed = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
+    return unet, convert(observed, T=2)
+
+
+def test_trajectory_eps_is_the_models_output_at_each_pair(tiny_snn):
+    unet, _ = tiny_snn
+    x, t, eps = trajectory(unet, DDPM_LINEAR_SCHEDULE, range(3), steps=4)
+    assert x.shape[0] == t.shape[0] == eps.shape[0] == 12
+    with torch.no_grad():
+        again = unet(x, t).sample
+    assert torch.allclose(eps, again, atol=1e-5)
+
+
+def test_the_pool_takes_one_teacher_pass_per_pair(tiny_snn):
+    """A pool of 120 trajectory pairs: 3 paths of 50 steps, one teacher batch per step; each eps is the
+    teacher's at its own pair."""
+    unet, _ = tiny_snn
+    calls = []
+    hook = unet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        x, t, eps = teacher_pairs(unet, DDPM_LINEAR_SCHEDULE, "trajectory", 120, seed=0)
+    finally:
+        hook.remove()
+    assert len(x) == len(t) == len(eps) == 120
+    assert len(calls) == pool_batches("trajectory", 120) == 50
+    with torch.no_grad():
+        assert torch.allclose(unet(x[:8], t[:8]).sample, eps[:8], atol=1e-5)
+
+
+def test_the_default_pool_is_sized_to_the_run():
+    assert pool_size(400, 32) == 3200          # 12,800 draws, each pair drawn 4 times
+    assert pool_size(2000, 32) == 16_000
+    assert pool_size(30, 32) == 250            # 240, rounded up to whole 50-step trajectories
+    assert pool_size(1, 64) == 64              # never under one batch
+    assert pool_size(10**6, 32) == 51_200      # capped
+
+
+def test_the_analog_twin_is_the_ann_and_its_features_have_no_error(tiny_snn):
+    unet, snn = tiny_snn
+    snn.set_executor("rate")
+    twin = snn.analog_twin()
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([10, 500, 990])
+    with torch.no_grad():
+        assert torch.allclose(twin(x, t).sample, unet(x, t).sample, atol=1e-5)
+        targets = FeatureTargets(snn)
+        with site_inputs(twin, targets.sites) as same:
+            twin(x, t)
+        assert targets.loss(same, x, t).item() == pytest.approx(0.0, abs=1e-12)
+        with site_inputs(snn, targets.sites) as student:
+            snn(x, t)
+        error = targets.loss(student, x, t).item()
+    # by hand: the mean over sites of each site's squared error relative to the ANN's mean square there
+    with torch.no_grad(), site_inputs(twin, targets.sites) as reference:
+        twin(x, t)
+    by_hand = sum(float(((student[s] - reference[s]) ** 2).sum() / (reference[s] ** 2).sum())
+                  for s in targets.sites) / len(targets.sites)
+    assert error > 1e-4 and error == pytest.approx(by_hand, rel=1e-5)
+    assert set(targets.sites) == set(spiking_sites(snn)) and not any(p.requires_grad for p in twin.parameters())
+
+
+def test_staged_bar_counts_seconds_of_work(monkeypatch):
+    """Stage a: 4 items estimated at 1 s, stage b: 2 items estimated at 5 s (14 s in all). After two a
+    items measured at 3 s each, a costs 3 s: the total becomes 4 x 3 + 2 x 5 = 22 s, 6 s of it done."""
+    clock = iter([0.0, 3.0, 6.0, 6.0, 16.0])
+    monkeypatch.setattr("sdm.progress.time.perf_counter", lambda: next(clock))
+    bar = StagedBar("job", {"a": (4, 1.0), "b": (2, 5.0)}, disable=True)
+    assert bar.bar.total == pytest.approx(14.0)
+    bar.update()
+    bar.update()
+    assert (bar.bar.total, bar.bar.n) == pytest.approx((22.0, 6.0))
+    bar.start("b")  # a ended after 2 of its 4 items (a cached pool): only what ran counts
+    assert bar.bar.total == pytest.approx(6.0 + 10.0)
+    bar.update()  # b's first item took 10 s
+    assert (bar.bar.total, bar.bar.n) == pytest.approx((26.0, 16.0))
+    bar.close()
