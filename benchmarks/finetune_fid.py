@@ -67,7 +67,7 @@ def _training(report: dict) -> str:
 @click.option("--ckpt", default=None, help="[default: the embedded model]")
 @click.option("--variants", type=CommaList(choices=list(VARIANTS)), default="t4,t8", show_default=True)
 @click.option("--finetune-steps", type=click.IntRange(min=1), default=2000, show_default=True)
-@click.option("--energy-budget", "budgets", type=CommaList(float), default="", show_default=True,
+@click.option("--energy-budget", "budgets", type=CommaList(float), default=None,
               help="Energy budgets (ratios to the ANN's energy): one fine-tuning run of every variant per budget, "
                    "beside the unbudgeted one.")
 @click.option("--num-samples", type=click.IntRange(min=2), default=2000, show_default=True)
@@ -86,6 +86,7 @@ def main(ckpt, variants, finetune_steps, budgets, num_samples, ann_fid, baseline
         ann_fid = sample_metric(ann, config, num_samples, out / "work" / "ann")[0].value
     rows, grids = [{"model": "ANN", "FID-FMNIST": f"{ann_fid:.3f}", "ratio to ANN": "1.00", "energy / image (mJ)": "",
                     "energy ratio": "1.00", "fine-tuning": ""}], []
+    budgets = budgets or []
     if any(not b > 0 for b in budgets):
         raise click.BadParameter("energy budgets must be positive", param_hint="--energy-budget")
     runs = [(name, name, None) for name in variants]

@@ -34,6 +34,7 @@ OLD = {"lr": 1e-4, "threshold_lr": 1e-3, "feature_weight": 0.0, "precision": "fp
 CANDIDATES = {  # FinetuneSettings fields, every one that a candidate changes, spelt out
     "baseline": OLD,
     "lr3": {**OLD, "lr": 3e-4, "threshold_lr": 3e-3},
+    "lr3-bf16": {**OLD, "lr": 3e-4, "threshold_lr": 3e-3, "precision": "bf16"},
     "lr3-features": {**OLD, "lr": 3e-4, "threshold_lr": 3e-3, "feature_weight": 1.0},
     "lr3-features-bf16": {**OLD, "lr": 3e-4, "threshold_lr": 3e-3, "feature_weight": 1.0, "precision": "bf16"},
     "features": {**OLD, "feature_weight": 1.0},

@@ -66,7 +66,8 @@ class FinetuneSettings:
     train: str = "all"
     energy_penalty: float = 0.0    # weight of the spikes' share of the SNN / ANN energy ratio in the loss
     energy_budget: float | None = None  # an SNN / ANN energy ratio to meet: the penalty weight adapts to it
-    feature_weight: float = 1.0    # weight of the sites' relative input error against the ANN's (feature distillation)
+    feature_weight: float = 0.0    # weight of the sites' relative input error against the ANN's (feature
+                                   # distillation; no faster per minute on the embedded model, BENCHMARKS.md 8.1)
     precision: str = "auto"        # auto (bf16 where native: GPUs, CPUs with bf16 units) | bf16 | fp32
     warmup: int = 50
     ema_decay: float = 0.999

@@ -113,6 +113,17 @@ def test_finetuning_lowers_the_loss_and_executors_agree(tiny, tmp_path):
     assert rate.dtype == torch.float64 and torch.allclose(rate, steps, rtol=0, atol=1e-9)
 
 
+def test_feature_distillation_lowers_the_feature_error(tiny, tmp_path):
+    """30 steps with --feature-weight 1: the logged mean relative error of the sites' inputs against the
+    ANN's (the analog twin's) falls; measured XXX."""
+    unet, root = tiny
+    finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "run",
+             FinetuneSettings(**{**TINY, "steps": 30, "lr": 1e-3, "feature_weight": 1.0, "save_every": 30}),
+             progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["feature_error"] < 0.8 * log[0]["feature_error"]
+
+
 def test_spike_energy_is_the_reports_spike_share(tiny):
     """The loss term, from the rate form's counts priced by fan-out, equals the energy report's spike
     share, counted from the step-by-step graph's non-zero inputs of every spiking layer."""
