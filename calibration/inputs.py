@@ -36,7 +36,7 @@ def calibration_pairs(
         if seed + count > PROBE_SEED:
             raise SDMError(f"--seed must be below {PROBE_SEED - count}: higher seeds are reserved for probes")
         steps = max(2, math.ceil(n / count))
-        x, t = trajectory(model, scheduler_config, range(seed, seed + count), steps=steps)
+        x, t, _ = trajectory(model, scheduler_config, range(seed, seed + count), steps=steps)
         keep = torch.linspace(0, len(t) - 1, n).round().long()
         return x[keep], t[keep]
     if source == "data":
@@ -64,7 +64,7 @@ def probe_pairs(
     model: torch.nn.Module, scheduler_config: dict, n: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_t, t, spread): `n` pairs spread evenly over t (`spread` True) and n/2 more at t < 100."""
-    x, t = trajectory(model, scheduler_config, range(PROBE_SEED, PROBE_SEED + PROBE_TRAJECTORIES), steps=50)
+    x, t, _ = trajectory(model, scheduler_config, range(PROBE_SEED, PROBE_SEED + PROBE_TRAJECTORIES), steps=50)
     order = torch.argsort(-t, stable=True)
     spread = order[torch.linspace(0, len(order) - 1, n).round().long()]
     low = torch.tensor([i for i in (t < 100).nonzero().flatten().tolist() if i not in set(spread.tolist())])
