@@ -28,9 +28,9 @@ from sdm.ema import make_ema, update_ema
 from sdm.neurons import keeping_counts
 from sdm.pretrained import load_model
 
-GROUPS = {  # operator family -> substrings of aten op names
-    "convolution (forward)": ("mkldnn_convolution", "aten::convolution", "_convolution"),
+GROUPS = {  # operator family -> substrings of aten op names, matched in this order
     "convolution (backward)": ("convolution_backward",),
+    "convolution (forward)": ("mkldnn_convolution", "aten::convolution", "_convolution"),
     "matmul / linear": ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear"),
     "attention": ("scaled_dot_product",),
     "normalisation": ("group_norm", "layer_norm"),

@@ -113,15 +113,28 @@ def test_finetuning_lowers_the_loss_and_executors_agree(tiny, tmp_path):
     assert rate.dtype == torch.float64 and torch.allclose(rate, steps, rtol=0, atol=1e-9)
 
 
-def test_feature_distillation_lowers_the_feature_error(tiny, tmp_path):
-    """30 steps with --feature-weight 1: the logged mean relative error of the sites' inputs against the
-    ANN's (the analog twin's) falls; measured XXX."""
+def test_feature_distillation_keeps_the_sites_near_the_anns(tiny, tmp_path):
+    """30 steps each. Without the feature term the sites' mean relative input error against the ANN's
+    rises (0.19 -> 0.47: the student drifts inside while its output improves); with weight 1 it falls
+    (to 0.155). Ratio with / without 0.328 with 1 torch thread, 0.328 with 2; the bound 0.5 leaves 1.5x."""
+    from calibration.inputs import probe_pairs
+    from convert.distill import FeatureTargets, site_inputs
+
     unet, root = tiny
-    finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "run",
-             FinetuneSettings(**{**TINY, "steps": 30, "lr": 1e-3, "feature_weight": 1.0, "save_every": 30}),
-             progress=False)
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert log[-1]["feature_error"] < 0.8 * log[0]["feature_error"]
+    x, t, _ = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 8)
+    targets = FeatureTargets(ConvertedUNet.from_pretrained(root / "snn"))
+
+    def error(model):
+        model.set_executor("rate")
+        with torch.no_grad(), site_inputs(model, targets.sites) as inputs:
+            model(x, t)
+            return targets.loss(inputs, x, t).item()
+
+    errors = {w: error(finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / f"w{w}", FinetuneSettings(
+        **{**TINY, "steps": 30, "lr": 1e-3, "feature_weight": w, "save_every": 30, "ema_decay": 0.5}), progress=False))
+        for w in (0.0, 1.0)}
+    assert errors[1.0] < 0.5 * errors[0.0]
+    assert errors[1.0] < error(ConvertedUNet.from_pretrained(root / "snn"))
 
 
 def test_spike_energy_is_the_reports_spike_share(tiny):
