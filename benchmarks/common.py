@@ -66,3 +66,30 @@ def write_table(rows: list[dict], out, meta: dict, note: str, **extra) -> str:
     text = f"{markdown_table(rows, list(rows[0]))}\n\n{note} `{meta['command']}` on {meta['machine']}, {meta['date']}\n"
     write_text(text, out / "table.md")
     return text
+
+
+def plot_fid_curves(curves: dict[str, list[tuple[float, float]]], ann_fid: float, path, *, xlabel: str, title: str,
+                    target: float) -> None:
+    """FID-FMNIST (log scale) against `xlabel`, one line per curve, with the ANN's FID and `target` x it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sdm.io import atomic_file
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        ax.plot([x for x, _ in points], [f for _, f in points], marker="o", label=name)
+    ax.axhline(ann_fid, color="gray", linestyle="--", label="ANN")
+    ax.axhline(target * ann_fid, color="gray", linestyle=":", label=f"{target:g} x ANN")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("FID-FMNIST")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

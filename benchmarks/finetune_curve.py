@@ -16,37 +16,13 @@ from pathlib import Path
 
 import click
 
-from benchmarks.common import provenance, sample_metric, write_table
+from benchmarks.common import plot_fid_curves, provenance, sample_metric, write_table
 from benchmarks.finetune_fid import VARIANTS, convert_variant
 from calibration import calibration_pairs
 from convert.finetune import FinetuneSettings, run_finetune
 from convert.model import ConvertedUNet
 from sdm.cli import CommaList, command
-from sdm.io import atomic_file
 from sdm.pretrained import load_model
-
-
-def plot(curves: dict[str, list[tuple[int, float]]], ann_fid: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for variant, points in curves.items():
-        ax.plot([s for s, _ in points], [f for _, f in points], marker="o", label=variant)
-    ax.axhline(ann_fid, color="gray", linestyle="--", label="ANN")
-    ax.axhline(1.5 * ann_fid, color="gray", linestyle=":", label="1.5 x ANN")
-    ax.set_xlabel("fine-tuning steps (batch 32)")
-    ax.set_ylabel("FID-FMNIST")
-    ax.set_yscale("log")
-    ax.set_title("FID-FMNIST against fine-tuning")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 def _reusable(runs: Path, variant: str) -> tuple[Path | None, int | None]:
@@ -101,7 +77,8 @@ def main(ckpt, variants, lengths, num_samples, ann_fid, runs, out):
             curves[variant].append((length, fid.value))
             rows.append({"variant": variant, "fine-tuning steps": length, "FID-FMNIST": f"{fid.value:.3f}",
                          "ratio to ANN": f"{fid.value / ann_fid:.2f}"})
-    plot(curves, ann_fid, out / "curve.png")
+    plot_fid_curves(curves, ann_fid, out / "curve.png", xlabel="fine-tuning steps (batch 32)",
+                    title="FID-FMNIST against fine-tuning", target=1.5)
     text = write_table(rows, out, meta, f"N = {num_samples}, DDIM-50, seeds 0..{num_samples - 1}; ANN "
                        f"{ann_fid:.3f}; FID-FMNIST is not comparable with Inception FID.", ckpt=loaded.source)
     click.echo(text)

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import click
 
-from benchmarks.common import provenance, sample_metric, write_table
+from benchmarks.common import plot_fid_curves, provenance, sample_metric, write_table
 from benchmarks.finetune_fid import VARIANTS, _energy, convert_variant
 from calibration import calibration_pairs, probe_pairs
 from convert.finetune import FinetuneSettings, finetune
 from convert.model import ConvertedUNet
 from sdm.cli import CommaList, command
-from sdm.io import atomic_file, write_json
+from sdm.io import write_json
 from sdm.pretrained import load_model
 
 OLD = {"lr": 1e-4, "threshold_lr": 1e-3, "feature_weight": 0.0, "precision": "fp32"}  # the defaults before issue 22
@@ -67,29 +67,6 @@ def run_candidate(loaded, snn_dir: Path, run: Path, overrides: dict, steps: int,
              on_step=keep)
     write_json(timing, timing_file)
     return timing
-
-
-def plot(curves: dict[str, list[tuple[float, float]]], ann_fid: float, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, points in curves.items():
-        ax.plot([m for m, _ in points], [f for _, f in points], marker="o", label=name)
-    ax.axhline(ann_fid, color="gray", linestyle="--", label="ANN")
-    ax.axhline(1.3 * ann_fid, color="gray", linestyle=":", label="1.3 x ANN")
-    ax.set_xlabel("wall-clock minutes of fine-tuning (2 cores)")
-    ax.set_ylabel("FID-FMNIST")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 @command(help="Fine-tuning candidates: FID-FMNIST against wall-clock minutes, energy beside each.")
@@ -132,7 +109,8 @@ def main(ckpt, variant, candidates, steps, snapshots, num_samples, ann_fid, out)
             rows.append({"candidate": name, "step": step, "minutes": f"{minutes:.1f}", "FID-FMNIST": f"{fid:.3f}",
                          "ratio to ANN": f"{fid / ann_fid:.2f}", "energy / image (mJ)": f"{energy['mJ']:.3g}",
                          "energy ratio": f"{energy['ratio']:.3f}"})
-        plot(curves, ann_fid, out / "speed.png", f"{variant}: FID-FMNIST (N = {num_samples}) against time")
+        plot_fid_curves(curves, ann_fid, out / "speed.png", xlabel="wall-clock minutes of fine-tuning (2 cores)",
+                        title=f"{variant}: FID-FMNIST (N = {num_samples}) against time", target=1.3)
     text = write_table(rows, out, meta, f"{variant}, N = {num_samples}, DDIM-50, seeds 0..{num_samples - 1}; ANN "
                        f"{ann_fid:.3f}; FID-FMNIST is not comparable with Inception FID; minutes: wall time of "
                        "fine-tuning on the machine below, the teacher's pool included.",
