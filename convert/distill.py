@@ -97,10 +97,6 @@ def pair_weights(t: torch.Tensor, late_share: float) -> torch.Tensor:
     return torch.where(late, late_share / late.sum(), (1 - late_share) / (~late).sum()).float()
 
 
-def spiking_sites(model) -> list[str]:
-    return [name for name, activation in model.sites().items() if activation.spiking]
-
-
 @contextmanager
 def site_inputs(model: nn.Module, sites: list[str]) -> Iterator[dict[str, torch.Tensor]]:
     """While open, the dict it yields maps each of `sites` of a `ConvertedUNet` to the input its
@@ -125,7 +121,7 @@ class FeatureTargets:
 
     def __init__(self, student):
         self.twin = student.analog_twin()
-        self.sites = spiking_sites(student)
+        self.sites = student.spiking_sites()
 
     def loss(self, student_inputs: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Mean over sites of ||student input - ANN input||^2 / ||ANN input||^2 at (x, t)."""
@@ -157,7 +153,7 @@ def distillation_objective(pool, settings, device: str, energy, budget, features
         rate = sum(c.sum() for c in counts) / (snn.T * sum(c.numel() for c in counts))
         mse = F.mse_loss(pred.float(), eps[idx].to(device))
         loss, logged = mse, {"mse": mse.item()}
-        if features is not None and settings.feature_weight:
+        if features is not None:  # made only for a positive feature weight
             feature = features.loss(inputs, xb, tb)
             loss = loss + settings.feature_weight * feature
             logged["feature_error"] = feature.item()

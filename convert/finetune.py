@@ -138,9 +138,9 @@ def prepare_student(snn: ConvertedUNet, settings: FinetuneSettings) -> list[dict
     snn.set_executor("rate")
     snn.requires_grad_(False)
     groups = []
-    spiking = [activation.neuron for activation in snn.sites().values() if activation.spiking]
-    for neuron in spiking:  # an analog site's thresholds take no part in its output: nothing to learn
-        for theta in neuron.learn_thresholds():  # Adam moves each by ~lr; scaling it by theta makes that relative
+    neurons = snn.neurons()
+    for site in snn.spiking_sites():  # an analog site's thresholds take no part in its output: nothing to learn
+        for theta in neurons[site].learn_thresholds():  # Adam moves each by ~lr; scaling it by theta makes that relative
             theta.requires_grad_(settings.threshold_lr > 0)
             groups.append({"params": [theta], "lr": settings.threshold_lr * float(theta.detach().abs().mean())})
     if settings.train != "thresholds":
@@ -182,9 +182,12 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     state = PartialState(cpu=not device.startswith("cuda"))  # as the training loop's Accelerator will see it
     features = FeatureTargets(student) if settings.feature_weight else None
     done = _steps_done(out) if resume else 0
-    bar = StagedBar("fine-tuning", {"teacher pool": (pool_batches(settings.source, settings.pool), _teacher_cost(teacher)),
-                                    "training": (settings.steps, _step_cost(student, settings, features))},
-                    disable=not progress or not state.is_main_process)
+    shown = progress and state.is_main_process  # the trial timings serve the bar's estimate only
+    drawing = shown and not (out / POOL_FILE).is_file()
+    bar = StagedBar("fine-tuning", {"teacher pool": (pool_batches(settings.source, settings.pool),
+                                                     _teacher_cost(teacher) if drawing else 0.0),
+                                    "training": (settings.steps, _step_cost(student, settings, features) if shown else 0.0)},
+                    disable=not shown)
     pool = cached_pairs(out / POOL_FILE, lambda: teacher_pairs(teacher, scheduler_config, settings.source,
                                                                settings.pool, settings.seed, images, bar))
     probes = torch.linspace(0, len(pool[0]) - 1, ENERGY_PROBES).long()

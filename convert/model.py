@@ -156,6 +156,10 @@ class ConvertedUNet(nn.Module):
         modules = dict(self.graph.named_modules())
         return {site: modules[path] for site, path in self.summary.neurons.items()}
 
+    def spiking_sites(self) -> list[str]:
+        """The sites that spike (those kept analog left out)."""
+        return [site for site, activation in self.sites().items() if activation.spiking]
+
     def analog_twin(self) -> ConvertedUNet:
         """A frozen copy with every site analog: the ANN this SNN approximates, computed by the same graph,
         so that each of the SNN's sites has the ANN's value at the same position (feature distillation)."""

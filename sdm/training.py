@@ -111,6 +111,10 @@ class TrainSettings:
         if self.schedule not in ("constant", "cosine"):
             raise SDMError(f"unknown learning-rate schedule '{self.schedule}': use constant or cosine")
 
+    def saves_at(self, step: int) -> bool:
+        """Whether a checkpoint is due after `step`: every `save_every` steps and at the end."""
+        return step % self.save_every == 0 or step == self.steps
+
     def lr_factor(self, step: int) -> float:
         """Multiplier of every base learning rate at `step`: linear warm-up, then the schedule."""
         warm = min(1.0, (step + 1) / max(1, self.warmup))
@@ -274,9 +278,8 @@ def train_diffusion(
         losses.append({"loss": loss.item(), **scalars})
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]['loss']:.4f}")
-        digests = None
-        if step % settings.save_every == 0 or step == settings.steps:  # every process takes part
-            digests = _rank_digests(accelerator, accelerator.unwrap_model(model), step)
+        # every process takes part in the digests' gathering
+        digests = _rank_digests(accelerator, accelerator.unwrap_model(model), step) if settings.saves_at(step) else None
         if accelerator.is_main_process:
             _checkpoint(settings, out, step, accelerator.unwrap_model(model), ema, optimizer, scheduler_config,
                         losses, started, save_model, digests)
@@ -327,7 +330,7 @@ def _checkpoint(settings, out, step, model, ema, optimizer, scheduler_config, lo
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
         losses.clear()
-    if step % settings.save_every == 0 or last:
+    if settings.saves_at(step):
         save_training_state(out / CHECKPOINT_DIR, step=step, model=model, ema=ema, optimizer=optimizer,
                             extra={"seconds": round(time.time() - started, 1), "weight_digests": digests})
         save_model(ema, out)

@@ -6,7 +6,7 @@ import torch
 
 from calibration import calibrate, calibration_pairs, prepare
 from convert import convert
-from convert.distill import FeatureTargets, pool_batches, pool_size, site_inputs, spiking_sites, teacher_pairs
+from convert.distill import FeatureTargets, pool_batches, pool_size, site_inputs, teacher_pairs
 from sdm.presets import build_unet
 from sdm.pretrained import DDPM_LINEAR_SCHEDULE
 from sdm.progress import StagedBar
@@ -74,7 +74,7 @@ def test_the_analog_twin_is_the_ann_and_its_features_have_no_error(tiny_snn):
     by_hand = sum(float(((student[s] - reference[s]) ** 2).sum() / (reference[s] ** 2).sum())
                   for s in targets.sites) / len(targets.sites)
     assert error > 1e-4 and error == pytest.approx(by_hand, rel=1e-5)
-    assert set(targets.sites) == set(spiking_sites(snn)) and not any(p.requires_grad for p in twin.parameters())
+    assert set(targets.sites) == {n for n, a in snn.sites().items() if a.spiking} and not any(p.requires_grad for p in twin.parameters())
 
 
 def test_staged_bar_counts_seconds_of_work(monkeypatch):
