@@ -41,9 +41,9 @@ def sample_metric(model, scheduler_config: dict, num_samples: int, work_dir, *, 
     under `work_dir`'s sub-directory for this model and setting (shared with `sdm-compare --work-dir`)."""
     import time
 
+    from sdm.diffusion.shards import gather_shards, keyed_work_dir, sample_sharded
     from sdm.metrics.extractors import FMNISTExtractor
     from sdm.metrics.quality import evaluate_quality
-    from sdm.shards import gather_shards, keyed_work_dir, sample_sharded
 
     settings = {"sampler": "ddim", "steps": steps, "batch_size": batch_size, "threshold_scale": threshold_scale}
     started = time.perf_counter()

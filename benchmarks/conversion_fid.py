@@ -13,11 +13,12 @@ from pathlib import Path
 import click
 
 from benchmarks.common import provenance, sample_metric, write_table
-from calibration import calibrate, calibration_pairs, prepare
+from calibration import ConversionConfig, calibrate, calibration_pairs, prepare
 from convert import convert
-from sdm.cli import CommaList, command
-from sdm.images import save_comparison
-from sdm.pretrained import load_model
+from sdm.commands.options import command
+from sdm.diffusion.images import save_comparison
+from sdm.models.pretrained import load_model
+from sdm.settings import CommaList
 
 
 @command(help="FID-FMNIST of the ANN and of its conversions at several T.")
@@ -33,13 +34,13 @@ def main(ckpt, Ts, calib, num_samples, steps, encode_analog, out):
     meta = provenance(__spec__.name)
     loaded = load_model(ckpt)
     ann = loaded.model
-    observed = calibrate(prepare(ann, encode_analog=encode_analog), calibration_pairs(ann, loaded.scheduler_config, 256),
-                         progress=False)
+    base = ConversionConfig(rule=calib, encode_analog=encode_analog)
+    stats = calibrate(prepare(ann, base), calibration_pairs(ann, loaded.scheduler_config, 256), progress=False).stats()
     ann_fid, ann_images, _ = sample_metric(ann, loaded.scheduler_config, num_samples, out / "work" / "ann", steps=steps)
     rows = [{"model": "ANN", "T": "", "FID-FMNIST": f"{ann_fid.value:.3f}", "ratio to ANN": "1.00"}]
     grids = [("ANN", ann_images[:16])]
     for T in Ts:
-        snn = convert(observed, T=T, rule=calib, encode_analog=encode_analog)
+        snn = convert(ann, stats.retarget(T=T))
         snn.set_executor("rate")
         fid, images, _ = sample_metric(snn, loaded.scheduler_config, num_samples, out / "work" / f"snn_T{T}", steps=steps)
         kind = "IF, window" + (", spike-encoded analog inputs" if encode_analog else "")

@@ -16,12 +16,12 @@ import click
 import torch
 
 from benchmarks.common import markdown_table, provenance
-from calibration import calibrate, calibration_pairs, prepare
+from calibration import ConversionConfig, calibrate, calibration_pairs, prepare
 from convert import convert
-from sdm.cli import command
+from sdm.commands.options import command
+from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
 from sdm.io import write_json, write_text
-from sdm.presets import build_unet
-from sdm.pretrained import DDPM_LINEAR_SCHEDULE
+from sdm.models.presets import build_unet
 
 
 def conversion_time(source: str, samples: int, batch_size: int) -> dict:
@@ -32,8 +32,9 @@ def conversion_time(source: str, samples: int, batch_size: int) -> dict:
     with torch.no_grad():
         pairs = calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, samples, source=source, data=data)
         after_inputs = time.perf_counter()
-        observed = calibrate(prepare(unet), pairs, batch_size=batch_size, progress=False)
-        snn = convert(observed, T=4, rule="mse")
+        observed = calibrate(prepare(unet, ConversionConfig(T=4, rule="mse")), pairs, batch_size=batch_size,
+                             progress=False)
+        snn = convert(observed)
     done = time.perf_counter()
     return {"architecture": "cifar10-32 (35.7M parameters)", "calibration source": source,
             "calibration inputs": samples, "making inputs (s)": round(after_inputs - started, 1),

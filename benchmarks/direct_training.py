@@ -24,12 +24,13 @@ from pathlib import Path
 import click
 
 from benchmarks.common import provenance, sample_metric, write_table
-from sdm.cli import CommaList, command
-from sdm.energy import E_MAC_PJ, ann_macs
-from sdm.images import save_comparison
+from sdm.commands.options import command
+from sdm.diffusion.images import save_comparison
+from sdm.diffusion.training import read_run_config, steps_trained
 from sdm.io import atomic_file
-from sdm.pretrained import EMBEDDED_NAME, load_model
-from sdm.training import read_run_config, steps_trained
+from sdm.models.pretrained import EMBEDDED_NAME, load_model
+from sdm.settings import CommaList
+from sdm.snn.energy import E_MAC_PJ, ann_macs
 
 DEFAULT_SCALES = "0.9,0.95,0.96,0.97,0.98,0.99,1.0,1.01,1.02,1.03,1.04,1.05,1.1"
 
@@ -48,7 +49,7 @@ def _as_shipped(loaded):
 def _energy(model, scheduler_config, steps, scale):
     import torch
 
-    from sdm.commands.evaluate import spiking_energy
+    from sdm.metrics.trajectory_energy import spiking_energy
 
     report = spiking_energy(model, scheduler_config, "ddim", steps, scale)
     if report is not None:

@@ -7,7 +7,7 @@ analog outputs, the timestep path) are counted once per window; layers reading t
 stream run once per window on its accumulated input (their MACs once, T - 1 accumulates per input
 value); spike-fed layers count one accumulate per synapse a spike reaches. Inputs: 8 probe pairs
 spread over t; per image = per step x DDIM steps. The second reference is the ANN with activations
-quantised to 2T + 1 levels and 8-bit weights in integer MACs (`sdm.energy.quantised_ann_reference`).
+quantised to 2T + 1 levels and 8-bit weights in integer MACs (`sdm.snn.energy.quantised_ann_reference`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 import click
 
 from benchmarks.common import provenance, write_table
-from calibration import calibrate, calibration_pairs, prepare, probe_pairs, spread_subset
+from calibration import ConversionConfig, calibrate, calibration_pairs, prepare, probe_pairs, spread_subset
 from convert import convert
-from sdm.cli import command
-from sdm.energy import energy_report
-from sdm.pretrained import load_model
+from sdm.commands.options import command
+from sdm.models.pretrained import load_model
+from sdm.snn.energy import energy_report
 
 FIRST = ("down_blocks.0.resnets.0.*",)
 RECIPE = dict(per_channel=True, analog_sites=FIRST)  # make demo's and sdm-compare's conversion
@@ -48,12 +48,13 @@ def main(steps, out):
     loaded = load_model(None)
     ann, config = loaded.model, loaded.scheduler_config
     pairs = calibration_pairs(ann, config, 256)
-    observed = {per_channel: calibrate(prepare(ann, per_channel=per_channel, encode_analog=True), pairs, progress=False)
-                for per_channel in (False, True)}
+    # One calibration per observer kind, encoders observed too; each variant retargets its statistics.
+    stats = {per_channel: calibrate(prepare(ann, ConversionConfig(per_channel=per_channel, encode_analog=True)), pairs,
+                                    progress=False).stats() for per_channel in (False, True)}
     x, t = spread_subset(probe_pairs(ann, config, 64))
     rows = []
     for label, kwargs in VARIANTS:
-        snn = convert(observed[kwargs.get("per_channel", False)], **kwargs)
+        snn = convert(ann, stats[kwargs.get("per_channel", False)].retarget(**{"encode_analog": False, **kwargs}))
         snn.set_executor("rate")
         report = energy_report(snn, x, t, denoising_steps=steps, ann=ann)
         image = report["per_image"]

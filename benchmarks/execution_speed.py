@@ -25,12 +25,13 @@ import torch
 from benchmarks.common import markdown_table, provenance
 from calibration import calibrate, calibration_pairs, prepare
 from convert import convert
-from sdm.cli import command
+from sdm.commands.options import command
+from sdm.diffusion.sampler import sample
 from sdm.io import write_json, write_text
-from sdm.neurons import IFNeuron, LIFNeuron, SpikingNeuron, compiled_steps
-from sdm.pretrained import load_model
-from sdm.sampler import sample
-from sdm.spiking_unet import SPIKING_PRESETS, SpikingUNet
+from sdm.models.pretrained import load_model
+from sdm.models.spiking_unet import SPIKING_PRESETS, SpikingUNet
+from sdm.snn.compiled import compile_neurons, compiled_steps
+from sdm.snn.neurons import IFNeuron, LIFNeuron, SpikingNeuron
 
 
 def timed(fn, repeats: int, device: str) -> float:
@@ -110,7 +111,7 @@ def neuron_rows(device: str, shape: tuple[int, ...], repeats: int) -> list[dict]
         row = {"neuron": name, "inference (ms)": round(timed(inference(m), repeats, device) * 1e3, 2),
                "inference, torch.compile (ms)": "", "forward + backward (ms)": round(timed(training(m), repeats, device) * 1e3, 2)}
         if isinstance(m, SpikingNeuron) and compiled_steps() is not None:
-            m.compiled = True
+            compile_neurons(m)
             row["inference, torch.compile (ms)"] = round(timed(inference(m), repeats, device) * 1e3, 2)
         rows.append(row)
     return rows
@@ -121,7 +122,7 @@ def with_jelly_neurons(model: SpikingUNet) -> SpikingUNet:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, SpikingNeuron):
-                kind = "if" if child.decay == 1.0 else "lif"
+                kind = "lif" if isinstance(child, LIFNeuron) else "if"
                 setattr(parent, name, jelly_node(kind, float(child.threshold), getattr(child, "tau", 2.0)))
     return model
 
@@ -158,7 +159,7 @@ def training_rows(device: str, batch: int, repeats: int) -> list[dict]:
 
 
 def sampling_rows(ann, observed, scheduler_config, device, num_images: int, steps: int) -> list[dict]:
-    runs = [("ANN", ann)] + [(f"converted T={T} ({{}} executor)", convert(observed, T=T).to(device)) for T in (4, 16)]
+    runs = [("ANN", ann)] + [(f"converted T={T} ({{}} executor)", convert(ann, observed.stats().retarget(T=T)).to(device)) for T in (4, 16)]
     rows, base = [], None
     for label, model in runs:
         seconds = timed(lambda model=model: sample(model, scheduler_config, num_images, steps=steps, progress=False),
@@ -188,7 +189,7 @@ def step_executor_rows(ann, observed, device, batch: int, repeats: int) -> list[
     ann_seconds = timed(forward_rows(ann, batch), repeats, device)
     rows = []
     for T in (4, 8, 16):
-        snn = convert(observed, T=T).to(device)
+        snn = convert(ann, observed.stats().retarget(T=T)).to(device)
         snn.set_executor("steps")
         seconds = timed(forward_rows(snn, batch), repeats, device)
         one_call = timed(forward_rows(ann, T * batch), 1, device)

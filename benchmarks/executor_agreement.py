@@ -19,7 +19,7 @@ import click
 import numpy as np
 
 from benchmarks.common import provenance, write_table
-from sdm.cli import command
+from sdm.commands.options import command
 
 
 @command(help="FID-FMNIST of converted SNNs sampled by the step and the rate executor from the same seeds.")
@@ -34,13 +34,13 @@ from sdm.cli import command
               show_default=True)
 def main(snns, num_samples, steps, resamples, work_dir, out):
     from convert import ConvertedUNet
-    from sdm.commands.evaluate import spiking_energy
+    from sdm.diffusion.shards import gather_shards, keyed_work_dir, sample_sharded
     from sdm.metrics.bootstrap import paired_bootstrap
     from sdm.metrics.extractors import FMNISTExtractor
     from sdm.metrics.fmnist_extractor import load_reference
     from sdm.metrics.frechet import feature_statistics, frechet_distance
-    from sdm.pretrained import load_model
-    from sdm.shards import gather_shards, keyed_work_dir, sample_sharded
+    from sdm.metrics.trajectory_energy import spiking_energy
+    from sdm.models.pretrained import load_model
 
     extractor = FMNISTExtractor()
     mu, sigma, _ = load_reference()

@@ -21,8 +21,9 @@ from benchmarks.finetune_fid import VARIANTS, convert_variant
 from calibration import calibration_pairs
 from convert.finetune import FinetuneSettings, run_finetune
 from convert.model import ConvertedUNet
-from sdm.cli import CommaList, command
-from sdm.pretrained import load_model
+from sdm.commands.options import command
+from sdm.models.pretrained import load_model
+from sdm.settings import CommaList
 
 
 def _reusable(runs: Path, variant: str) -> tuple[Path | None, int | None]:

@@ -17,17 +17,18 @@ from pathlib import Path
 import click
 
 from benchmarks.common import provenance, sample_metric, write_table
-from calibration import calibrate, calibration_pairs, prepare, probe_pairs, spread_subset
+from calibration import ConversionConfig, calibrate, calibration_pairs, prepare, probe_pairs, spread_subset
 from convert import convert
 from convert.finetune import FinetuneSettings, run_finetune
 from convert.model import ConvertedUNet
-from sdm.cli import CommaList, command
-from sdm.energy import energy_report
-from sdm.images import save_comparison
-from sdm.pretrained import load_model
+from sdm.commands.options import command
+from sdm.diffusion.images import save_comparison
+from sdm.models.pretrained import load_model
+from sdm.settings import CommaList
+from sdm.snn.energy import energy_report
 
 FIRST = ("down_blocks.0.resnets.0.*",)
-VARIANTS = {  # convert()'s keyword arguments
+VARIANTS = {  # ConversionConfig's settings
     "t4": {"T": 4},
     "t8": {"T": 8},
     "t4-encoded": {"T": 4, "encode_analog": True},
@@ -44,9 +45,7 @@ VARIANTS = {  # convert()'s keyword arguments
 def convert_variant(loaded, variant: str, pairs, directory: Path) -> None:
     """Calibrate and convert the ANN as `VARIANTS[variant]` says; the SNN directory records its teacher."""
     spec = VARIANTS[variant]
-    observed = calibrate(prepare(loaded.model, per_channel=spec.get("per_channel", False),
-                                 encode_analog=spec.get("encode_analog", False)), pairs, progress=False)
-    snn = convert(observed, **spec)
+    snn = convert(calibrate(prepare(loaded.model, ConversionConfig(**spec)), pairs, progress=False))
     snn.source["ckpt"] = loaded.source
     snn.save_pretrained(directory, scheduler_config=loaded.scheduler_config)
 

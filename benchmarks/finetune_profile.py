@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import provenance, write_table
-from convert.distill import FeatureTargets, site_inputs, teacher_pairs
 from convert.finetune import FinetuneSettings, prepare_student
+from convert.finetune.distill import FeatureTargets, site_inputs, teacher_pairs
 from convert.model import ConvertedUNet
-from sdm.cli import command
-from sdm.ema import make_ema, update_ema
-from sdm.neurons import keeping_counts
-from sdm.pretrained import load_model
+from sdm.commands.options import command
+from sdm.diffusion.ema import make_ema, update_ema
+from sdm.models.pretrained import load_model
+from sdm.snn.modes import keeping_counts
 
 GROUPS = {  # operator family -> substrings of aten op names, matched in this order
     "convolution (backward)": ("convolution_backward",),

@@ -26,9 +26,10 @@ from benchmarks.finetune_fid import VARIANTS, _energy, convert_variant
 from calibration import calibration_pairs, probe_pairs
 from convert.finetune import FinetuneSettings, finetune
 from convert.model import ConvertedUNet
-from sdm.cli import CommaList, command
+from sdm.commands.options import command
 from sdm.io import write_json
-from sdm.pretrained import load_model
+from sdm.models.pretrained import load_model
+from sdm.settings import CommaList
 
 OLD = {"lr": 1e-4, "threshold_lr": 1e-3, "feature_weight": 0.0, "precision": "fp32"}  # the defaults before issue 22
 CANDIDATES = {  # FinetuneSettings fields, every one that a candidate changes, spelt out

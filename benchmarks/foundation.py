@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 from benchmarks.common import markdown_table, provenance
-from sdm.cli import ckpt_options, command, device_option, resolve_device
-from sdm.data import load_dataset
-from sdm.images import save_npz
+from sdm.commands.options import ckpt_options, command, device_option, resolve_device
+from sdm.diffusion.data import load_dataset
+from sdm.diffusion.images import save_npz
+from sdm.diffusion.sampler import sample
 from sdm.io import write_json, write_text
 from sdm.metrics.extractors import FMNISTExtractor
 from sdm.metrics.quality import evaluate_quality
-from sdm.pretrained import load_model
-from sdm.sampler import sample
+from sdm.models.pretrained import load_model
 
 
 def sampling_speed(loaded, batch_size: int, steps: int) -> float:

@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from benchmarks.common import provenance, write_table
-from sdm.cli import CommaList, command
-from sdm.data import load_dataset
-from sdm.images import save_comparison, to_model_range
-from sdm.pretrained import DDPM_LINEAR_SCHEDULE, EMBEDDED_NAME, load_model
-from sdm.sampler import sample
+from sdm.commands.options import command
+from sdm.diffusion.data import load_dataset
+from sdm.diffusion.images import save_comparison, to_model_range
+from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
+from sdm.diffusion.sampler import sample
+from sdm.models.pretrained import EMBEDDED_NAME, load_model
+from sdm.settings import CommaList
 
 
 class HandOver(nn.Module):

@@ -1,22 +1,18 @@
-"""Calibration: activation statistics at every activation call site, and threshold rules.
+"""Calibration: the first steps of prepare -> calibrate -> convert -> finetune.
 
-Mirrors PyTorch FX quantization: `prepare` inserts observers, `calibrate` feeds inputs, and
-`convert.convert` (in the `convert` package) consumes the statistics.
+Mirrors PyTorch FX quantization: `prepare(model, ConversionConfig(...))` captures the graph and inserts
+observers, `calibrate` feeds inputs, and `convert.convert` (in the `convert` package) builds the
+spiking network the recorded config describes from the statistics.
 """
 
-from calibration.inputs import SOURCES, calibration_pairs, probe_pairs, spread_subset
-from calibration.prepare import (
-    CalibrationStats,
-    ObservedModel,
-    Thresholds,
-    calibrate,
-    load_stats,
-    prepare,
-    require_ann,
-)
+from calibration.config import ConversionConfig, NeuronConfig
+from calibration.inputs import SOURCES, CalibrationInputs, calibration_pairs, probe_pairs, spread_subset
+from calibration.prepare import ObservedModel, calibrate, load_stats, prepare, require_ann
 from calibration.rules import RULES
+from calibration.statistics import CalibrationStats, Thresholds
 
 __all__ = [
-    "RULES", "SOURCES", "CalibrationStats", "ObservedModel", "Thresholds", "calibrate", "calibration_pairs",
-    "load_stats", "prepare", "probe_pairs", "require_ann", "spread_subset",
+    "RULES", "SOURCES", "CalibrationInputs", "CalibrationStats", "ConversionConfig", "NeuronConfig", "ObservedModel",
+    "Thresholds", "calibrate", "calibration_pairs", "load_stats", "prepare", "probe_pairs", "require_ann",
+    "spread_subset",
 ]

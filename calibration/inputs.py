@@ -11,17 +11,57 @@ predict is smallest and conversion errors show first.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
+import click
 import torch
 
-from sdm.errors import SDMError
-from sdm.images import to_model_range
-from sdm.sampler import trajectory
+from sdm.diffusion.images import to_model_range
+from sdm.diffusion.sampler import trajectory
+from sdm.errors import ConfigError, SDMError
+from sdm.settings import option
 
 SOURCES = ("trajectory", "data")
 PROBE_SEED = 1 << 20
 PROBE_TRAJECTORIES = 8
 TRAJECTORIES = 16
+
+
+@dataclass(frozen=True)
+class CalibrationInputs:
+    """Where calibration pairs come from, how many, and how many held-out probes judge the conversion."""
+
+    source: str = field(default="trajectory", metadata=option(
+        "--calib-source", "trajectory: the ANN's own DDIM trajectories (data-free); data: real images noised at "
+        "random t.", type=click.Choice(SOURCES)))
+    data: str | None = field(default=None, metadata=option(
+        "--data", "Images for --calib-source data: a .npz, an image folder or a data set name."))
+    samples: int = field(default=256, metadata=option("--calib-samples", "Calibration pairs (x_t, t).",
+                                                      type=click.IntRange(min=1)))
+    probes: int = field(default=64, metadata=option(
+        "--probes", "Held-out (x_t, t) pairs for the fidelity figures (half at t < 100).", type=click.IntRange(min=2)))
+
+    def validate(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError("source", f"'{self.source}' is unknown: choose one of {', '.join(SOURCES)}")
+        if self.source == "data" and not self.data:
+            raise ConfigError("data", "is needed to calibrate on data: a .npz, an image folder or a data set name")
+        if self.samples < 1 or self.probes < 2:
+            raise ConfigError("samples", f"must be at least 1 (and probes at least 2), got {self.samples}")
+
+    def pairs(self, model: torch.nn.Module, scheduler_config: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The calibration pairs (x_t, t) these settings describe."""
+        from sdm.diffusion.data import load_dataset
+
+        self.validate()
+        images = None
+        if self.source == "data":
+            images = load_dataset(self.data, model.config.sample_size, model.config.in_channels)
+        return calibration_pairs(model, scheduler_config, self.samples, source=self.source, data=images, seed=seed)
+
+    def record(self, seed: int) -> dict:
+        """What the statistics file says about its inputs."""
+        return {"source": self.source, "samples": self.samples, "seed": seed, "data": self.data}
 
 
 def calibration_pairs(
@@ -30,18 +70,18 @@ def calibration_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` calibration pairs (x_t, t) on the CPU."""
     if n < 1:
-        raise SDMError(f"--calib-samples must be at least 1, got {n}")
+        raise SDMError(f"calibration needs at least one pair, got n = {n}")
     if source == "trajectory":
         count = max(1, min(TRAJECTORIES, n // 32))  # at least 32 steps per trajectory: dense in t
         if seed + count > PROBE_SEED:
-            raise SDMError(f"--seed must be below {PROBE_SEED - count}: higher seeds are reserved for probes")
+            raise ConfigError("seed", f"must be below {PROBE_SEED - count}: higher seeds are reserved for probes")
         steps = max(2, math.ceil(n / count))
         x, t, _ = trajectory(model, scheduler_config, range(seed, seed + count), steps=steps)
         keep = torch.linspace(0, len(t) - 1, n).round().long()
         return x[keep], t[keep]
     if source == "data":
         if data is None:
-            raise SDMError("--calib-source data needs --data PATH (a .npz, an image folder or a data set name)")
+            raise SDMError("calibration on data needs the images (`data`)")
         return noised_pairs(data, scheduler_config, n, seed)
     raise SDMError(f"unknown calibration source '{source}': choose one of {', '.join(SOURCES)}")
 

@@ -1,8 +1,8 @@
 """Activation observers: what calibration learns about one activation call site.
 
 An observer keeps the exact range and a random subsample of the values it sees (per channel too,
-on request). `summary()` turns them into compact, JSON-able statistics: quantiles and histograms of
-the positive and negative parts, from which every threshold rule is computed.
+on request). `summary()` turns them into compact, JSON-able statistics: the range and histograms
+of the positive and negative parts, from which every threshold rule is computed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 POS_BINS, NEG_BINS, CHANNEL_BINS = 2048, 256, 64
-QUANTILES = (0.5, 0.9, 0.99, 0.995, 0.999, 0.9995, 0.9999)
 
 
 class ActivationObserver(nn.Module):
@@ -24,7 +23,7 @@ class ActivationObserver(nn.Module):
         self.name, self.op, self.per_channel = name, op, per_channel
         self.per_batch, self.per_channel_batch = per_batch, per_channel_batch
         self.generator = torch.Generator().manual_seed(seed)
-        self.count, self.sum = 0, 0.0
+        self.count = 0
         self.min, self.max = float("inf"), float("-inf")
         self.samples: list[torch.Tensor] = []
         self.channel_samples: list[torch.Tensor] = []
@@ -35,7 +34,6 @@ class ActivationObserver(nn.Module):
         values = x.detach().float()
         flat = values.flatten()
         self.count += flat.numel()
-        self.sum += flat.sum().item()
         self.min, self.max = min(self.min, flat.min().item()), max(self.max, flat.max().item())
         take = min(flat.numel(), self.per_batch)
         idx = torch.randint(flat.numel(), (take,), generator=self.generator).to(flat.device)
@@ -55,8 +53,7 @@ class ActivationObserver(nn.Module):
             return {"op": self.op, "count": 0}
         sample = torch.cat(self.samples).double().numpy()
         stats = {
-            "op": self.op, "count": self.count, "mean": self.sum / self.count, "min": self.min, "max": self.max,
-            "quantiles": {str(q): float(np.quantile(sample, q)) for q in QUANTILES},
+            "op": self.op, "count": self.count, "min": self.min, "max": self.max,
             **_histograms(sample, self.min, self.max, POS_BINS, NEG_BINS),
         }
         if self.per_channel:

@@ -70,23 +70,16 @@ def _from_histograms(h: dict, rule: str, T: int, v_init: float, percentile: floa
     return _mse_threshold(pos_hist, pos_range, T, v_init), _mse_threshold(neg_hist, neg_range, T, v_init)
 
 
-def site_thresholds(
-    stats: dict, rule: str, *, T: int, v_init: float = 0.5, percentile: float = 99.9,
-    per_channel: bool = False, signed: bool = True,
-) -> dict:
-    """{'threshold': theta, 'neg_threshold': theta_n} for one site (lists when per channel)."""
-    if rule not in RULES:
-        raise SDMError(f"unknown threshold rule '{rule}': choose one of {', '.join(RULES)}")
-    if not 0.0 < percentile <= 100.0:
-        raise SDMError(f"--percentile must lie in (0, 100], got {percentile}")
-    if T < 1:
-        raise SDMError(f"--T must be at least 1, got {T}")
+def site_thresholds(stats: dict, rule: str, *, T: int, v_init: float, percentile: float, per_channel: bool,
+                    signed: bool) -> dict:
+    """{'threshold': theta, 'neg_threshold': theta_n} for one site (lists when per channel). The settings
+    come from a checked `ConversionConfig` (`CalibrationStats.thresholds`)."""
     if stats.get("count", 0) == 0:
         raise SDMError(f"activation site '{stats.get('name', '?')}' saw no values during calibration")
     if per_channel:
         channels = stats.get("channels")
         if channels is None:
-            raise SDMError("per-channel thresholds need per-channel statistics: calibrate with --per-channel")
+            raise SDMError("per-channel thresholds need per-channel statistics: calibrate with per-channel observers (--per-channel)")
         pairs = []
         for c in range(len(channels["max"])):
             h = {"pos_hist": channels["pos_hist"][c], "neg_hist": channels["neg_hist"][c],

@@ -1,128 +1,93 @@
 """ConvertedUNet: a UNet2DModel run as a spiking network, with UNet2DModel's call signature.
 
-Saved as `config.json` (the ANN's config, T, neuron settings and every threshold, readable) plus
+Its diffusers config (`register_to_config`) holds the `ConversionConfig` it was built by. Saved as
+`config.json` (that config, the ANN's config and every threshold, readable) plus
 `diffusion_pytorch_model.safetensors`; loading rebuilds the graph from the config with the same pass,
 so nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import fnmatch
 import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from diffusers.configuration_utils import ConfigMixin
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from calibration.stats import check_sites, model_fingerprint
+import calibration.graph as unet_graph
+from calibration.config import ConversionConfig
 from convert.passes import spiking_graph
-from sdm.errors import SDMError
-from sdm.graph import ActivationSite, capture, conversion_sites, readout_sites
+from sdm.errors import ConfigError, SDMError
 from sdm.io import atomic_dir, write_json
-from sdm.neurons import NEURONS, SpikingNeuron, reset_neurons
-from sdm.temporal import SpikingActivation, use_rate_form
+from sdm.snn.modes import assigned
+from sdm.snn.neurons import SpikingNeuron, reset_neurons
+from sdm.snn.temporal import Folded, SpikingActivation
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 EXECUTORS = ("steps", "rate")
 STEP_ROWS_CPU = 64
-READOUTS = ("analog", "spikes")
 
 
-def match_sites(patterns: list[str], names: list[str], flag: str = "--analog-sites") -> list[str]:
-    """Site names matched by shell-style `patterns`; a pattern that matches nothing is an error."""
-    chosen = []
-    for pattern in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-        if not hits:
-            raise SDMError(f"{flag} pattern '{pattern}' matches no site (they are named like "
-                           f"'{names[0]}'; sdm-convert's report.json lists them all)")
-        chosen += [n for n in hits if n not in chosen]
-    return chosen
-
-
-@dataclass(frozen=True)
-class NeuronConfig:
-    """How every converted activation spikes."""
-
-    kind: str = "if"            # if | lif
-    tau: float = 2.0            # lif only
-    v_init: float = 0.5         # initial potential, fraction of the threshold
-    reset: str = "subtract"     # subtract | value
-    signed: bool = True         # negative spikes where the activation goes negative
-
-    def validate(self) -> None:
-        if self.kind not in NEURONS:
-            raise SDMError(f"unknown neuron '{self.kind}': choose one of {', '.join(NEURONS)}")
-        if not 0.0 <= self.v_init < 1.0:
-            raise SDMError(f"v_init must lie in [0, 1), got {self.v_init}")
-
-    def make(self, threshold, neg_threshold, signed: bool | None = None) -> SpikingNeuron:
-        extra = {"tau": self.tau} if self.kind == "lif" else {}
-        signed = self.signed if signed is None else signed
-        neg = neg_threshold if signed else 0.0
-        return NEURONS[self.kind](torch.as_tensor(threshold), neg_threshold=torch.as_tensor(neg), signed=signed,
-                                  v_init=self.v_init, reset=self.reset, **extra)
-
-
-class ConvertedUNet(nn.Module):
+class ConvertedUNet(nn.Module, ConfigMixin):
     """The spiking counterpart of a UNet2DModel. Build it with `convert.convert`."""
 
-    def __init__(self, unet_config: dict, T: int, neuron: dict | NeuronConfig, thresholds: dict[str, dict],
-                 unet: nn.Module | None = None, source: dict | None = None, analog_mode: str = "window",
-                 encode_analog: bool | list[str] | tuple[str, ...] = False, activation: str = "function",
-                 readout: str = "analog", analog_sites: list[str] | tuple[str, ...] = ()):
-        """`encode_analog`: spike-encode the analog inputs of synaptic layers, every one (True) or those
-        whose encoder site (`LAYER:input`) matches one of its shell patterns; the others stay analog,
-        window-accumulated."""
+    config_name = "config.json"
+
+    def __init__(self, unet_config: dict, config: ConversionConfig, thresholds: dict[str, dict],
+                 unet: nn.Module | None = None, source: dict | None = None):
+        """`config.encode_sites` spike-encodes the analog inputs of synaptic layers whose encoder site
+        (`LAYER:input`) matches one of its shell patterns (`encode_analog`: every one); the others stay
+        analog, window-accumulated."""
         super().__init__()
         from diffusers import UNet2DModel
-        from diffusers.configuration_utils import FrozenDict
 
-        neuron = neuron if isinstance(neuron, NeuronConfig) else NeuronConfig(**neuron)
-        neuron.validate()
-        if not isinstance(T, int) or T < 1:
-            raise SDMError(f"--T must be an integer of at least 1, got {T}")
+        config.validate()
         unet_config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
         # The export shares the module's parameters: a copy keeps the SNN's weights its own, so that
         # moving, casting or training it leaves the ANN it came from untouched.
         unet = copy.deepcopy(unet) if unet is not None else UNet2DModel.from_config(unet_config)
-        captured = capture(unet)
-        patterns = list(encode_analog) if isinstance(encode_analog, (list, tuple)) else []
-        encode_analog = patterns or bool(encode_analog)
-        sites = conversion_sites(captured, bool(encode_analog))
-        if encode_analog and not any(s.op == "identity" and s.name in thresholds for s in sites):
-            raise SDMError("the calibration has no spike-encoder sites: calibrate with --encode-analog")
-        if patterns:
-            encoders = match_sites(patterns, [s.name for s in sites if s.op == "identity"], "--encode-sites")
+        captured = unet_graph.capture(unet)
+        sites = unet_graph.conversion_sites(captured, config.encodes)
+        if config.encodes and not any(s.op == "identity" and s.name in thresholds for s in sites):
+            raise ConfigError("encode_analog", "needs spike-encoder sites in the calibration: calibrate with encoders")
+        if config.encode_sites:
+            encoders = unet_graph.match_sites(list(config.encode_sites), [s.name for s in sites if s.op == "identity"],
+                                   "encode_sites")
             sites = [s for s in sites if s.op != "identity" or s.name in encoders]
             thresholds = {name: th for name, th in thresholds.items() if ":input" not in name or name in encoders}
-        check_sites(list(thresholds), [s.name for s in sites], "the thresholds")
+        unet_graph.check_sites(list(thresholds), [s.name for s in sites], "the thresholds")
 
-        def make(site: ActivationSite) -> SpikingNeuron:
+        def make(site: unet_graph.ActivationSite) -> SpikingNeuron:
             th = thresholds[site.name]  # encoders carry the analog stream, which has both signs
-            return neuron.make(th["threshold"], th["neg_threshold"], signed=True if site.op == "identity" else None)
+            return config.neuron.make(th["threshold"], th["neg_threshold"],
+                                      signed=True if site.op == "identity" else None)
 
-        if readout not in READOUTS:
-            raise SDMError(f"unknown readout '{readout}': choose one of {', '.join(READOUTS)}")
-        kept = match_sites(list(analog_sites), [s.name for s in sites])
-        if readout == "analog":
-            kept += [name for name in readout_sites(captured, sites) if name not in kept]
-        self.graph, self.summary = spiking_graph(captured, sites, make, T, analog_mode, activation, frozenset(kept))
-        self.T, self.neuron_config, self.thresholds, self.analog_mode = T, neuron, thresholds, analog_mode
-        self.encode_analog = encode_analog
-        self.executor = "steps"
-        self.set_executor(self.default_executor)
-        self.unet_config, self.source = unet_config, source or {}
-        self.config = FrozenDict(
-            _class_name=type(self).__name__, sample_size=unet_config["sample_size"],
-            in_channels=unet_config["in_channels"], out_channels=unet_config["out_channels"], T=T,
-            neuron=asdict(neuron), analog_mode=analog_mode, encode_analog=encode_analog, activation=activation,
-            readout=readout, analog_sites=list(analog_sites), model_fingerprint=model_fingerprint(unet_config),
-        )
+        kept = unet_graph.match_sites(list(config.analog_sites), [s.name for s in sites])
+        if config.readout == "analog":
+            kept += [name for name in unet_graph.readout_sites(captured, sites) if name not in kept]
+        self.graph, self.summary = spiking_graph(captured, sites, make, config.T, config.analog_mode,
+                                                 config.activation, frozenset(kept))
+        self.conversion, self.thresholds, self.unet_config, self.source = config, thresholds, unet_config, source or {}
+        self.executor = self.default_executor
+        self.set_executor(self.executor)
+        self.register_to_config(_class_name=type(self).__name__, sample_size=unet_config["sample_size"],
+                                in_channels=unet_config["in_channels"], out_channels=unet_config["out_channels"],
+                                **config.to_dict(), architecture_fingerprint=unet_graph.architecture_fingerprint(unet_config))
+
+    @property
+    def T(self) -> int:
+        return self.conversion.T
+
+    @property
+    def analog_mode(self) -> str:
+        return self.conversion.analog_mode
 
     @property
     def dtype(self) -> torch.dtype:
@@ -178,7 +143,7 @@ class ConvertedUNet(nn.Module):
                 for site, n in self.neurons().items()}
 
     def layer_activity(self, sample: torch.Tensor, timestep: torch.Tensor):
-        """Per-layer activity of one forward pass, for `sdm.energy.energy_report`."""
+        """Per-layer activity of one forward pass, for `sdm.snn.energy.energy_report`."""
         from convert.report import layer_activity
 
         return layer_activity(self, sample, timestep)
@@ -191,15 +156,36 @@ class ConvertedUNet(nn.Module):
         """The exact rate form wherever it exists (window mode), else step-by-step simulation."""
         return "rate" if self.analog_mode == "window" else "steps"
 
-    def set_executor(self, executor: str) -> None:
-        """'steps' simulates every spiking step; 'rate' evaluates a window-mode graph in its exact rate
-        form, T times faster (see `sdm.temporal.use_rate_form`)."""
+    def _check_executor(self, executor: str) -> None:
         if executor not in EXECUTORS:
-            raise SDMError(f"unknown executor '{executor}': choose one of {', '.join(EXECUTORS)}")
+            raise ConfigError("executor", f"'{executor}' is unknown: choose one of {', '.join(EXECUTORS)}")
         if executor == "rate" and self.analog_mode != "window":
-            raise SDMError("--executor rate needs --analog window (running-mode graphs must be simulated step by step)")
-        use_rate_form(self, executor == "rate")
+            raise ConfigError("executor", "rate needs window mode (running-mode graphs must be simulated step by step)")
+
+    def set_executor(self, executor: str) -> None:
+        """How this model runs from now on (as `.eval()` says how it behaves): 'steps' simulates every
+        spiking step; 'rate' evaluates a window-mode graph in its exact rate form, T times faster (see
+        `sdm.snn.temporal.Folded`). For a block of code, use `executing`."""
+        self._check_executor(executor)
+        for module in self.graph.modules():
+            if isinstance(module, Folded):
+                module.rate = executor == "rate"
         self.executor = executor
+
+    @contextlib.contextmanager
+    def executing(self, executor: str) -> Iterator[ConvertedUNet]:
+        """Run with `executor` inside the block, with the model's own executor again after it."""
+        self._check_executor(executor)
+        folded = [m for m in self.graph.modules() if isinstance(m, Folded)]
+        with assigned(folded, "rate", executor == "rate"), assigned([self], "executor", executor):
+            yield self
+
+    @contextlib.contextmanager
+    def spiking_only(self, site: str) -> Iterator[ConvertedUNet]:
+        """Every site but `site` analog inside the block: where that one site's conversion error sits."""
+        others = [activation for name, activation in self.sites().items() if name != site]
+        with assigned(others, "transfer", "analog"):
+            yield self
 
     def forward(self, sample: torch.Tensor, timestep, class_labels=None, return_dict: bool = True):
         from diffusers.models.unets.unet_2d import UNet2DOutput
@@ -240,16 +226,22 @@ class ConvertedUNet(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None, **_) -> ConvertedUNet:
         directory = Path(directory)
         try:
-            config = json.loads((directory / "config.json").read_text())
-            model = cls(config["unet_config"], config["T"], config["neuron"], config["thresholds"],
-                        source=config.get("source"), analog_mode=config["analog_mode"],
-                        encode_analog=config.get("encode_analog", False),
-                        activation=config.get("activation", "function"), readout=config.get("readout", "spikes"),
-                        analog_sites=config.get("analog_sites", ()))
-        except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
-            raise SDMError(f"'{directory}' is not a saved ConvertedUNet ({type(err).__name__}: {err})") from None
+            saved = json.loads((directory / "config.json").read_text())
+            model = cls(saved["unet_config"], _saved_conversion(saved), saved["thresholds"], source=saved.get("source"))
+        except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+            raise SDMError(f"'{directory}' is not a saved ConvertedUNet ({type(err).__name__}: {err}); convert "
+                           "again (sdm-convert)") from None
         try:
             model.load_state_dict(load_file(directory / WEIGHTS))
-        except (OSError, RuntimeError) as err:
-            raise SDMError(f"the weights in '{directory}' do not fit its config ({str(err).splitlines()[0][:160]})") from None
+        except (OSError, RuntimeError, SafetensorError) as err:
+            raise SDMError(f"the weights in '{directory / WEIGHTS}' are unreadable or do not fit its config "
+                           f"({str(err).splitlines()[0][:160]}); convert again") from None
         return model.to(torch_dtype) if torch_dtype is not None else model
+
+
+def _saved_conversion(saved: dict) -> ConversionConfig:
+    """The `ConversionConfig` of a saved model's config.json. Files written before the config existed
+    keep the rule and per-channel choice in their `source` record, and their readout was the spikes."""
+    source = saved.get("source") or {}
+    older = {"rule": source.get("rule", "mse"), "per_channel": source.get("per_channel", False), "readout": "spikes"}
+    return ConversionConfig.from_dict({**older, **saved})

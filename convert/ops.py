@@ -2,8 +2,8 @@
 
 * FOLDABLE: linear (or affine) and per-sample, so running it on all T*B rows at once gives the same
   T-step average as the ANN gives on the average input; no state, no change.
-* RUNNING_MEAN: non-linear and not spiking; fed running means (`sdm.temporal.TemporalMean`).
-* Activations (`sdm.graph.ACTIVATIONS`) become neurons.
+* RUNNING_MEAN: non-linear and not spiking; fed running means (`sdm.snn.temporal.TemporalMean`).
+* Activations (`calibration.graph.ACTIVATIONS`) become neurons.
 
 Anything else stops the conversion with the node's name, so no op is ever run in a way whose
 temporal meaning nobody checked.

@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from convert.ops import RUNNING_MEAN, is_foldable, touches_batch_dim
-from sdm.errors import SDMError
-from sdm.graph import (
+from calibration.graph import (
     ACTIVATIONS,
     SYNAPTIC,
     ActivationSite,
@@ -33,8 +31,10 @@ from sdm.graph import (
     sample_dependent,
     timestep_activation_count,
 )
-from sdm.neurons import SpikingNeuron
-from sdm.temporal import ANALOG_MODES, MeanTime, RepeatTime, SpikingActivation, TemporalMean
+from convert.ops import RUNNING_MEAN, is_foldable, touches_batch_dim
+from sdm.errors import ConfigError, SDMError
+from sdm.snn.neurons import SpikingNeuron
+from sdm.snn.temporal import MeanTime, RepeatTime, SpikingActivation, TemporalMean
 
 aten = torch.ops.aten
 
@@ -97,19 +97,14 @@ def spiking_graph(
     activation: str = "function",
     analog_sites: frozenset[str] = frozenset(),
 ) -> tuple[fx.GraphModule, ConversionSummary]:
-    """Rewrite `captured` (from `sdm.graph.capture`) in place of its own graph; returns the new module.
+    """Rewrite `captured` (from `calibration.graph.capture`) in place of its own graph; returns the new module.
 
     `activation` is the transfer of smooth activations ('function' or 'neuron', see
-    `sdm.temporal.SpikingActivation`); sites named in `analog_sites` stay analog.
+    `sdm.snn.temporal.SpikingActivation`); sites named in `analog_sites` stay analog. T, the analog mode
+    and the transfer come from a checked `ConversionConfig` (`ConvertedUNet` builds the graph).
     """
-    if T < 1:
-        raise SDMError(f"--T must be at least 1, got {T}")
-    if analog_mode not in ANALOG_MODES:
-        raise SDMError(f"unknown analog mode '{analog_mode}': choose one of {', '.join(ANALOG_MODES)}")
     if not sites:
         raise SDMError("the model has no activation call sites on its image path: nothing to convert")
-    if activation not in SMOOTH_TRANSFERS:
-        raise SDMError(f"unknown activation transfer '{activation}': choose one of {', '.join(SMOOTH_TRANSFERS)}")
     dependent = sample_dependent(captured.graph)
     site_of = {s.node: s for s in sites if s.op != "identity"}
     encoder_of = {s.node: s for s in sites if s.op == "identity"}
@@ -221,6 +216,6 @@ def spiking_graph(
             encoded[node] = graph.call_module(place(encoder_of[node.name], unchanged, "neuron"), (sequence[node],))
     graph.lint()
     if len(summary.analog_sites) == len(summary.neurons):
-        raise SDMError("the pass converted no activation: nothing on the image path became a spiking neuron "
-                       "(every site was kept analog; narrow --analog-sites)")
+        raise ConfigError("analog_sites", "keeps every site analog: the pass converted no activation, nothing on the "
+                          "image path became a spiking neuron; narrow it")
     return fx.GraphModule(captured, graph), summary

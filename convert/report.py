@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from calibration.graph import sample_dependent, source_through_pass_through
 from convert.passes import layer_name
-from sdm.energy import ROLES, LayerActivity, distinct_steps
-from sdm.graph import sample_dependent, source_through_pass_through
-from sdm.neurons import spiking_neurons
-from sdm.temporal import SpikingActivation
+from sdm.snn.energy import ROLES, LayerActivity, distinct_steps
+from sdm.snn.modes import counting
+from sdm.snn.temporal import SpikingActivation
 
 aten = torch.ops.aten
 
@@ -29,12 +29,8 @@ def eps_fidelity(ann: torch.nn.Module, snn: torch.nn.Module, probes: tuple[torch
     """
     x, t, spread = probes
     device = next(ann.parameters()).device
-    neurons = spiking_neurons(snn)
-    for n in neurons:
-        n.reset_stats()
-        n.record = True
     cosines, errors, refs = [], [], []
-    try:
+    with counting(snn) as counts:
         for i in range(0, len(x), batch_size):
             xb, tb = x[i : i + batch_size].to(device), t[i : i + batch_size].to(device)
             a = ann(xb, tb, return_dict=False)[0].flatten(1).double()
@@ -42,20 +38,15 @@ def eps_fidelity(ann: torch.nn.Module, snn: torch.nn.Module, probes: tuple[torch
             cosines.append(F.cosine_similarity(s, a, dim=1).cpu())
             errors.append((s - a).pow(2).sum(1).cpu())
             refs.append(a.pow(2).sum(1).cpu())
-    finally:
-        for n in neurons:
-            n.record = False
     cos, err, ref = torch.cat(cosines), torch.cat(errors), torch.cat(refs)
     low = t < 100
-    spikes = sum(n.spike_count for n in neurons)
-    steps = sum(n.neuron_steps for n in neurons)
     return {
         "eps_cosine": round(cos[spread].mean().item(), 5),
         "eps_rel_mse": round((err[spread].sum() / ref[spread].sum()).item(), 6),
         "eps_cosine_t_lt_100": round(cos[low].mean().item(), 5) if low.any() else None,
         "eps_rel_mse_t_lt_100": round((err[low].sum() / ref[low].sum()).item(), 6) if low.any() else None,
         "probes": {"spread_over_t": int(spread.sum()), "t_lt_100": int(low.sum())},
-        "firing_rate": round(spikes / steps, 5) if steps else 0.0,
+        "firing_rate": round(counts.rate(), 5),
     }
 
 
@@ -82,7 +73,7 @@ class _OpRecord:
     """What one walk through the graph learnt about one op, per image, over the T steps."""
 
     name: str
-    role: str          # a role of `sdm.energy.ROLES`
+    role: str          # a role of `sdm.snn.energy.ROLES`
     ops: float         # MACs (synaptic layers, attention products) or FLOPs (non-synaptic analog ops)
     input_rate: float  # fraction of non-zero inputs (synaptic layers)
     sources: tuple[tuple[str, float], ...] = ()  # spiking layers: the neuron modules feeding them
@@ -169,19 +160,15 @@ class _Walk(fx.Interpreter):
 @torch.no_grad()
 def walk(snn, sample: torch.Tensor, timestep: torch.Tensor) -> list[_OpRecord]:
     """Records of one step-by-step forward pass of `snn` on (sample, timestep)."""
-    executor = snn.executor
-    snn.set_executor("steps")  # account on the step-by-step graph, whose tensors carry the T steps
-    try:
+    with snn.executing("steps"):  # account on the step-by-step graph, whose tensors carry the T steps
         snn.reset_state()
         interpreter = _Walk(snn, sample.shape[0])
         interpreter.run(sample, timestep.expand(sample.shape[0]) if timestep.dim() == 0 else timestep)
         return interpreter.records
-    finally:
-        snn.set_executor(executor)
 
 
 def layer_activity(snn, sample: torch.Tensor, timestep: torch.Tensor) -> list[LayerActivity]:
-    """Every synaptic layer, attention product and analog non-synaptic op, for `sdm.energy.energy_report`."""
+    """Every synaptic layer, attention product and analog non-synaptic op, for `sdm.snn.energy.energy_report`."""
     return [LayerActivity(r.name, r.role, r.ops, r.input_rate, r.macs_per_step) for r in walk(snn, sample, timestep)]
 
 
@@ -247,18 +234,11 @@ def site_sensitivity(ann: torch.nn.Module, snn, probes: tuple[torch.Tensor, ...]
     """Where the conversion error sits: for every spiking site, the eps error of the SNN with only that
     site spiking (every other site analog), beside the site's share of the spiking compute; worst first."""
     shares = site_compute_shares(snn)
-    sites = snn.sites()
-    transfers = {name: site.transfer for name, site in sites.items()}
     rows = []
-    try:
-        for name in (n for n, transfer in transfers.items() if transfer != "analog"):
-            for other, site in sites.items():
-                site.transfer = transfers[other] if other == name else "analog"
+    for name in snn.spiking_sites():
+        with snn.spiking_only(name):
             fidelity = eps_fidelity(ann, snn, probes, batch_size=batch_size)
-            rows.append({"site": name, "eps_rel_mse": fidelity["eps_rel_mse"],
-                         "eps_rel_mse_t_lt_100": fidelity["eps_rel_mse_t_lt_100"],
-                         "eps_cosine": fidelity["eps_cosine"], "spiking_compute_share": round(shares[name], 5)})
-    finally:
-        for name, site in sites.items():
-            site.transfer = transfers[name]
+        rows.append({"site": name, "eps_rel_mse": fidelity["eps_rel_mse"],
+                     "eps_rel_mse_t_lt_100": fidelity["eps_rel_mse_t_lt_100"],
+                     "eps_cosine": fidelity["eps_cosine"], "spiking_compute_share": round(shares[name], 5)})
     return sorted(rows, key=lambda r: -r["eps_rel_mse"])

@@ -17,13 +17,14 @@ from pathlib import Path
 import click
 import torch
 
-from sdm.cli import command
+from sdm.commands.options import command
+from sdm.diffusion.images import save_grid
+from sdm.diffusion.pipeline import save_pipeline
+from sdm.diffusion.sampler import sample
+from sdm.diffusion.training import read_run_config
 from sdm.errors import SDMError
-from sdm.images import save_grid
 from sdm.io import write_text
-from sdm.pretrained import EMBEDDED_MODELS, EMBEDDED_NAME, EMBEDDED_SDM_NAME, load_model, save_pipeline
-from sdm.sampler import sample
-from sdm.training import read_run_config
+from sdm.models.pretrained import EMBEDDED_MODELS, EMBEDDED_NAME, EMBEDDED_SDM_NAME, load_model
 
 NOT_INCEPTION = "FID-FMNIST is not comparable with Inception FID (see the extractor's card)."
 

@@ -40,7 +40,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:  # name the file as the user will know it, not its temporary home
+            if err.filename and Path(err.filename).is_relative_to(tmp):
+                raise OSError(err.errno, err.strerror, str(path / Path(err.filename).relative_to(tmp))) from None
+            raise
         os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
             old = path.with_name(f".{path.name}.old")

@@ -21,8 +21,8 @@ def _isolated(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """A pipeline directory holding a randomly initialised tiny UNet2DModel."""
-    from sdm.presets import build_unet
-    from sdm.pretrained import DDPM_LINEAR_SCHEDULE, save_pipeline
+    from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE, save_pipeline
+    from sdm.models.presets import build_unet
 
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp("tiny") / "pipeline"

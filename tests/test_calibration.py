@@ -4,13 +4,23 @@ import numpy as np
 import pytest
 import torch
 
-from calibration import CalibrationStats, calibrate, calibration_pairs, load_stats, prepare, probe_pairs
+from calibration import (
+    CalibrationInputs,
+    CalibrationStats,
+    ConversionConfig,
+    NeuronConfig,
+    calibrate,
+    calibration_pairs,
+    load_stats,
+    prepare,
+    probe_pairs,
+)
 from calibration.inputs import PROBE_SEED
 from calibration.observer import ActivationObserver
-from calibration.rules import quantise, site_thresholds
+from calibration.rules import quantise
+from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
 from sdm.errors import SDMError
-from sdm.presets import build_unet
-from sdm.pretrained import DDPM_LINEAR_SCHEDULE
+from sdm.models.presets import build_unet
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +32,13 @@ def silu_stats():
     for chunk in values.split(16):
         observer(chunk)
     return observer.summary(), values.numpy()
+
+
+def site_thresholds(stats: dict, rule: str, **changes) -> dict:
+    """One site's thresholds by `rule`, through the statistics of a conversion config with `changes`."""
+    neuron = NeuronConfig(**{k: changes.pop(k) for k in ("v_init", "signed") if k in changes})
+    config = ConversionConfig(rule=rule, neuron=neuron, **changes)
+    return CalibrationStats("", {"site": stats}, config).thresholds().sites["site"]
 
 
 def _brute_force_mse(values: np.ndarray, T: int) -> tuple[float, float]:
@@ -67,17 +84,17 @@ def test_per_channel_thresholds(silu_stats):
     th = site_thresholds(stats, "max", T=4, per_channel=True)
     assert np.allclose(th["threshold"], values.max(axis=(0, 2, 3)))
     assert len(th["neg_threshold"]) == 8
-    with pytest.raises(SDMError, match="--per-channel"):
+    with pytest.raises(SDMError, match="per-channel statistics"):
         site_thresholds({k: v for k, v in stats.items() if k != "channels"}, "max", T=4, per_channel=True)
 
 
-def test_bad_rule_arguments(silu_stats):
-    stats, _ = silu_stats
-    for kwargs, match in [({"rule": "kl"}, "unknown threshold rule"), ({"rule": "percentile", "percentile": 0}, "percentile"),
-                          ({"rule": "max", "T": 0}, "--T")]:
-        rule = kwargs.pop("rule")
-        with pytest.raises(SDMError, match=match):
-            site_thresholds(stats, rule, **{"T": 4, **kwargs})
+def test_bad_rule_settings_name_the_setting():
+    for changes, message in [({"rule": "kl"}, "rule 'kl' is unknown: choose one of max, percentile, mse"),
+                             ({"percentile": 0}, "percentile must lie in (0, 100], got 0"),
+                             ({"T": 0}, "T must be an integer of at least 1, got 0")]:
+        with pytest.raises(SDMError) as raised:
+            ConversionConfig(**changes).validate()
+        assert str(raised.value) == message
 
 
 @pytest.fixture(scope="module")
@@ -113,27 +130,31 @@ def test_stats_round_trip_and_refusal_for_another_model(tiny_unet, tmp_path):
     stats = observed.stats({"source": "trajectory"})
     stats.save(tmp_path / "stats.json")
     again = load_stats(tmp_path / "stats.json", tiny_unet)
-    assert again.thresholds("mse", T=4).sites == stats.thresholds("mse", T=4).sites
+    assert again.thresholds().sites == stats.thresholds().sites and again.config == stats.config
     other = build_unet("tiny", block_out_channels=(16, 16), norm_num_groups=8)
     with pytest.raises(SDMError, match="another model"):
         load_stats(tmp_path / "stats.json", other)
     with pytest.raises(SDMError, match="not found"):
         CalibrationStats.load(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text('{"kind": "thresholds"}')
-    with pytest.raises(SDMError, match="not a calibration-stats file"):
+    with pytest.raises(SDMError, match="not a calibration statistics file"):
         CalibrationStats.load(tmp_path / "bad.json")
 
 
 def test_calibration_inputs_span_t(tiny_unet, fake_fmnist):
-    from sdm.data import load_dataset
+    from sdm.diffusion.data import load_dataset
 
     x, t = calibration_pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 64)
     assert x.shape == (64, 1, 16, 16) and t.max() >= 900 and t.min() <= 100
     images = load_dataset(fake_fmnist, 16, 1)
     x, t = calibration_pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 200, source="data", data=images, seed=1)
     assert t.float().std() > 200 and x.shape == (200, 1, 16, 16)
-    with pytest.raises(SDMError, match="--data"):
+    with pytest.raises(SDMError, match="needs the images"):
         calibration_pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 8, source="data")
+    with pytest.raises(SDMError, match="^data is needed to calibrate on data"):
+        CalibrationInputs(source="data").validate()
+    x, t = CalibrationInputs(source="data", data=str(fake_fmnist), samples=8).pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 1)
+    assert x.shape == (8, 1, 16, 16)
     with pytest.raises(SDMError, match="reserved for probes"):
         calibration_pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 8, seed=PROBE_SEED)
 

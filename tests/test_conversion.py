@@ -9,13 +9,14 @@ import torch.nn.functional as F
 from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
-from calibration import calibrate, calibration_pairs, prepare, probe_pairs
-from convert import ConvertedUNet, NeuronConfig, UnsupportedOpError, convert
+from calibration import ConversionConfig, NeuronConfig, calibrate, calibration_pairs, prepare, probe_pairs
+from calibration.graph import activation_sites, capture
+from convert import ConvertedUNet, UnsupportedOpError, convert
 from convert.report import compute_profile, eps_fidelity
+from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
 from sdm.errors import SDMError
-from sdm.graph import activation_sites, capture
-from sdm.presets import build_unet, preset_config
-from sdm.pretrained import DDPM_LINEAR_SCHEDULE
+from sdm.models.presets import build_unet, preset_config
+from sdm.snn.neurons import LIFNeuron
 
 
 def _calibrated(act_fn: str, seed: int = 0):
@@ -23,6 +24,11 @@ def _calibrated(act_fn: str, seed: int = 0):
     unet = build_unet("tiny", act_fn=act_fn).eval()
     observed = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
     return unet, observed
+
+
+def _convert(observed, **changes):
+    """The observed model converted by the config given at prepare with `changes` (its statistics retargeted)."""
+    return convert(observed, observed.stats().retarget(**changes))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +79,7 @@ def test_converted_relu_network_equals_the_T_level_quantised_ann(relu_model, T):
     """In float64: the two compute each activation in a different order, and in float32 a CPU whose
     rounding puts one on a rounding boundary would round it the other way."""
     unet, observed = relu_model
-    snn = convert(observed, T=T, rule="max", readout="spikes").double()
+    snn = _convert(observed, T=T, rule="max", readout="spikes").double()
     x, t = _inputs()
     with torch.no_grad():
         out = snn(x.double(), t).sample
@@ -91,7 +97,7 @@ def test_snn_approaches_the_ann_as_T_grows(relu_model, silu_model, act_fn, mode)
     errors = []
     for T in (2, 8, 64):
         with torch.no_grad():
-            out = convert(observed, T=T, rule="max", analog_mode=mode, readout="spikes")(x, t).sample.flatten(1)
+            out = _convert(observed, T=T, rule="max", analog_mode=mode, readout="spikes")(x, t).sample.flatten(1)
         errors.append((out - ref).pow(2).sum().item() / ref.pow(2).sum().item())
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 0.01
@@ -106,7 +112,7 @@ def test_rate_form_equals_step_by_step_simulation(relu_model, silu_model, act_fn
     x, t, spread = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 6)
     probes = (x.double(), t, spread)
     for T in (2, 5):
-        snn = convert(observed, T=T, rule="mse").double()
+        snn = _convert(observed, T=T, rule="mse").double()
         steps = eps_fidelity(unet, snn, probes)
         with torch.no_grad():
             a = snn(probes[0], t).sample
@@ -117,13 +123,13 @@ def test_rate_form_equals_step_by_step_simulation(relu_model, silu_model, act_fn
         assert rate["firing_rate"] == steps["firing_rate"]
         assert rate["eps_cosine"] == pytest.approx(steps["eps_cosine"], abs=1e-9)
     with pytest.raises(SDMError, match="window"):
-        convert(observed, T=2, analog_mode="running").set_executor("rate")
+        _convert(observed, T=2, analog_mode="running").set_executor("rate")
 
 
 def test_eps_fidelity_improves_with_T(silu_model):
     unet, observed = silu_model
     probes = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 8)
-    low, high = (eps_fidelity(unet, convert(observed, T=T, rule="mse"), probes) for T in (2, 32))
+    low, high = (eps_fidelity(unet, _convert(observed, T=T, rule="mse"), probes) for T in (2, 32))
     assert high["eps_cosine"] > low["eps_cosine"] and high["eps_cosine"] > 0.97
     assert high["eps_rel_mse"] < low["eps_rel_mse"]
     assert 0 < high["firing_rate"] < 1 and high["probes"] == {"spread_over_t": 8, "t_lt_100": 5}
@@ -141,7 +147,7 @@ def test_every_activation_call_of_the_cifar10_32_architecture_is_converted():
         h.remove()
     sites = activation_sites(capture(unet))
     thresholds = {s.name: {"threshold": 3.0, "neg_threshold": 0.28} for s in sites}
-    snn = ConvertedUNet(dict(unet.config), 2, NeuronConfig(), thresholds, unet=unet)
+    snn = ConvertedUNet(dict(unet.config), ConversionConfig(T=2), thresholds, unet=unet)
     image_calls = sum(1 for d in calls if d == 4)
     assert len(snn.summary.neurons) == image_calls == 45
     assert len(snn.summary.neurons) + snn.summary.timestep_activations == len(calls) == 68
@@ -156,7 +162,7 @@ def test_every_activation_call_of_the_cifar10_32_architecture_is_converted():
 def test_the_snn_owns_its_weights(relu_model):
     unet, observed = relu_model
     before = {k: v.clone() for k, v in unet.state_dict().items()}
-    snn = convert(observed, T=2).double()
+    snn = _convert(observed, T=2).double()
     with torch.no_grad():
         for p in snn.parameters():
             p.add_(1.0)
@@ -165,13 +171,15 @@ def test_the_snn_owns_its_weights(relu_model):
 
 
 def test_save_and_load_give_identical_outputs(silu_model, tmp_path):
-    from sdm.pretrained import load_model
+    from sdm.models.pretrained import load_model
 
     _, observed = silu_model
-    snn = convert(observed, T=3, rule="percentile", percentile=99.0, per_channel=False)
+    snn = _convert(observed, T=3, rule="percentile", percentile=99.0, per_channel=False)
     snn.save_pretrained(tmp_path / "snn", scheduler_config=DDPM_LINEAR_SCHEDULE)
     config = json.loads((tmp_path / "snn" / "config.json").read_text())
     assert config["T"] == 3 and config["neuron"]["kind"] == "if" and len(config["thresholds"]) == 17
+    assert ConversionConfig.from_dict(config) == snn.conversion == ConversionConfig(T=3, rule="percentile",
+                                                                                     percentile=99.0)
     loaded = load_model(tmp_path / "snn")  # through the sdm.models entry point
     assert isinstance(loaded.model, ConvertedUNet) and loaded.notes == []
     x, t = _inputs()
@@ -181,11 +189,11 @@ def test_save_and_load_give_identical_outputs(silu_model, tmp_path):
 
 def test_per_channel_and_lif_variants_run(silu_model):
     unet, _ = silu_model
-    observed = calibrate(prepare(unet, per_channel=True), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 16),
-                         progress=False)
-    snn = convert(observed, T=4, rule="mse", per_channel=True, neuron=NeuronConfig(kind="lif", tau=4.0))
+    config = ConversionConfig(T=4, rule="mse", per_channel=True, neuron=NeuronConfig(kind="lif", tau=4.0))
+    observed = calibrate(prepare(unet, config), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 16), progress=False)
+    snn = convert(observed)
     neuron = next(iter(snn.neurons().values()))
-    assert neuron.threshold.numel() == 8 and neuron.decay == 0.75
+    assert neuron.threshold.numel() == 8 and isinstance(neuron, LIFNeuron) and neuron.decay == 0.75
     x, t = _inputs()
     with torch.no_grad():
         assert torch.isfinite(snn(x, t).sample).all()
@@ -193,7 +201,7 @@ def test_per_channel_and_lif_variants_run(silu_model):
 
 def test_profile_separates_spiking_and_analog_compute(silu_model):
     _, observed = silu_model
-    profile = compute_profile(convert(observed, T=2))
+    profile = compute_profile(_convert(observed, T=2))
     assert profile["spiking_input_synaptic_ops_dense"] > 0 and profile["analog_input_macs"] > 0
     assert 0 < profile["analog_share"] < 1
 
@@ -219,7 +227,7 @@ def test_unknown_op_is_named():
     toy = Toy().eval()
     thresholds = {s.name: {"threshold": 1.0, "neg_threshold": 0.2} for s in activation_sites(capture(toy))}
     with pytest.raises(UnsupportedOpError, match=r"unsupported op aten\.cumsum\.default at node 'cumsum'"):
-        ConvertedUNet(dict(toy.config), 2, NeuronConfig(), thresholds, unet=toy)
+        ConvertedUNet(dict(toy.config), ConversionConfig(T=2), thresholds, unet=toy)
 
 
 def test_nothing_to_convert_raises():
@@ -229,22 +237,42 @@ def test_nothing_to_convert_raises():
 
 def test_bad_T_and_foreign_thresholds(silu_model):
     unet, observed = silu_model
-    with pytest.raises(SDMError, match="--T"):
-        convert(observed, T=0)
-    thresholds = convert(observed, T=2).thresholds
+    with pytest.raises(SDMError, match="^T must be an integer of at least 1, got 0$"):
+        _convert(observed, T=0)
+    thresholds = _convert(observed, T=2).thresholds
     other = build_unet("tiny", layers_per_block=2)
     with pytest.raises(SDMError, match="another model"):
-        ConvertedUNet(dict(other.config), 2, NeuronConfig(), thresholds, unet=other)
+        ConvertedUNet(dict(other.config), ConversionConfig(T=2), thresholds, unet=other)
     with pytest.raises(SDMError, match="another model architecture"):
-        convert(other, observed.stats(), T=2)
+        convert(other, observed.stats())
+
+
+def test_the_configuration_is_given_once_at_prepare(silu_model):
+    """convert() builds what prepare() recorded: thresholds computed for T = 8 build a T = 8 network (they
+    were once built at convert's own default T = 4), and a config that disagrees is refused."""
+    unet, observed = silu_model
+    stats = observed.stats()
+    assert stats.config == ConversionConfig()  # prepare(unet): the defaults, recorded
+    thresholds = stats.retarget(T=8, rule="max").thresholds()
+    snn = convert(unet, thresholds)
+    assert snn.T == 8 and snn.config["T"] == 8 and snn.config["rule"] == "max"
+    assert all(activation.T == 8 for activation in snn.sites().values())
+    with pytest.raises(SDMError, match=r"disagrees .* T=4 \(recorded: 8\)"):
+        convert(unet, thresholds, config=ConversionConfig(T=4, rule="max"))
+    assert convert(unet, thresholds, config=ConversionConfig(T=8, rule="max")).T == 8  # agreeing is fine
+    with pytest.raises(SDMError, match="per_channel needs per-channel statistics"):
+        stats.retarget(per_channel=True)
+    eight = calibrate(prepare(unet, ConversionConfig(T=8)), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 8),
+                      progress=False)
+    assert convert(eight).T == 8 and eight.stats().config.T == 8
 
 
 def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates(tmp_path):
     torch.manual_seed(0)
     unet = build_unet("tiny").eval()
-    observed = calibrate(prepare(unet, encode_analog=True), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 16),
-                         progress=False)
-    snn = convert(observed, T=4, encode_analog=True, readout="spikes")
+    observed = calibrate(prepare(unet, ConversionConfig(encode_analog=True, readout="spikes")),
+                         calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 16), progress=False)
+    snn = convert(observed)
     encoders = [name for name in snn.summary.neurons if ":input" in name]
     assert "down_blocks.0.downsamplers.0.conv:input" in encoders
     x, t = _inputs()
@@ -261,7 +289,7 @@ def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates
     with torch.no_grad():
         assert loaded.config["encode_analog"] and torch.equal(loaded(x, t).sample, snn(x, t).sample)
     # Chosen encoders only: the upsampler reads spikes, the other analog inputs are window-accumulated.
-    chosen = convert(observed, T=4, encode_sites=("*upsamplers*",), readout="spikes")
+    chosen = _convert(observed, encode_analog=False, encode_sites=("*upsamplers*",))
     assert [name for name in chosen.summary.neurons if ":input" in name] == ["up_blocks.0.upsamplers.0.conv:input"]
     assert "up_blocks.0.upsamplers.0.conv" not in chosen.summary.window_accumulated
     assert "up_blocks.0.resnets.0.conv_shortcut" in chosen.summary.window_accumulated
@@ -269,19 +297,41 @@ def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates
     chosen.save_pretrained(tmp_path / "chosen")
     with torch.no_grad():
         assert torch.equal(ConvertedUNet.from_pretrained(tmp_path / "chosen")(x, t).sample, chosen(x, t).sample)
-    with pytest.raises(SDMError, match="--encode-sites pattern 'nowhere"):
-        convert(observed, T=4, encode_analog=True, encode_sites=("nowhere*",))
-    assert chosen.config["encode_analog"] == ["*upsamplers*"]
-    with pytest.raises(SDMError, match="no spike-encoder sites"):
-        convert(_calibrated("silu")[1], T=4, encode_sites=("*upsamplers*",))
-    plain = convert(observed, T=4)  # the same statistics serve a conversion without encoders
+    with pytest.raises(SDMError, match="encode_sites pattern 'nowhere"):
+        _convert(observed, encode_sites=("nowhere*",))
+    assert chosen.config["encode_sites"] == ["*upsamplers*"] and not chosen.config["encode_analog"]
+    with pytest.raises(SDMError, match="spike-encoder sites"):
+        _convert(_calibrated("silu")[1], T=4, encode_sites=("*upsamplers*",))
+    plain = _convert(observed, encode_analog=False)  # the same statistics serve a conversion without encoders
     assert not any(":input" in name for name in plain.summary.neurons)
-    with pytest.raises(SDMError, match="--encode-analog"):
-        convert(_calibrated("silu")[1], T=4, encode_analog=True)
+    with pytest.raises(SDMError, match="encode_analog needs"):
+        _convert(_calibrated("silu")[1], T=4, encode_analog=True)
     errors = []
     with torch.no_grad():
         ref = unet(x, t).sample
         for T in (2, 64):
-            out = convert(observed, T=T, rule="max", encode_analog=True, readout="spikes")(x, t).sample
+            out = _convert(observed, T=T, rule="max")(x, t).sample
             errors.append((out - ref).pow(2).sum().item() / ref.pow(2).sum().item())
     assert errors[1] < errors[0] and errors[1] < 0.02
+
+
+def test_execution_modes_hold_for_their_block_only(silu_model):
+    """`executing` and `spiking_only` set a mode for a block and restore the model's own, even on an error."""
+    from sdm.snn.temporal import Folded
+
+    _, observed = silu_model
+    snn = _convert(observed, T=2)
+    x, t = _inputs(2)
+    with torch.no_grad():
+        rate = snn(x, t).sample
+        with pytest.raises(RuntimeError, match="inside"), snn.executing("steps"):
+            assert snn.executor == "steps"
+            assert not any(m.rate for m in snn.graph.modules() if isinstance(m, Folded))
+            raise RuntimeError("inside")
+        assert snn.executor == "rate" and torch.equal(snn(x, t).sample, rate)
+    name = snn.spiking_sites()[0]
+    with snn.spiking_only(name):
+        assert snn.spiking_sites() == [name]
+    assert len(snn.spiking_sites()) == 16  # 17 sites, the readout's kept analog
+    with pytest.raises(SDMError, match="executor 'fast' is unknown"), snn.executing("fast"):
+        pass

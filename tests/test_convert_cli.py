@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from convert import cli
+from convert.commands import convert as cli
 from sdm.commands import sample
 
 FAST = ["--calib-samples", 32, "--probes", 4, "--steps", 3, "--batch-size", 16]
@@ -32,10 +32,11 @@ def converted(tiny_pipeline, tmp_path_factory):
 
 def test_report_and_outputs(converted):
     report = json.loads((converted / "report.json").read_text())
-    for key in ("ckpt", "T", "neuron", "calibration", "convert_seconds", "eps_cosine", "eps_rel_mse",
+    for key in ("ckpt", "T", "conversion", "calibration", "convert_seconds", "eps_cosine", "eps_rel_mse",
                 "eps_cosine_t_lt_100", "analog_ops", "firing_rate"):
         assert key in report, key
-    assert report["T"] == 2 and report["calibration"]["rule"] == "mse" and report["calibration"]["source"] == "trajectory"
+    assert report["T"] == 2 and report["conversion"]["rule"] == "mse" and report["calibration"]["source"] == "trajectory"
+    assert report["conversion"] == json.loads((converted / "calibration_stats.json").read_text())["config"]
     assert report["analog_ops"]["group_norm"] > 0 and 0 < report["firing_rate"] < 1
     # the tiny UNet's down- and upsampler and its four up-block shortcuts read the residual stream
     assert "up_blocks.0.upsamplers.0.conv" in report["window_accumulated"] and len(report["window_accumulated"]) == 6
@@ -60,6 +61,24 @@ def test_saved_statistics_are_reused(converted, tiny_pipeline, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "again" / "report.json").read_text())
     assert report["T"] == 3 and not (tmp_path / "again" / "samples_snn.png").exists()
+    # the statistics were observed per site: a per-channel conversion from them is refused, naming the file
+    result = _run(cli, ["--ckpt", tiny_pipeline, "--per-channel", "--stats", converted / "calibration_stats.json",
+                        "--num-samples", 0, "--out", tmp_path / "refused", *FAST])
+    _one_line_error(result, "cannot serve this conversion: per_channel needs per-channel statistics")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_fine_tuning_reports_energy_at_the_sampling_steps(tiny_pipeline, tmp_path):
+    """--steps 3: the fine-tuning report's energy (before fine-tuning) is the conversion report's, both per
+    image at 3 denoising steps (it once assumed 50 whatever --steps said)."""
+    out = tmp_path / "tuned"
+    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--num-samples", 0, "--finetune-steps", 2,
+                        "--finetune-batch-size", 4, "--pairs", 16, "--out", out, *FAST])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["energy"]["denoising_steps"] == 3
+    assert report["finetune"]["before"]["energy_mJ_per_image"] == pytest.approx(
+        report["energy"]["per_image"]["energy_mJ"], rel=1e-9)
 
 
 def test_bare_model_directory_notes_the_assumed_schedule(tiny_pipeline, tmp_path):
@@ -72,7 +91,9 @@ def test_bare_model_directory_notes_the_assumed_schedule(tiny_pipeline, tmp_path
 @pytest.mark.parametrize("args, fragment", [
     (["--T", 0], "--T"),
     (["--calib", "kl"], "--calib"),
-    (["--calib-source", "data"], "--data"),
+    (["--calib-source", "data"], "--data is needed to calibrate on data"),
+    (["--analog-sites", "nowhere.*"], "--analog-sites pattern 'nowhere.*' matches no site"),
+    (["--finetune-steps", 1, "--source", "data"], "--data is needed to fine-tune on data"),
     (["--ckpt", "./missing"], "not found"),
     (["--neuron", "izhikevich"], "--neuron"),
 ])
@@ -84,9 +105,9 @@ def test_bad_inputs_write_nothing(tiny_pipeline, tmp_path, args, fragment):
 
 
 def test_refuses_spiking_models_foreign_stats_and_foreign_out(converted, tiny_pipeline, tmp_path):
-    from sdm.presets import build_unet
-    from sdm.pretrained import DDPM_LINEAR_SCHEDULE, save_pipeline
-    from sdm.spiking_unet import SPIKING_PRESETS, SpikingUNet
+    from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE, save_pipeline
+    from sdm.models.presets import build_unet
+    from sdm.models.spiking_unet import SPIKING_PRESETS, SpikingUNet
 
     _one_line_error(_run(cli, ["--ckpt", converted / "snn", "--out", tmp_path / "o"]), "already a spiking model")
     save_pipeline(SpikingUNet(**SPIKING_PRESETS["tiny"], T=2), DDPM_LINEAR_SCHEDULE, tmp_path / "sdm")
@@ -101,3 +122,22 @@ def test_refuses_spiking_models_foreign_stats_and_foreign_out(converted, tiny_pi
     _one_line_error(_run(cli, ["--ckpt", tiny_pipeline, "--out", tmp_path / "mine"]), "not an earlier sdm-convert output")
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
     assert not (tmp_path / "o").exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_output(tiny_pipeline, tmp_path, monkeypatch):
+    """The disk fills while the SNN's weights are written: one line naming the file, and no --out at all."""
+    import errno
+
+    import convert.model
+
+    def full(tensors, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(convert.model, "save_file", full)
+    out = tmp_path / "out"
+    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--num-samples", 0, "--out", out, *FAST])
+    assert result.exit_code == 2 and result.stderr.count("Error:") == 1  # after the calibration's progress bar
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: could not write or read '{out / 'snn' / 'diffusion_pytorch_model.safetensors'}': No space left on "
+        "device; free space, fix the permissions or choose another path")
+    assert not out.exists() and not any(p.name.startswith(".out.") for p in tmp_path.iterdir())

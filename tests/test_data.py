@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sdm.data import load_dataset
+from sdm.diffusion.data import load_dataset
+from sdm.diffusion.images import to_model_range
 from sdm.errors import SDMError
-from sdm.images import to_model_range
 
 
 def test_npz_is_padded_centred_on_black(fake_fmnist):

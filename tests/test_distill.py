@@ -4,21 +4,22 @@ and the one progress bar's time estimate."""
 import pytest
 import torch
 
-from calibration import calibrate, calibration_pairs, prepare
+from calibration import ConversionConfig, calibrate, calibration_pairs, prepare
 from convert import convert
-from convert.distill import FeatureTargets, pool_batches, pool_size, site_inputs, teacher_pairs
-from sdm.presets import build_unet
-from sdm.pretrained import DDPM_LINEAR_SCHEDULE
+from convert.finetune.distill import FeatureTargets, pool_batches, pool_size, site_inputs, teacher_pairs
+from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
+from sdm.diffusion.sampler import trajectory
+from sdm.models.presets import build_unet
 from sdm.progress import StagedBar
-from sdm.sampler import trajectory
 
 
 @pytest.fixture(scope="module")
 def tiny_snn():
     torch.manual_seed(5)
     unet = build_unet("tiny").eval()
-    observed = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
-    return unet, convert(observed, T=2)
+    observed = calibrate(prepare(unet, ConversionConfig(T=2)), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32),
+                         progress=False)
+    return unet, convert(observed)
 
 
 def test_trajectory_eps_is_the_models_output_at_each_pair(tiny_snn):
@@ -92,3 +93,19 @@ def test_staged_bar_counts_seconds_of_work(monkeypatch):
     bar.update()  # b's first item took 10 s
     assert (bar.bar.total, bar.bar.n) == pytest.approx((26.0, 16.0))
     bar.close()
+
+
+def test_an_unreadable_pool_is_drawn_again(tmp_path):
+    """A pool cut short (a killed write, a full disk) is a function of the teacher and the seed: redrawn."""
+    from safetensors.torch import load_file
+
+    from convert.finetune.distill import cached_pairs
+
+    path = tmp_path / "pairs.safetensors"
+    pairs = (torch.zeros(2, 1, 4, 4), torch.tensor([1, 2]), torch.ones(2, 1, 4, 4))
+    cached_pairs(path, lambda: pairs)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    calls = []
+    again = cached_pairs(path, lambda: calls.append(1) or pairs)
+    assert calls == [1] and torch.equal(again[2], pairs[2]) and torch.equal(load_file(path)["eps"], pairs[2])
+    assert cached_pairs(path, lambda: calls.append(2) or pairs)[1].tolist() == [1, 2] and calls == [1]

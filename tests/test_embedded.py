@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from convert import cli
-from sdm.pretrained import EMBEDDED_MODEL, EMBEDDED_MODELS, EMBEDDED_NAME, EMBEDDED_SDM_NAME, load_model
-from sdm.sampler import sample
+from convert.commands import convert as cli
+from sdm.diffusion.sampler import sample
+from sdm.models.pretrained import (
+    EMBEDDED_MODEL,
+    EMBEDDED_MODELS,
+    EMBEDDED_NAME,
+    EMBEDDED_SDM_NAME,
+    load_model,
+)
 
 
 def _stored_dtypes(weights) -> set[str]:
@@ -70,7 +76,7 @@ def _weights_bytes(directory) -> int:
 
 
 def test_embedded_sdm_is_the_anns_size_and_both_ship_small():
-    from sdm.spiking_unet import SpikingUNet
+    from sdm.models.spiking_unet import SpikingUNet
 
     ann, sdm = load_model(EMBEDDED_NAME).model, load_model(EMBEDDED_SDM_NAME).model
     assert isinstance(sdm, SpikingUNet) and sdm.config.T == 4 and sdm.config.tsm

@@ -5,9 +5,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from convert import compare, sweep
+from convert.commands import compare, sweep
 from sdm.commands import train
-from sdm.pretrained import EMBEDDED_NAME, EMBEDDED_SDM_NAME
+from sdm.models.pretrained import EMBEDDED_NAME, EMBEDDED_SDM_NAME
 
 
 def _run(command, args):
@@ -50,7 +50,7 @@ def test_sweep_bad_lists(tiny_pipeline, tmp_path, args, fragment):
 
 
 def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
-    from convert import cli as convert_cli
+    from convert.commands import convert as convert_cli
 
     converted = _run(convert_cli, ["--ckpt", tiny_pipeline, "--T", 2, "--calib-samples", 16, "--probes", 4,
                                    "--num-samples", 0, "--out", tmp_path / "conv"])

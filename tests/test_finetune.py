@@ -7,17 +7,19 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from calibration import calibrate, calibration_pairs, prepare, probe_pairs
-from convert import ConvertedUNet, convert, finetune_cli
-from convert.distill import pair_weights
-from convert.energy_objective import SpikeEnergy
+from calibration import ConversionConfig, calibrate, calibration_pairs, prepare, probe_pairs
+from convert import ConvertedUNet, convert
+from convert.commands import finetune as finetune_cli
 from convert.finetune import FinetuneSettings, finetune, finetuned_steps
+from convert.finetune.distill import pair_weights
+from convert.finetune.energy_objective import SpikeEnergy
 from convert.report import compute_profile
-from sdm.energy import energy_report
+from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE, save_pipeline
 from sdm.errors import SDMError
-from sdm.neurons import IFNeuron, keeping_counts
-from sdm.presets import build_unet
-from sdm.pretrained import DDPM_LINEAR_SCHEDULE, save_pipeline
+from sdm.models.presets import build_unet
+from sdm.snn.energy import energy_report
+from sdm.snn.modes import keeping_counts
+from sdm.snn.neurons import IFNeuron
 
 # The bounds below were measured with these settings, pinned so that a change of defaults cannot move
 # them (and fp32: bf16 autocast runs only where a CPU has bf16 units).
@@ -72,11 +74,17 @@ def tiny(tmp_path_factory):
     unet = build_unet("tiny").eval()
     root = tmp_path_factory.mktemp("ft")
     save_pipeline(unet, DDPM_LINEAR_SCHEDULE, root / "ann")
-    observed = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
-    snn = convert(observed, T=2)
+    observed = calibrate(prepare(unet, ConversionConfig(T=2)), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32),
+                         progress=False)
+    snn = convert(observed)
     snn.source["ckpt"] = str(root / "ann")
     snn.save_pretrained(root / "snn", scheduler_config=DDPM_LINEAR_SCHEDULE)
     return unet, root
+
+
+def _convert(observed, **changes):
+    """The observed model converted by the config given at prepare with `changes` (its statistics retargeted)."""
+    return convert(observed, observed.stats().retarget(**changes))
 
 
 def _loss(student, teacher, probes):
@@ -118,7 +126,7 @@ def test_feature_distillation_keeps_the_sites_near_the_anns(tiny, tmp_path):
     rises (0.19 -> 0.47: the student drifts inside while its output improves); with weight 1 it falls
     (to 0.155). Ratio with / without 0.328 with 1 torch thread, 0.328 with 2; the bound 0.5 leaves 1.5x."""
     from calibration.inputs import probe_pairs
-    from convert.distill import FeatureTargets, site_inputs
+    from convert.finetune.distill import FeatureTargets, site_inputs
 
     unet, root = tiny
     x, t, _ = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 8)
@@ -228,7 +236,7 @@ def _one_line_error(result, fragment):
 def test_bad_inputs_write_nothing(tiny, tmp_path):
     unet, root = tiny
     observed = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
-    convert(observed, T=2, analog_mode="running").save_pretrained(tmp_path / "running")
+    _convert(observed, T=2, analog_mode="running").save_pretrained(tmp_path / "running")
     save_pipeline(build_unet("tiny", layers_per_block=2), DDPM_LINEAR_SCHEDULE, tmp_path / "other")
     out = tmp_path / "out"
     cases = [
@@ -238,7 +246,8 @@ def test_bad_inputs_write_nothing(tiny, tmp_path):
         (["--snn", str(root / "snn"), "--steps", "0"], "--steps"),
         (["--snn", str(root / "snn"), "--energy-budget", "0"], "--energy-budget"),
         (["--snn", str(tmp_path / "running")], "window"),
-        (["--snn", str(root / "snn"), "--source", "data"], "--data"),
+        (["--snn", str(root / "snn"), "--source", "data"], "--data is needed to fine-tune on data"),
+        (["--snn", str(root / "snn"), "--pairs", "2", "--batch-size", "4"], "--pairs (2) must be at least the batch"),
         (["--snn", str(root / "snn"), "--source", "data", "--data", str(tmp_path / "missing.npz")], "not found"),
         (["--snn", str(tmp_path / "nowhere")], "no converted SNN"),
     ]
@@ -250,20 +259,20 @@ def test_bad_inputs_write_nothing(tiny, tmp_path):
 def test_readout_activation_and_analog_sites(tiny):
     unet, _ = tiny
     observed = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
-    spikes, analog = convert(observed, T=2, readout="spikes"), convert(observed, T=2)
+    spikes, analog = _convert(observed, T=2, readout="spikes"), _convert(observed, T=2)
     assert spikes.summary.analog_sites == [] and analog.summary.analog_sites == ["conv_act#0"]
     # the output layer now reads analog values: its MACs are counted once per window (constant input)
     size = unet.config.sample_size
     out_macs = size * size * unet.config.out_channels * 9 * unet.config.block_out_channels[0]
     assert compute_profile(analog)["analog_input_macs"] - compute_profile(spikes)["analog_input_macs"] == out_macs
-    neuron = convert(observed, T=2, activation="neuron")
+    neuron = _convert(observed, T=2, activation="neuron")
     assert {s.transfer for s in neuron.sites().values()} == {"neuron", "analog"}
-    kept = convert(observed, T=2, analog_sites=("down_blocks.0.*",))
+    kept = _convert(observed, T=2, analog_sites=("down_blocks.0.*",))
     assert all(name.startswith("down_blocks.0.") for name in kept.summary.analog_sites[:-1])
-    with pytest.raises(SDMError, match="--analog-sites pattern .nowhere.* matches no site"):
-        convert(observed, T=2, analog_sites=("nowhere.*",))
+    with pytest.raises(SDMError, match="analog_sites pattern .nowhere.* matches no site"):
+        _convert(observed, T=2, analog_sites=("nowhere.*",))
     with pytest.raises(SDMError, match="converted no activation"):
-        convert(observed, T=2, analog_sites=("*",))
+        _convert(observed, T=2, analog_sites=("*",))
 
 
 def test_input_layer_counted_once_per_window(tiny):
@@ -271,4 +280,4 @@ def test_input_layer_counted_once_per_window(tiny):
     observed = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
     size, c0 = unet.config.sample_size, unet.config.block_out_channels[0]
     for T in (2, 4):  # conv_in: 1 -> c0 channels, 3x3, the same image at every step
-        assert compute_profile(convert(observed, T=T))["input_layer_macs"] == size * size * c0 * 9
+        assert compute_profile(_convert(observed, T=T))["input_layer_macs"] == size * size * c0 * 9

@@ -48,21 +48,22 @@ def test_finetuning_under_accelerate_launch_keeps_the_ranks_identical(tmp_path):
     weight digest (and stops the run if they differ); both are recorded, and they are equal."""
     import torch
 
-    from calibration import calibrate, calibration_pairs, prepare
+    from calibration import ConversionConfig, calibrate, calibration_pairs, prepare
     from convert import convert
-    from sdm.presets import build_unet
-    from sdm.pretrained import DDPM_LINEAR_SCHEDULE, save_pipeline
+    from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE, save_pipeline
+    from sdm.models.presets import build_unet
 
     torch.manual_seed(3)
     unet = build_unet("tiny").eval()
     save_pipeline(unet, DDPM_LINEAR_SCHEDULE, tmp_path / "ann")
-    snn = convert(calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 16), progress=False), T=2)
+    snn = convert(calibrate(prepare(unet, ConversionConfig(T=2)), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 16),
+                            progress=False))
     snn.source["ckpt"] = str(tmp_path / "ann")
     snn.save_pretrained(tmp_path / "snn", scheduler_config=DDPM_LINEAR_SCHEDULE)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-              "-m", "convert.finetune_cli", "--snn", str(tmp_path / "snn"), "--steps", "4", "--batch-size", "4",
+              "-m", "convert.commands.finetune", "--snn", str(tmp_path / "snn"), "--steps", "4", "--batch-size", "4",
               "--feature-weight", "1", "--num-samples", "0", "--out", str(tmp_path / "run")]
     proc = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from sdm.errors import SDMError
-from sdm.neurons import IFNeuron, LIFNeuron, compile_neurons, compiled_steps, reset_neurons
+from sdm.snn.compiled import compile_neurons, compiled_steps
+from sdm.snn.modes import counting, scaled_thresholds
+from sdm.snn.neurons import IFNeuron, LIFNeuron, reset_neurons
 
 
 def _run(neuron, inputs):
@@ -53,8 +55,9 @@ def test_threshold_scale_lowers_the_rate():
     neuron = IFNeuron(1.0)
     base = neuron(x).count_nonzero().item()
     neuron.reset()
-    neuron.threshold_scale = 2.0
-    assert neuron(x).count_nonzero().item() == base // 2
+    with scaled_thresholds(neuron, 2.0):
+        assert neuron(x).count_nonzero().item() == base // 2
+    assert neuron.threshold_scale == 1.0  # restored after the block
 
 
 def test_state_persists_until_reset():
@@ -70,13 +73,17 @@ def test_state_persists_until_reset():
     assert model[0].v is None
 
 
-def test_counters():
-    neuron = IFNeuron(1.0)
-    neuron.record = True
-    neuron(torch.tensor([[0.6, 2.0], [0.6, 2.0]]))
-    assert (neuron.spike_count, neuron.neuron_steps) == (3, 4)
-    neuron.reset_stats()
-    assert neuron.spike_count == 0
+def test_counting_counts_inside_the_block_only():
+    neuron, other = IFNeuron(1.0), IFNeuron(1.0)
+    model = torch.nn.Sequential(neuron, other)
+    with counting(model) as counts:
+        neuron(torch.tensor([[0.6, 2.0], [0.6, 2.0]]))  # spikes at steps 2 and 1, 2: three in four
+        other(torch.tensor([[0.1, 0.1]]))
+    assert (counts.spikes([neuron]), counts.neuron_steps([neuron])) == (3, 4)
+    assert counts.rate() == 3 / 6 and counts.rate([other]) == 0.0
+    neuron.reset()
+    neuron(torch.tensor([[2.0]]))  # outside the block: not counted
+    assert counts.spikes() == 3 and neuron.counter is None
 
 
 def test_per_channel_thresholds_broadcast_over_channels():
@@ -99,12 +106,11 @@ def test_closed_form_constant_response_equals_simulation(signed, threshold, neg)
         assert torch.allclose(a, b, atol=1e-6)
         assert torch.allclose(fast.v, slow.v, atol=1e-5)
         fast.reset()
-        fast.record = slow.record = True
-        with torch.no_grad():  # the inference path: in-place passes
+        with torch.no_grad(), counting([fast, slow]) as counts:  # the inference path: in-place passes
             assert torch.allclose(fast.constant_rate(x, T), b.mean(0), atol=1e-6)
             slow.reset()
             slow(x.unsqueeze(0).expand(T, *x.shape))
-        assert fast.spike_count == slow.spike_count and fast.neuron_steps == slow.neuron_steps
+        assert counts.spikes([fast]) == counts.spikes([slow]) and counts.neuron_steps([fast]) == counts.neuron_steps([slow])
         trained = fast.constant_rate(x.requires_grad_(), T)  # the differentiable path gives the same numbers
         assert trained.requires_grad and torch.allclose(trained, b.mean(0), atol=1e-6)
         x = x.detach()

@@ -3,9 +3,10 @@ import json
 import pytest
 import torch
 
+from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE, save_pipeline
 from sdm.errors import SDMError
-from sdm.presets import PRESETS, build_unet
-from sdm.pretrained import DDPM_LINEAR_SCHEDULE, load_model, save_pipeline
+from sdm.models.presets import PRESETS, build_unet
+from sdm.models.pretrained import load_model
 
 # The published config.json of google/ddpm-cifar10-32 (the hub is unreachable here).
 GOOGLE_DDPM_CIFAR10_32 = {

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
+from sdm.diffusion.sampler import sample
 from sdm.errors import SDMError
-from sdm.pretrained import DDPM_LINEAR_SCHEDULE, load_model
-from sdm.sampler import sample
+from sdm.models.pretrained import load_model
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from sdm.energy import E_AC_PJ, E_MAC_PJ, LayerActivity, ann_macs, energy_report, record_synaptic_layers
+from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
+from sdm.diffusion.shards import gather_shards, keyed_work_dir, sample_sharded
 from sdm.errors import SDMError
-from sdm.pretrained import DDPM_LINEAR_SCHEDULE, load_model
-from sdm.shards import gather_shards, keyed_work_dir, sample_sharded
+from sdm.models.pretrained import load_model
+from sdm.snn.energy import E_AC_PJ, E_MAC_PJ, LayerActivity, ann_macs, energy_report, record_synaptic_layers
 
 SETTINGS = {"sampler": "ddim", "steps": 3, "batch_size": 4, "threshold_scale": 1.0}
 

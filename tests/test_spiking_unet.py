@@ -8,13 +8,15 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from sdm.commands import train as train_command
+from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
+from sdm.diffusion.sampler import sample
+from sdm.diffusion.training import steps_trained
 from sdm.errors import SDMError
-from sdm.neurons import scaled_thresholds, spiking_neurons
-from sdm.pretrained import DDPM_LINEAR_SCHEDULE, load_model
-from sdm.sampler import sample
-from sdm.spiking_unet import SPIKING_PRESETS, SpikingUNet, SynapticConv
-from sdm.train_snn import SNNTrainConfig, train_snn
-from sdm.training import steps_trained
+from sdm.models.pretrained import load_model
+from sdm.models.spiking_unet import SPIKING_PRESETS, SpikingUNet, SynapticConv
+from sdm.models.train_snn import SNNTrainConfig, train_snn
+from sdm.snn.modes import counting, scaled_thresholds
+from sdm.snn.neurons import spiking_neurons
 
 
 def _tiny(**kw) -> SpikingUNet:
@@ -27,7 +29,7 @@ def _batch(n=4, seed=0):
     return torch.randn(n, 1, 16, 16, generator=g), torch.randint(0, 1000, (n,), generator=g)
 
 
-@pytest.mark.parametrize("tsm, readout", [(False, "spike"), (True, "spike"), (True, "analog")])
+@pytest.mark.parametrize("tsm, readout", [(False, "spikes"), (True, "spikes"), (True, "analog")])
 def test_gradients_reach_every_weight(tsm, readout):
     model = _tiny(tsm=tsm, readout=readout)
     x, t = _batch(8)
@@ -87,13 +89,9 @@ def test_analog_readout_is_one_mac_convolution_per_pass():
 
 
 def _firing_rate(model, x, t, scale):
-    neurons = spiking_neurons(model)
-    for n in neurons:
-        n.reset_stats()
-        n.record = True
-    with torch.no_grad(), scaled_thresholds(model, scale):
+    with torch.no_grad(), scaled_thresholds(model, scale), counting(model) as counts:
         model(x, t)
-    return sum(n.spike_count for n in neurons) / sum(n.neuron_steps for n in neurons)
+    return counts.rate()
 
 
 def test_higher_threshold_scale_lowers_firing_rates():
@@ -109,7 +107,7 @@ def test_threshold_guidance_changes_samples_and_refuses_anns():
     plain = sample(model, DDPM_LINEAR_SCHEDULE, 2, steps=3, progress=False)
     guided = sample(model, DDPM_LINEAR_SCHEDULE, 2, steps=3, threshold_scale=1.2, progress=False)
     assert not (plain == guided).all()
-    from sdm.presets import build_unet
+    from sdm.models.presets import build_unet
 
     with pytest.raises(SDMError, match="needs a spiking model"):
         sample(build_unet("tiny"), DDPM_LINEAR_SCHEDULE, 1, steps=2, threshold_scale=1.1, progress=False)
@@ -173,8 +171,8 @@ def test_tsm_stage_through_the_cli(fake_fmnist, tmp_path):
     assert other.exit_code != 0 and len(lines) == 1 and "--preset fmnist-cpu disagrees" in lines[0], other.stderr
     assert not (tmp_path / "tsm3").exists()
     spikes = runner.invoke(train_command.main, [str(a) for a in [*base, "--out", tmp_path / "tsm4", "--stage", "tsm",
-                                                                  "--init-from", tmp_path / "pre", "--readout", "spike"]])
-    assert spikes.exit_code != 0 and "--readout spike differs" in spikes.stderr
+                                                                  "--init-from", tmp_path / "pre", "--readout", "spikes"]])
+    assert spikes.exit_code != 0 and "--readout spikes differs" in spikes.stderr
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -4,10 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sdm.diffusion.training import batch_indices
 from sdm.errors import SDMError
-from sdm.pretrained import load_model
-from sdm.train_ann import TrainConfig, train
-from sdm.training import batch_indices
+from sdm.models.pretrained import load_model
+from sdm.models.train_ann import TrainConfig, train
 
 
 def _config(data, out, **kw):

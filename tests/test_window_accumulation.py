@@ -11,10 +11,11 @@ from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from safetensors.torch import load_file
 
-from convert import ConvertedUNet, NeuronConfig
-from sdm.energy import E_AC_PJ, E_MAC_PJ, energy_report
-from sdm.graph import activation_sites, capture
-from sdm.pretrained import load_model
+from calibration import ConversionConfig, NeuronConfig
+from calibration.graph import activation_sites, capture
+from convert import ConvertedUNet
+from sdm.models.pretrained import load_model
+from sdm.snn.energy import E_AC_PJ, E_MAC_PJ, energy_report
 
 DATA = Path(__file__).parent / "data"
 
@@ -42,8 +43,8 @@ def _residual_snn(analog_mode="window", T=4):
     toy = Residual().eval()
     sites = activation_sites(capture(toy))
     thresholds = {s.name: {"threshold": 1.0, "neg_threshold": 0.0} for s in sites}
-    return toy, ConvertedUNet(dict(toy.config), T, NeuronConfig(signed=False), thresholds, unet=toy,
-                              analog_mode=analog_mode, readout="spikes")
+    config = ConversionConfig(T=T, neuron=NeuronConfig(signed=False), analog_mode=analog_mode, readout="spikes")
+    return toy, ConvertedUNet(dict(toy.config), config, thresholds, unet=toy)
 
 
 def test_energy_of_a_residual_block_by_hand():
@@ -102,7 +103,7 @@ def test_the_embedded_models_outputs_are_unchanged():
     window accumulation (tests/data/make_step_outputs.py, same thresholds and inputs)."""
     loaded = load_model()
     thresholds = json.loads((DATA / "step_thresholds.json").read_text())
-    snn = ConvertedUNet(dict(loaded.model.config), 4, NeuronConfig(), thresholds, unet=loaded.model)
+    snn = ConvertedUNet(dict(loaded.model.config), ConversionConfig(T=4), thresholds, unet=loaded.model)
     assert len(snn.summary.window_accumulated) == 10  # 2 downsamplers, 2 upsamplers, 6 shortcuts
     stored = load_file(DATA / "step_outputs.safetensors")
     snn.set_executor("steps")

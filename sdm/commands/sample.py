@@ -8,39 +8,31 @@ from pathlib import Path
 import click
 import numpy as np
 
-from sdm.cli import (
-    ckpt_options,
-    command,
-    device_option,
-    executor_option,
-    resolve_device,
-    sampling_options,
-    use_executor,
-)
-from sdm.images import save_grid, save_npz
+from sdm.commands import options as cli
+from sdm.diffusion.images import save_grid, save_npz
+from sdm.diffusion.sampler import sample
 from sdm.io import write_json
-from sdm.pretrained import load_model
-from sdm.sampler import sample
+from sdm.models.pretrained import load_model
 
 
-@command(help="Sample any model the toolkit knows (ANN, converted SNN, directly trained SNN); writes "
+@cli.command(help="Sample any model the toolkit knows (ANN, converted SNN, directly trained SNN); writes "
               "OUT/grid.png, OUT/samples.npz and OUT/report.json.")
-@ckpt_options
+@cli.ckpt_options
 @click.option("--num-samples", type=click.IntRange(min=1), default=16, show_default=True)
-@sampling_options
+@cli.sampling_options
 @click.option("--threshold-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Threshold guidance for spiking models: every threshold times this (>1 inhibits, <1 excites).")
-@executor_option
+@cli.executor_option
 @click.option("--out", type=click.Path(file_okay=False), default="samples", show_default=True)
-@device_option
+@cli.device_option
 def main(ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_size, threshold_scale, executor, out, device):
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise click.BadParameter(f"'{out}' is a file", param_hint="--out")
-    loaded = load_model(ckpt, device=resolve_device(device), allow_pickle=allow_pickle)
+    loaded = load_model(ckpt, device=cli.resolve_device(device), allow_pickle=allow_pickle)
     for note in loaded.notes:
         click.echo(f"note: {note}", err=True)
-    ran = use_executor(loaded.model, executor)
+    ran = cli.use_executor(loaded.model, executor)
     started = time.perf_counter()
     images = sample(loaded.model, loaded.scheduler_config, num_samples, sampler=sampler, steps=steps, seed=seed,
                     batch_size=batch_size, threshold_scale=threshold_scale)

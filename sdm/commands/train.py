@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 from accelerate import PartialState
 
-from sdm.cli import command, resolve_device, training_options
-from sdm.neurons import NEURONS
-from sdm.spiking_unet import READOUTS, SPIKING_PRESETS
-from sdm.train_snn import DEFAULT_PRESET, STAGES, SNNTrainConfig, train_snn
+from sdm.commands.options import command, resolve_device, training_options
+from sdm.models.spiking_unet import READOUTS, SPIKING_PRESETS
+from sdm.models.train_snn import DEFAULT_PRESET, STAGES, SNNTrainConfig, train_snn
+from sdm.snn.neurons import NEURONS
 
 
 @command(help="Train a spiking UNet with surrogate-gradient BPTT. Several GPUs: `accelerate launch -m "

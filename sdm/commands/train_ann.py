@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 from accelerate import PartialState
 
-from sdm.cli import command, resolve_device, training_options
-from sdm.presets import PRESETS
-from sdm.train_ann import TrainConfig, train
+from sdm.commands.options import command, resolve_device, training_options
+from sdm.models.presets import PRESETS
+from sdm.models.train_ann import TrainConfig, train
 
 
 @command(help="Train a diffusers UNet2DModel DDPM (epsilon objective, linear betas) on an image data set.")

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from sdm.diffusion.data import NPZ_READ_ERRORS
 from sdm.errors import SDMError
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "fmnist-extractor"
@@ -68,7 +70,11 @@ def load_extractor(directory: Path = ASSET_DIR, device: str | torch.device = "cp
     if not path.is_file():
         raise SDMError(f"the FID-FMNIST extractor weights are missing ({path}); reinstall the package")
     net = FashionClassifier()
-    net.load_state_dict(load_file(path))
+    try:
+        net.load_state_dict(load_file(path))
+    except (OSError, RuntimeError, SafetensorError) as err:
+        raise SDMError(f"the FID-FMNIST extractor weights '{path}' are damaged ({type(err).__name__}); reinstall "
+                       "the package") from None
     return net.to(device).eval()
 
 
@@ -88,5 +94,9 @@ def load_reference(directory: Path = ASSET_DIR) -> tuple[np.ndarray, np.ndarray,
     path = Path(directory) / REFERENCE_FILE
     if not path.is_file():
         raise SDMError(f"the FID-FMNIST reference statistics are missing ({path}); reinstall the package")
-    with np.load(path, allow_pickle=False) as ref:
-        return ref["mu"], ref["sigma"], json.loads(str(ref["info"]))
+    try:
+        with np.load(path, allow_pickle=False) as ref:
+            return ref["mu"], ref["sigma"], json.loads(str(ref["info"]))
+    except (*NPZ_READ_ERRORS, json.JSONDecodeError) as err:
+        raise SDMError(f"the FID-FMNIST reference statistics '{path}' are damaged ({type(err).__name__}); reinstall "
+                       "the package") from None

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdm.diffusion.data import NPZ_READ_ERRORS
 from sdm.errors import SDMError
 from sdm.metrics.frechet import feature_statistics, frechet_distance
 
@@ -71,8 +72,11 @@ def reference_features(extractor, images: np.ndarray) -> np.ndarray:
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:20]
     path = _cache_dir() / f"{extractor.name}-{digest}-{len(images)}.npz"
     if path.is_file():
-        with np.load(path, allow_pickle=False) as cached:
-            return cached["features"].astype(np.float64)
+        try:
+            with np.load(path, allow_pickle=False) as cached:
+                return cached["features"].astype(np.float64)
+        except NPZ_READ_ERRORS:  # a cache entry cut short: computed again below
+            path.unlink()
     features = extractor.features(images)[0]
     with atomic_file(path) as tmp:
         with open(tmp, "wb") as f:

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from calibration import calibrate, calibration_pairs, prepare
+from calibration import ConversionConfig, calibrate, calibration_pairs, prepare
 from convert import convert
 from sdm.io import write_json
-from sdm.pretrained import load_model
+from sdm.models.pretrained import load_model
 
 HERE = Path(__file__).parent
 
@@ -26,9 +26,9 @@ def inputs():
 
 if __name__ == "__main__":
     loaded = load_model()
-    observed = calibrate(prepare(loaded.model), calibration_pairs(loaded.model, loaded.scheduler_config, 32),
-                         progress=False)
-    snn = convert(observed, T=4)
+    observed = calibrate(prepare(loaded.model, ConversionConfig(T=4)),
+                         calibration_pairs(loaded.model, loaded.scheduler_config, 32), progress=False)
+    snn = convert(observed)
     snn.set_executor("steps")
     x, t = inputs()
     with torch.no_grad():

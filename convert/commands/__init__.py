@@ -1,0 +1,1 @@
+"""Console scripts of conversion: sdm-convert, sdm-sweep, sdm-compare, sdm-finetune."""

@@ -1,0 +1,182 @@
+"""`sdm-convert`: calibrate, convert and judge a pretrained DDPM UNet as a spiking network."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import click
+import numpy as np
+
+from calibration import (
+    CalibrationInputs,
+    ConversionConfig,
+    calibrate,
+    load_stats,
+    prepare,
+    probe_pairs,
+    require_ann,
+    spread_subset,
+)
+from convert.commands.finetune import FINETUNE_FLAGS, summarise
+from convert.conversion import convert
+from convert.finetune import FinetuneSettings, run_finetune
+from convert.model import ConvertedUNet
+from convert.report import compute_profile, eps_fidelity, site_sensitivity
+from sdm.commands import options as cli
+from sdm.diffusion.data import load_dataset
+from sdm.diffusion.images import save_comparison, save_grid, save_npz
+from sdm.diffusion.sampler import SamplingSettings, sample
+from sdm.errors import SDMError
+from sdm.io import atomic_dir, write_json, write_text
+from sdm.models.pretrained import load_model
+from sdm.settings import options_of, settings_from
+from sdm.snn.energy import energy_markdown, energy_report
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to replace a directory that is not an earlier sdm-convert output."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.json").is_file())):
+        raise SDMError(f"--out '{out}' exists and is not an earlier sdm-convert output; choose another directory")
+
+
+def _recordable(ckpt: str | None, source: str) -> str:
+    """The ANN's checkpoint as later commands can find it again (local directories made absolute)."""
+    return str(Path(ckpt).resolve()) if ckpt is not None and Path(ckpt).exists() else source
+
+
+def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
+    ops = dict(snn.summary.analog_ops)
+    transfers = Counter(m.transfer for m in snn.sites().values())
+    if transfers["function"]:
+        ops["activation evaluated on the mean input (then spike-encoded)"] = transfers["function"]
+    if transfers["analog"]:
+        ops["activation kept analog (readout or --analog-sites)"] = transfers["analog"]
+    ops.update(profile["analog_layers"])
+    ops["timestep-path activations (once per denoising step)"] = snn.summary.timestep_activations
+    return ops
+
+
+@cli.command(help="Calibrate and convert a pretrained DDPM UNet into a spiking network; write OUT/report.json, "
+              "OUT/snn/ and sample grids of the ANN and the SNN from the same seeds.")
+@cli.ckpt_options
+@options_of(ConversionConfig)
+@options_of(CalibrationInputs)
+@click.option("--stats", type=click.Path(dir_okay=False), default=None,
+              help="Reuse saved calibration statistics (calibration_stats.json) instead of calibrating.")
+@click.option("--sensitivity", is_flag=True,
+              help="Add to the report, for every site, the eps error with only that site spiking and its share of "
+                   "the spiking compute, ranked.")
+@click.option("--finetune-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Then fine-tune the SNN for this many steps against the ANN (as sdm-finetune; OUT/finetune).")
+@options_of(FinetuneSettings, skip=("steps", "data", "seed"), prefix="ft_", flags=FINETUNE_FLAGS)
+@cli.executor_option
+@click.option("--num-samples", type=click.IntRange(min=0), default=16, show_default=True, help="0 skips sampling.")
+@cli.sampling_options
+@click.option("--out", type=click.Path(), default="out/convert", show_default=True)
+@click.option("--save-samples", is_flag=True, help="Also write samples_ann.npz and samples_snn.npz.")
+@cli.device_option
+def main(ckpt, allow_pickle, stats, sensitivity, finetune_steps, executor, num_samples, out, save_samples, device,
+         **options):
+    out = Path(out)
+    _check_out(out)
+    config = settings_from(ConversionConfig, options)
+    inputs = settings_from(CalibrationInputs, options)
+    sampling = settings_from(SamplingSettings, options)
+    if finetune_steps and config.analog_mode != "window":
+        raise SDMError("--finetune-steps trains the exact rate form, which needs --analog window")
+    finetune_settings = settings_from(FinetuneSettings, options, prefix="ft_", steps=max(finetune_steps, 1),
+                                      data=inputs.data, seed=sampling.seed)
+    device = cli.resolve_device(device)
+    loaded = load_model(ckpt, device=device, allow_pickle=allow_pickle)
+    ann = loaded.model
+    require_ann(ann, f"'{loaded.source}'")
+    for note in loaded.notes:
+        click.echo(f"note: {note}", err=True)
+
+    with atomic_dir(out) as tmp:
+        started = time.perf_counter()
+        if stats is not None:
+            calibration = _retargeted(load_stats(stats, ann), config, stats)
+        else:
+            observed = prepare(ann, config)
+            pairs = inputs.pairs(ann, loaded.scheduler_config, sampling.seed)
+            calibrate(observed, pairs, batch_size=sampling.batch_size)
+            calibration = observed.stats(inputs.record(sampling.seed))
+        snn = convert(ann, calibration)
+        snn.source["ckpt"] = _recordable(ckpt, loaded.source)
+        executor = cli.use_executor(snn, executor)
+        convert_seconds = time.perf_counter() - started
+
+        probe_set = probe_pairs(ann, loaded.scheduler_config, inputs.probes)
+        fidelity = eps_fidelity(ann, snn, probe_set, batch_size=sampling.batch_size)
+        profile = compute_profile(snn)
+        spread, spread_t = spread_subset(probe_set)  # a few probes over all t
+        energy = energy_report(snn, spread.to(ann.device), spread_t.to(ann.device), denoising_steps=sampling.steps,
+                               ann=ann)
+        calibration.save(tmp / "calibration_stats.json")
+        snn.save_pretrained(tmp / "snn", scheduler_config=loaded.scheduler_config)
+        report = {
+            "ckpt": loaded.source, "T": config.T, "conversion": config.to_dict(),
+            "analog_sites": snn.summary.analog_sites,
+            "window_accumulated": snn.summary.window_accumulated,  # analog-input layers run once per window
+            "per_step_analog": snn.summary.per_step_analog,        # analog-input layers multiplying every step
+            "executor": executor,
+            "calibration": {**calibration.source, "sites": len(calibration.sites)},
+            "convert_seconds": round(convert_seconds, 2),
+            **fidelity,
+            "analog_ops": _analog_ops(snn, profile),
+            "compute_per_image_per_denoising_step": profile,
+            "energy": energy,
+            "notes": loaded.notes,
+        }
+        if sensitivity:
+            report["sensitivity"] = site_sensitivity(ann, snn, probe_set, batch_size=sampling.batch_size)
+        if num_samples:
+            sampled = {}
+            for name, model in (("ann", ann), ("snn", snn)):
+                t0 = time.perf_counter()
+                sampled[name] = sample(model, loaded.scheduler_config, num_samples, **sampling.kwargs())
+                report[f"{name}_sampling_seconds"] = round(time.perf_counter() - t0, 2)
+                save_grid(sampled[name][:64], tmp / f"samples_{name}.png", scale=2)
+                if save_samples:
+                    save_npz(sampled[name], tmp / f"samples_{name}.npz",
+                             seeds=np.arange(sampling.seed, sampling.seed + num_samples))
+            save_comparison([(f"ANN {energy['ann']['energy_mJ_per_image']:.3g} mJ", sampled["ann"][:64]),
+                             (f"SNN T={config.T} {energy['per_image']['energy_mJ']:.3g} mJ", sampled["snn"][:64])],
+                            tmp / "comparison.png")
+            report["sampling"] = {"sampler": sampling.sampler, "steps": sampling.steps,
+                                  "seeds": [sampling.seed, sampling.seed + num_samples - 1]}
+        if finetune_steps:
+            images = None
+            if finetune_settings.source == "data":
+                images = load_dataset(inputs.data, ann.config.sample_size, ann.config.in_channels)
+            tuned = run_finetune(tmp / "snn", ann, loaded.scheduler_config, tmp / "finetune", finetune_settings,
+                                 teacher_source=loaded.source, images=images, num_samples=num_samples,
+                                 snn_label=str(out / "snn"), sampling=sampling, probes=inputs.probes)
+            report["finetune"] = {k: tuned[k] for k in ("steps", "seconds", "before", "after", "energy_budget")
+                                  if k in tuned}
+        write_json(report, tmp / "report.json")
+        write_text(energy_markdown(energy) + "\n", tmp / "energy.md")
+    click.echo(
+        f"{loaded.source} -> SNN at T={config.T} ({config.neuron.kind}, {config.rule}) in {convert_seconds:.1f} s: eps "
+        f"cosine {fidelity['eps_cosine']:.4f} (t<100: {fidelity['eps_cosine_t_lt_100']:.4f}), rel. MSE "
+        f"{fidelity['eps_rel_mse']:.4f}, firing rate {fidelity['firing_rate']:.3f}; analog share "
+        f"{profile['analog_share']:.1%}; energy {energy['per_image']['energy_mJ']:.3g} mJ per image "
+        f"(ANN {energy['ann']['energy_mJ_per_image']:.3g} mJ). Wrote {out}/report.json, {out}/snn/"
+    )
+    if finetune_steps:
+        summarise(tuned, out / "finetune")
+
+
+def _retargeted(stats, config: ConversionConfig, path: str):
+    """Saved statistics pointed at this cli.command's conversion: the flags decide, the file must allow it."""
+    try:
+        return stats.retarget(**{name: getattr(config, name) for name in config.differences(stats.config)})
+    except SDMError as err:
+        raise SDMError(f"--stats '{path}' cannot serve this conversion: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

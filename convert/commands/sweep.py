@@ -1,0 +1,192 @@
+"""`sdm-sweep`: calibration sweeps from the CLI, one cell per (T, rule, neuron), resumable.
+
+Calibration runs once (its statistics do not depend on T or the rule); each cell converts, measures
+eps fidelity on the held-out probes and, with --fid N, a sample metric. Finished cells are files
+under OUT/cells/ and are skipped when the cli.command is rerun.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+from pathlib import Path
+
+import click
+
+from calibration import (
+    RULES,
+    CalibrationInputs,
+    CalibrationStats,
+    ConversionConfig,
+    NeuronConfig,
+    calibrate,
+    prepare,
+    probe_pairs,
+    require_ann,
+)
+from calibration.graph import architecture_fingerprint
+from convert.conversion import convert
+from convert.report import eps_fidelity
+from sdm.commands import options as cli
+from sdm.diffusion.data import read_images
+from sdm.diffusion.sampler import SamplingSettings
+from sdm.errors import SDMError
+from sdm.io import write_json, write_text
+from sdm.models.pretrained import load_model
+from sdm.settings import CommaList, options_of, settings_from
+from sdm.snn.neurons import NEURONS
+
+COLUMNS = ["T", "rule", "percentile", "neuron", "eps_cosine", "eps_cosine_t_lt_100", "eps_rel_mse", "firing_rate",
+           "sample_metric", "sample_value"]
+
+
+def cells(Ts, rules, percentiles, neurons) -> list[dict]:
+    """Every (T, rule[, percentile], neuron), the percentile expanded only for the percentile rule."""
+    rule_params = [(r, p) for r in rules for p in (percentiles if r == "percentile" else [None])]
+    return [{"T": T, "rule": r, "percentile": p, "neuron": n}
+            for T, (r, p), n in itertools.product(Ts, rule_params, neurons)]
+
+
+def _finished(path: Path, fid_samples: int) -> dict | None:
+    """The row of a cell finished by an earlier run (with its sample metric when one is asked for);
+    None when it is missing or unreadable (a file cut short is computed again)."""
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(row, dict) or (fid_samples and row.get("sample_value") is None):
+        return None
+    return row
+
+
+def cell_name(cell: dict) -> str:
+    rule = f"percentile{cell['percentile']}" if cell["rule"] == "percentile" else cell["rule"]
+    return f"T{cell['T']}_{rule}_{cell['neuron']}"
+
+
+def _plot(rows: list[dict], path: Path, metric: str, label: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sdm.io import atomic_file
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lines: dict[str, list] = {}
+    for row in rows:
+        if row.get(metric) is None:
+            continue
+        name = (f"{row['rule']} {row['percentile']}" if row["rule"] == "percentile" else row["rule"]) + f", {row['neuron']}"
+        lines.setdefault(name, []).append((row["T"], row[metric]))
+    for name, points in sorted(lines.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("T (spiking steps)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+@cli.command(help="Sweep T x threshold rule x neuron: eps fidelity per cell (and a sample metric with --fid N); writes "
+              "OUT/sweep.csv, OUT/sweep.md and OUT/sweep.png, and skips finished cells when rerun.")
+@cli.ckpt_options
+@click.option("--T", "Ts", type=CommaList(int), default="2,4,8,16", show_default=True)
+@click.option("--calib", "rules", type=CommaList(str, RULES), default="max,percentile,mse", show_default=True)
+@click.option("--percentile", "percentiles", type=CommaList(float), default=str(ConversionConfig.percentile),
+              show_default=True)
+@click.option("--neuron", "neurons", type=CommaList(str, tuple(NEURONS)), default=NeuronConfig.kind, show_default=True)
+@options_of(ConversionConfig, skip=("T", "rule", "percentile", "neuron"))
+@options_of(CalibrationInputs)
+@click.option("--fid", "fid_samples", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also sample N images per cell and score them (FID, or FID-FMNIST offline).")
+@cli.quality_options(metrics=False)
+@cli.sampling_options
+@cli.executor_option
+@click.option("--out", type=click.Path(file_okay=False), default="out/sweep", show_default=True)
+@cli.device_option
+def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, fid_samples, executor, out, device, **options):
+    if any(T < 1 for T in Ts):
+        raise SDMError(f"--T values must be at least 1, got {Ts}")
+    if any(not 0 < p <= 100 for p in percentiles):
+        raise SDMError(f"--percentile values must lie in (0, 100], got {percentiles}")
+    base = settings_from(ConversionConfig, options)
+    inputs = settings_from(CalibrationInputs, options)
+    sampling = settings_from(SamplingSettings, options)
+    device, out = cli.resolve_device(device), Path(out)
+    loaded = load_model(ckpt, device=device, allow_pickle=allow_pickle)
+    ann = loaded.model
+    require_ann(ann, f"'{loaded.source}'")
+    stats_path = out / "calibration_stats.json"
+    if stats_path.is_file():
+        stats = CalibrationStats.load(stats_path, architecture_fingerprint(dict(ann.config)))
+    else:
+        pairs = inputs.pairs(ann, loaded.scheduler_config, sampling.seed)
+        stats = calibrate(prepare(ann, base), pairs, batch_size=sampling.batch_size).stats(inputs.record(sampling.seed))
+        stats.save(stats_path)
+    probe_set = probe_pairs(ann, loaded.scheduler_config, inputs.probes)
+    feature_extractor = reference_images = None
+    if fid_samples:
+        from sdm.metrics.extractors import make_extractor
+
+        feature_extractor, notes = make_extractor(options["extractor"], weights_path=options["inception_weights"],
+                                                  device=device)
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+        reference_images = read_images(options["reference"]) if options["reference"] else None
+    rows = []
+    todo = cells(Ts, rules, percentiles, neurons)
+    for i, cell in enumerate(todo, 1):
+        path = out / "cells" / f"{cell_name(cell)}.json"
+        done = _finished(path, fid_samples)
+        if done is not None:
+            rows.append(done)
+            click.echo(f"[{i}/{len(todo)}] {cell_name(cell)}: done earlier, skipped", err=True)
+            continue
+        snn = convert(ann, stats.retarget(T=cell["T"], rule=cell["rule"],
+                                          percentile=cell["percentile"] or base.percentile,
+                                          neuron=NeuronConfig(kind=cell["neuron"])))
+        ran = cli.use_executor(snn, executor)
+        fidelity = eps_fidelity(ann, snn, probe_set, batch_size=sampling.batch_size)
+        row = {**cell, "executor": ran, **{k: v for k, v in fidelity.items() if k in COLUMNS}}
+        if fid_samples:
+            from sdm.diffusion.shards import gather_shards, sample_sharded
+            from sdm.metrics.quality import evaluate_quality
+
+            settings = {"sampler": sampling.sampler, "steps": sampling.steps, "batch_size": sampling.batch_size,
+                        "threshold_scale": 1.0}
+            shard_paths = sample_sharded(snn, loaded.scheduler_config, fid_samples, out / "work" / cell_name(cell),
+                                         settings=settings, seed=sampling.seed)
+            result = evaluate_quality(gather_shards(shard_paths, fid_samples, sampling.seed), feature_extractor,
+                                      metrics=("fid",), reference=reference_images,
+                                      reference_name=options["reference"])[0][0]
+            row.update(sample_metric=result.metric, sample_value=round(result.value, 4))
+        write_json(row, path)
+        rows.append(row)
+        click.echo(f"[{i}/{len(todo)}] {cell_name(cell)}: eps cosine {row['eps_cosine']:.4f}", err=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(buffer.getvalue(), out / "sweep.csv")
+    header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+    body = "".join("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in COLUMNS) + " |\n"
+                   for row in rows)
+    write_text(f"{header}{body}\nckpt: {loaded.source}; calibration: {stats.source}; probes: {inputs.probes} spread over t "
+               f"plus {inputs.probes // 2} at t < 100; analog mode: {base.analog_mode}"
+               f"{'; analog inputs of synaptic layers spike-encoded' if base.encodes else ''}.\n", out / "sweep.md")
+    _plot(rows, out / "sweep.png", "eps_cosine", "eps cosine (SNN vs ANN)")
+    if fid_samples:
+        _plot(rows, out / "sweep_fid.png", "sample_value", rows[0].get("sample_metric", "FID"))
+    click.echo(f"{len(rows)} cells -> {out}/sweep.md, {out}/sweep.csv, {out}/sweep.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""What fine-tuning distils: the teacher's pair pool and the objective.
+
+The pool holds (x_t, t, teacher eps) triples, from the teacher's own DDIM paths (data-free) or from real
+images noised at random t; a trajectory's eps comes with the path, so the pool costs one teacher pass
+per pair. The objective is the MSE to the teacher's eps, plus, with a feature weight, the relative
+error of every spiking site's input against the ANN's value there (`FeatureTargets`), which gives
+each layer its own signal instead of the one that reaches it through the rest of the network, plus
+the energy term of `convert.finetune.energy_objective`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from calibration.inputs import noised_pairs
+from sdm.diffusion.sampler import trajectory
+from sdm.io import atomic_file
+from sdm.snn.modes import keeping_counts
+
+PAIR_SOURCES = ("trajectory", "data")
+PAIR_SEED = 1 << 21       # trajectory seeds: disjoint from sampling seeds (0..) and probe seeds (1 << 20)
+TRAJECTORY_STEPS = 50
+LATE_T = 100              # below this t the SNN is weakest: these pairs get a guaranteed share
+POOL_FILE = "pairs.safetensors"
+PAIR_REUSE = 4            # draws per pool pair over a run: the default pool is the run's draws / this
+MAX_POOL = 51_200         # a default pool never outgrows this many pairs (0.3 GB at 28 x 28, 1.2 GB at 32 x 32 x 3)
+TEACHER_BATCH = 64
+
+
+def pool_size(steps: int, batch_size: int) -> int:
+    """The default pool for a run of `steps` batches: each pair drawn about PAIR_REUSE times, in whole
+    trajectories, at least one batch."""
+    draws = math.ceil(steps * batch_size / PAIR_REUSE)
+    return max(batch_size, min(MAX_POOL, TRAJECTORY_STEPS * math.ceil(draws / TRAJECTORY_STEPS)))
+
+
+def pool_batches(source: str, pairs: int) -> int:
+    """Teacher evaluations of `TEACHER_BATCH` inputs that making a pool of `pairs` costs (a progress total)."""
+    if source == "data":
+        return math.ceil(pairs / TEACHER_BATCH)
+    return math.ceil(math.ceil(pairs / TRAJECTORY_STEPS) / TEACHER_BATCH) * TRAJECTORY_STEPS
+
+
+@torch.no_grad()
+def teacher_pairs(teacher: nn.Module, scheduler_config: dict, source: str, pairs: int, seed: int,
+                  images: torch.Tensor | None = None, bar=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, t, teacher eps): `pairs` inputs with the teacher's noise prediction on each; `bar` advances
+    once per teacher evaluation (`pool_batches` in all)."""
+    if source == "trajectory":
+        count, first = math.ceil(pairs / TRAJECTORY_STEPS), PAIR_SEED + seed * 100_000
+        paths = [trajectory(teacher, scheduler_config, range(first + start, first + min(start + TEACHER_BATCH, count)),
+                            steps=TRAJECTORY_STEPS, bar=bar)
+                 for start in range(0, count, TEACHER_BATCH)]
+        return tuple(torch.cat(parts)[:pairs] for parts in zip(*paths, strict=True))
+    x, t = noised_pairs(images, scheduler_config, pairs, seed)
+    device = next(teacher.parameters()).device
+    eps = []
+    for i in range(0, len(x), TEACHER_BATCH):
+        eps.append(teacher(x[i : i + TEACHER_BATCH].to(device), t[i : i + TEACHER_BATCH].to(device),
+                           return_dict=False)[0].float().cpu())
+        if bar is not None:
+            bar.update(1)
+    return x, t, torch.cat(eps)
+
+
+def cached_pairs(path: Path, make) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pair pool stored at `path` (so a resumed run trains on the same pairs), made once. A pool that
+    cannot be read (a write cut short) is drawn again: it is a function of the teacher and the seed."""
+    if path.is_file():
+        try:
+            stored = load_file(path)
+            return stored["x"], stored["t"], stored["eps"]
+        except (OSError, KeyError, ValueError, RuntimeError, SafetensorError):
+            path.unlink()
+    x, t, eps = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        save_file({"x": x.contiguous(), "t": t.contiguous(), "eps": eps.contiguous()}, tmp)
+    return x, t, eps
+
+
+def pair_weights(t: torch.Tensor, late_share: float) -> torch.Tensor:
+    """Sampling weights over the pool that give pairs at t < 100 `late_share` of every batch (when there
+    are any), the rest spread uniformly."""
+    late = t < LATE_T
+    if not late.any() or late.all() or late_share == 0:
+        return torch.ones(len(t))
+    return torch.where(late, late_share / late.sum(), (1 - late_share) / (~late).sum()).float()
+
+
+@contextmanager
+def site_inputs(model: nn.Module, sites: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """While open, the dict it yields maps each of `sites` of a `ConvertedUNet` to the input its
+    activation received in the latest forward pass."""
+    seen: dict[str, torch.Tensor] = {}
+    activations = model.sites()
+
+    def hook(name):
+        return lambda module, args: seen.__setitem__(name, args[0])
+
+    handles = [activations[name].register_forward_pre_hook(hook(name)) for name in sites]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class FeatureTargets:
+    """The ANN's input at every spiking site of the student, from its analog twin (the unconverted
+    graph with the weights the student started from), and the student's relative error against it."""
+
+    def __init__(self, student):
+        self.twin = student.analog_twin()
+        self.sites = student.spiking_sites()
+
+    def loss(self, student_inputs: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Mean over sites of ||student input - ANN input||^2 / ||ANN input||^2 at (x, t)."""
+        with torch.no_grad(), site_inputs(self.twin, self.sites) as targets:
+            self.twin(x, t, return_dict=False)
+        errors = [F.mse_loss(student_inputs[s].float(), targets[s].float())
+                  / targets[s].float().pow(2).mean().clamp(min=1e-12) for s in self.sites]
+        return torch.stack(errors).mean()
+
+
+def distillation_objective(pool, settings, device: str, energy, budget, features: FeatureTargets | None, world: int = 1):
+    """loss(student, step, generator): MSE to the teacher's eps on a weighted draw of pool pairs (this
+    process's share of the batch), plus `settings.feature_weight` times the sites' relative feature error,
+    plus a weight times the spikes' share of the SNN / ANN energy ratio (`SpikeEnergy`): `energy_penalty`,
+    or under an energy budget the weight `budget` adapts."""
+    x, t, eps = pool
+    weights = pair_weights(t, settings.late_share)
+    draw = settings.batch_size // world
+
+    def objective(student, step, generator):
+        snn = getattr(student, "module", student)  # under several processes, the data-parallel wrapper's
+        idx = torch.multinomial(weights, draw, replacement=True, generator=generator)
+        xb, tb = x[idx].to(device), t[idx].to(device)
+        sites = features.sites if features is not None else []
+        with keeping_counts(snn) as neurons, site_inputs(snn, sites) as inputs:
+            pred = student(xb, tb, return_dict=False)[0]
+            spikes = energy.ratio(neurons, len(idx))
+            counts = [c for n in neurons for c in n.counts]
+        rate = sum(c.sum() for c in counts) / (snn.T * sum(c.numel() for c in counts))
+        mse = F.mse_loss(pred.float(), eps[idx].to(device))
+        loss, logged = mse, {"mse": mse.item()}
+        if features is not None:  # made only for a positive feature weight
+            feature = features.loss(inputs, xb, tb)
+            loss = loss + settings.feature_weight * feature
+            logged["feature_error"] = feature.item()
+        ratio = energy.fixed_ratio + spikes.detach()
+        weight = budget.update(step, float(ratio), mse.item())
+        if weight:
+            loss = loss + weight * spikes
+        return loss, {**logged, "firing_rate": rate.item(), "energy_ratio": float(ratio), "energy_weight": weight}
+
+    return objective

@@ -1,0 +1,184 @@
+"""finetune: the fourth step of prepare -> calibrate -> convert -> finetune.
+
+Calibration reaches ideal T-level rounding and stops there; the rounding error it leaves compounds
+over the denoising steps. Fine-tuning distils the ANN (the teacher) into its converted SNN (the
+student): the student's noise prediction is trained to match the teacher's on (x_t, t) pairs, in the
+student's exact rate form (one pass instead of T steps), with a straight-through gradient for the
+spike count and LSQ's gradient for the thresholds. It runs on the shared training loop
+(`sdm.diffusion.training.train_diffusion`): EMA, clipping, atomic checkpoints and exact `--resume` come from there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from convert.finetune.distill import (
+    POOL_FILE,
+    TEACHER_BATCH,
+    FeatureTargets,
+    cached_pairs,
+    distillation_objective,
+    pool_batches,
+    teacher_pairs,
+)
+from convert.finetune.energy_objective import BudgetController, SpikeEnergy
+from convert.finetune.settings import FinetuneSettings, check_student
+from convert.model import ConvertedUNet
+from sdm.diffusion.train_settings import TrainSettings, native_bf16
+from sdm.diffusion.training import CHECKPOINT_DIR, train_diffusion
+from sdm.errors import SDMError
+from sdm.progress import StagedBar
+from sdm.snn.neurons import spiking_neurons
+from sdm.snn.temporal import TemporalMean
+
+aten = torch.ops.aten
+ENERGY_PROBES = 8         # pool pairs (spread over the pool) that measure the energy not spent by spikes
+
+
+def norm_parameters(snn: ConvertedUNet) -> set[str]:
+    """Names of the affine parameters of the analog normalisations (GroupNorm, LayerNorm)."""
+    modules = dict(snn.graph.named_modules())
+    names = set()
+    for node in snn.graph.graph.nodes:
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(module, TemporalMean) and module.fn in (aten.group_norm.default, aten.layer_norm.default):
+            names.update(f"graph.{a.target}" for a in node.all_input_nodes if a.op == "get_attr")
+    return names
+
+
+def prepare_student(snn: ConvertedUNet, settings: FinetuneSettings) -> list[dict]:
+    """Make the thresholds learnable, freeze what `settings.train` leaves out, switch to the rate
+    form; returns the optimiser's parameter groups."""
+    snn.set_executor("rate")
+    snn.requires_grad_(False)
+    groups = []
+    neurons = snn.neurons()
+    for site in snn.spiking_sites():  # an analog site's thresholds take no part in its output: nothing to learn
+        for theta in neurons[site].learn_thresholds():  # Adam moves each by ~lr; scaling it by theta makes that relative
+            theta.requires_grad_(settings.threshold_lr > 0)
+            groups.append({"params": [theta], "lr": settings.threshold_lr * float(theta.detach().abs().mean())})
+    if settings.train != "thresholds":
+        norms = norm_parameters(snn)
+        thresholds = {id(p) for g in groups for p in g["params"]}
+        chosen = [p for name, p in snn.named_parameters()
+                  if id(p) not in thresholds and (settings.train == "all" or name in norms)]
+        for p in chosen:
+            p.requires_grad_(True)
+        groups.append({"params": chosen, "lr": settings.lr})
+    if not any(p.requires_grad for g in groups for p in g["params"]):
+        raise SDMError("nothing to train: --train thresholds with --threshold-lr 0 leaves no parameter free")
+    return [g for g in groups if g["params"]]
+
+
+@torch.no_grad()
+def keep_thresholds_positive(snn: nn.Module) -> None:
+    for neuron in spiking_neurons(snn):
+        for theta in (neuron.threshold, neuron.neg_threshold):
+            if isinstance(theta, nn.Parameter):
+                theta.clamp_(min=1e-4)
+
+
+def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, out: str | Path,
+             settings: FinetuneSettings, *, teacher_source: str = "", images: torch.Tensor | None = None,
+             resume: bool = False, progress: bool = True, on_step=None) -> ConvertedUNet:
+    """Fine-tune the converted SNN saved in `snn_dir` against `teacher`; writes `out/snn` (the EMA
+    student, a converted SNN directory) plus the training run's checkpoint and log. Returns the EMA
+    student. The report (`convert.finetune_report`) is the caller's. One progress bar covers the
+    teacher's pool and the training steps."""
+    from accelerate import PartialState
+
+    settings.validate()
+    out = Path(out)
+    device = settings.device
+    student = ConvertedUNet.from_pretrained(snn_dir).to(device)
+    check_student(student, teacher)
+    fingerprint = student.config["architecture_fingerprint"]
+    state = PartialState(cpu=not device.startswith("cuda"))  # as the training loop's Accelerator will see it
+    features = FeatureTargets(student) if settings.feature_weight else None
+    done = steps_done(out) if resume else 0
+    shown = progress and state.is_main_process  # the trial timings serve the bar's estimate only
+    drawing = shown and not (out / POOL_FILE).is_file()
+    bar = StagedBar("fine-tuning", {"teacher pool": (pool_batches(settings.source, settings.pool),
+                                                     _teacher_cost(teacher) if drawing else 0.0),
+                                    "training": (settings.steps, _step_cost(student, settings, features) if shown else 0.0)},
+                    disable=not shown)
+    pool = cached_pairs(out / POOL_FILE, lambda: teacher_pairs(teacher, scheduler_config, settings.source,
+                                                               settings.pool, settings.seed, images, bar))
+    probes = torch.linspace(0, len(pool[0]) - 1, ENERGY_PROBES).long()
+    energy = SpikeEnergy(student, teacher, pool[0][probes].to(device), pool[1][probes].to(device))
+    budget = BudgetController(settings.energy_penalty, settings.energy_budget, out)
+    holder: dict[str, list[dict]] = {}
+
+    def build() -> ConvertedUNet:
+        holder["groups"] = prepare_student(student, settings)
+        return student
+
+    def save(ema: ConvertedUNet, directory: Path) -> None:
+        ema.save_pretrained(directory / "snn", scheduler_config=scheduler_config)
+        budget.save()
+
+    def stepped(step: int, loss: float) -> None:
+        bar.update(1)
+        if on_step is not None:
+            on_step(step, loss)
+
+    train = TrainSettings(data=f"{settings.source}:{settings.data or teacher_source}", out=str(out),
+                          steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
+                          warmup=settings.warmup, ema_decay=settings.ema_decay, seed=settings.seed, hflip=False,
+                          save_every=settings.save_every, log_every=10, schedule="cosine", device=device,
+                          precision="bf16" if settings.precision == "auto" and native_bf16(device) else settings.precision)
+    record = {k: v for k, v in asdict(settings).items() if k not in ("steps", "save_every", "device")}
+    record |= {"pairs": settings.pool, "snn": str(snn_dir), "snn_fingerprint": fingerprint, "T": student.T}
+    bar.start("training", done)
+    try:
+        train_diffusion(train, record, build, resume=resume, progress=False, on_step=stepped,
+                        objective=distillation_objective(pool, settings, device, energy, budget, features,
+                                                         state.num_processes),
+                        param_groups=lambda model: holder["groups"], constrain=keep_thresholds_positive,
+                        save_model=save)
+    finally:
+        bar.close()
+    return ConvertedUNet.from_pretrained(out / "snn")
+
+
+def steps_done(out: Path) -> int:
+    """Steps of the fine-tuning run in `out` so far, from its checkpoint (0 without one)."""
+    state = out / CHECKPOINT_DIR / "state.json"
+    if not state.is_file():
+        return 0
+    try:
+        return int(json.loads(state.read_text())["step"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise SDMError(f"the checkpoint state '{state}' is unreadable ({type(err).__name__}); remove "
+                       f"'{state.parent}' to start the run again") from None
+
+
+@torch.no_grad()
+def _teacher_cost(teacher: nn.Module) -> float:
+    """Seconds of one teacher evaluation of a pool batch (timed once, for the progress estimate)."""
+    size, channels = int(teacher.config.sample_size), int(teacher.config.in_channels)
+    p = next(teacher.parameters())
+    x = torch.zeros(TEACHER_BATCH, channels, size, size, dtype=p.dtype, device=p.device)
+    started = time.perf_counter()
+    teacher(x, torch.full((TEACHER_BATCH,), 500, device=p.device), return_dict=False)
+    return time.perf_counter() - started
+
+
+def _step_cost(student: ConvertedUNet, settings: FinetuneSettings, features) -> float:
+    """Seconds of one training step, from a forward and backward pass of one batch (progress estimate)."""
+    size, channels = int(student.config.sample_size), int(student.config.in_channels)
+    x = torch.zeros(settings.batch_size, channels, size, size, device=settings.device)
+    t = torch.full((settings.batch_size,), 500, device=settings.device)
+    student.set_executor("rate")
+    started = time.perf_counter()
+    student(x, t, return_dict=False)[0].square().mean().backward()
+    if features is not None:
+        features.twin(x, t, return_dict=False)
+    student.zero_grad(set_to_none=True)
+    return time.perf_counter() - started

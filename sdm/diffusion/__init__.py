@@ -1,0 +1,1 @@
+"""Diffusion: the shared sampler, training loop, data, sample shards and checkpoints."""

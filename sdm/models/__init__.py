@@ -1,0 +1,1 @@
+"""Models: the directly trained spiking UNet, ANN presets, loading pretrained checkpoints, training recipes."""

@@ -1,0 +1,1 @@
+"""Spiking networks: neurons, their execution over T steps, energy accounting."""
