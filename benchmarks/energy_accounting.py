@@ -19,12 +19,12 @@ import click
 from benchmarks.common import provenance, write_table
 from calibration import ConversionConfig, calibrate, calibration_pairs, prepare, probe_pairs, spread_subset
 from convert import convert
+from convert.commands import compare
 from sdm.commands.options import command
 from sdm.models.pretrained import load_model
 from sdm.snn.energy import energy_report
 
-FIRST = ("down_blocks.0.resnets.0.*",)
-RECIPE = dict(per_channel=True, analog_sites=FIRST)  # make demo's and sdm-compare's conversion
+RECIPE = compare.RECIPE  # make demo's and sdm-compare's conversion
 VARIANTS = [
     ("T=4, readout spikes", dict(T=4, readout="spikes")),
     ("T=4", dict(T=4)),

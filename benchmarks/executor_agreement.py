@@ -51,12 +51,11 @@ def main(snns, num_samples, steps, resamples, work_dir, out):
         snn = ConvertedUNet.from_pretrained(path)
         drawn, features = {}, {}
         for executor in ("rate", "steps"):
-            snn.set_executor(executor)
-            directory = keyed_work_dir(work_dir, snn, settings)
-            shards = sample_sharded(snn, scheduler_config, num_samples, directory, settings=settings)
+            with snn.executing(executor):
+                directory = keyed_work_dir(work_dir, snn, settings)
+                shards = sample_sharded(snn, scheduler_config, num_samples, directory, settings=settings)
             drawn[executor] = gather_shards(shards, num_samples, 0)
             features[executor] = extractor.features(drawn[executor])[0]
-        snn.set_executor("rate")
         energy = spiking_energy(snn, scheduler_config, "ddim", steps)
         difference, _ = paired_bootstrap(features["steps"], features["rate"], mu, sigma, resamples=resamples)
         grey = np.abs(drawn["steps"].astype(np.int16) - drawn["rate"].astype(np.int16)).reshape(num_samples, -1)

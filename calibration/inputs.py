@@ -25,6 +25,8 @@ SOURCES = ("trajectory", "data")
 PROBE_SEED = 1 << 20
 PROBE_TRAJECTORIES = 8
 TRAJECTORIES = 16
+TRAJECTORY_STEPS = 50     # DDIM steps of the trajectories that probes (and fine-tuning pools) are drawn from
+LATE_T = 100              # below this t the noise to predict is smallest: conversion errors show first
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,10 @@ class CalibrationInputs:
             raise ConfigError("source", f"'{self.source}' is unknown: choose one of {', '.join(SOURCES)}")
         if self.source == "data" and not self.data:
             raise ConfigError("data", "is needed to calibrate on data: a .npz, an image folder or a data set name")
-        if self.samples < 1 or self.probes < 2:
-            raise ConfigError("samples", f"must be at least 1 (and probes at least 2), got {self.samples}")
+        if self.samples < 1:
+            raise ConfigError("samples", f"must be at least 1, got {self.samples}")
+        if self.probes < 2:
+            raise ConfigError("probes", f"must be at least 2, got {self.probes}")
 
     def pairs(self, model: torch.nn.Module, scheduler_config: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The calibration pairs (x_t, t) these settings describe."""
@@ -101,13 +105,14 @@ def noised_pairs(images: torch.Tensor, scheduler_config: dict, n: int, seed: int
 
 
 def probe_pairs(
-    model: torch.nn.Module, scheduler_config: dict, n: int = 64
+    model: torch.nn.Module, scheduler_config: dict, n: int = CalibrationInputs.probes
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_t, t, spread): `n` pairs spread evenly over t (`spread` True) and n/2 more at t < 100."""
-    x, t, _ = trajectory(model, scheduler_config, range(PROBE_SEED, PROBE_SEED + PROBE_TRAJECTORIES), steps=50)
+    """(x_t, t, spread): `n` pairs spread evenly over t (`spread` True) and n/2 more at t < LATE_T."""
+    x, t, _ = trajectory(model, scheduler_config, range(PROBE_SEED, PROBE_SEED + PROBE_TRAJECTORIES),
+                         steps=TRAJECTORY_STEPS)
     order = torch.argsort(-t, stable=True)
     spread = order[torch.linspace(0, len(order) - 1, n).round().long()]
-    low = torch.tensor([i for i in (t < 100).nonzero().flatten().tolist() if i not in set(spread.tolist())])
+    low = torch.tensor([i for i in (t < LATE_T).nonzero().flatten().tolist() if i not in set(spread.tolist())])
     low = low[torch.linspace(0, len(low) - 1, min(n // 2, len(low))).round().long()] if len(low) else low
     keep = torch.cat([spread, low.long()])
     return x[keep], t[keep], torch.arange(len(keep)) < len(spread)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sdm.errors import SDMError
+from sdm.errors import ConfigError, SDMError
 
 RULES = ("max", "percentile", "mse")
 _CANDIDATES = np.linspace(0.01, 1.0, 400)
@@ -79,7 +79,7 @@ def site_thresholds(stats: dict, rule: str, *, T: int, v_init: float, percentile
     if per_channel:
         channels = stats.get("channels")
         if channels is None:
-            raise SDMError("per-channel thresholds need per-channel statistics: calibrate with per-channel observers (--per-channel)")
+            raise ConfigError("per_channel", "needs per-channel statistics: calibrate with per-channel observers")
         pairs = []
         for c in range(len(channels["max"])):
             h = {"pos_hist": channels["pos_hist"][c], "neg_hist": channels["neg_hist"][c],

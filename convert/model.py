@@ -243,5 +243,5 @@ def _saved_conversion(saved: dict) -> ConversionConfig:
     """The `ConversionConfig` of a saved model's config.json. Files written before the config existed
     keep the rule and per-channel choice in their `source` record, and their readout was the spikes."""
     source = saved.get("source") or {}
-    older = {"rule": source.get("rule", "mse"), "per_channel": source.get("per_channel", False), "readout": "spikes"}
+    older = {name: source[name] for name in ("rule", "per_channel") if name in source} | {"readout": "spikes"}
     return ConversionConfig.from_dict({**older, **saved})

@@ -55,7 +55,6 @@ class ConversionSummary:
     per_step_analog: list[str] = field(default_factory=list)
 
 
-SMOOTH_TRANSFERS = ("function", "neuron")  # what may stand in for a smooth activation (`SpikingActivation`)
 
 
 def unchanged(x: torch.Tensor) -> torch.Tensor:

@@ -62,23 +62,6 @@ def default_of(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def _option_fields(cls, skip: Iterable[str]) -> list[tuple[dataclasses.Field, dict]]:
-    skip = set(skip)
-    return [(f, f.metadata["option"]) for f in dataclasses.fields(cls)
-            if "option" in f.metadata and f.name not in skip]
-
-
-def flags_of(cls) -> dict[str, str]:
-    """Field name -> the flag that sets it, nested settings included (for error messages)."""
-    flags = {}
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("nested"):
-            flags.update(flags_of(type(default_of(f))))
-        elif "option" in f.metadata:
-            flags[f.name] = f.metadata["option"]["flag"].split("/")[0]
-    return flags
-
-
 def options_of(cls, *, skip: Iterable[str] = (), prefix: str = "", flags: dict[str, str] | None = None,
                defaults: dict[str, Any] | None = None) -> Callable:
     """A decorator adding a click option for every optioned field of `cls` (nested settings too).
@@ -94,7 +77,7 @@ def options_of(cls, *, skip: Iterable[str] = (), prefix: str = "", flags: dict[s
             if f.name in set(skip):
                 continue
             if f.metadata.get("nested"):
-                func = options_of(type(default_of(f)), skip=skip, prefix=prefix, flags=flags)(func)
+                func = options_of(type(default_of(f)), skip=skip, prefix=prefix, flags=flags, defaults=defaults)(func)
                 continue
             if "option" not in f.metadata:
                 continue
@@ -104,7 +87,7 @@ def options_of(cls, *, skip: Iterable[str] = (), prefix: str = "", flags: dict[s
             default = defaults.get(f.name, default_of(f))
             if isinstance(default, tuple):
                 default = ",".join(map(str, default)) if default else None
-            shown = default not in (None, False, dataclasses.MISSING)
+            shown = not (default is None or default is False or default is dataclasses.MISSING)
             kwargs = {"default": None if default is dataclasses.MISSING else default, "show_default": shown, **spec}
             if default is dataclasses.MISSING:
                 kwargs["required"] = True
@@ -137,24 +120,19 @@ def settings_from(cls, params: dict, *, prefix: str = "", **given):
             settings.validate()
     except ConfigError as err:
         # The flag that set the field, or, for a value the command passed on, its own flag of that name.
-        flag = _flag_in_context(prefix + err.field) or _flag_in_context(err.field) or err.field
+        context = click.get_current_context(silent=True)
+        params = context.command.params if context is not None else []
+        flag = _flag_of(prefix + err.field, params) or flag_for(err.field, params)
         raise SDMError(f"{flag} {err.problem}") from None
     return settings
 
 
-def _flag_in_context(name: str) -> str | None:
-    """The flag of the running click command's parameter `name`, if there is one."""
-    context = click.get_current_context(silent=True)
-    for param in context.command.params if context is not None else ():
-        if param.name == name and param.opts:
-            return param.opts[0]
-    return None
+def _flag_of(name: str, params: list[click.Parameter]) -> str | None:
+    return next((p.opts[0] for p in params if p.name == name and p.opts), None)
 
 
 def flag_for(field: str, params: list[click.Parameter]) -> str:
     """How a command with `params` lets a user set `field`: its flag, else the field's own name. For
     errors that library code raises about a setting (`ConfigError`) once a command has parsed its options."""
-    exact = [p for p in params if p.name == field and p.opts]
-    suffixed = [p for p in params if p.name.endswith("_" + field) and p.opts]
-    chosen = exact or (suffixed if len(suffixed) == 1 else [])
-    return chosen[0].opts[0] if chosen else field
+    suffixed = [p.opts[0] for p in params if p.name.endswith("_" + field) and p.opts]
+    return _flag_of(field, params) or (suffixed[0] if len(suffixed) == 1 else field)

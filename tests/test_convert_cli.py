@@ -64,7 +64,7 @@ def test_saved_statistics_are_reused(converted, tiny_pipeline, tmp_path):
     # the statistics were observed per site: a per-channel conversion from them is refused, naming the file
     result = _run(cli, ["--ckpt", tiny_pipeline, "--per-channel", "--stats", converted / "calibration_stats.json",
                         "--num-samples", 0, "--out", tmp_path / "refused", *FAST])
-    _one_line_error(result, "cannot serve this conversion: per_channel needs per-channel statistics")
+    _one_line_error(result, "cannot serve this conversion: --per-channel needs per-channel statistics")
     assert not (tmp_path / "refused").exists()
 
 
@@ -77,6 +77,7 @@ def test_fine_tuning_reports_energy_at_the_sampling_steps(tiny_pipeline, tmp_pat
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["energy"]["denoising_steps"] == 3
+    assert json.loads((out / "finetune" / "report.json").read_text())["energy_denoising_steps"] == 3
     assert report["finetune"]["before"]["energy_mJ_per_image"] == pytest.approx(
         report["energy"]["per_image"]["energy_mJ"], rel=1e-9)
 

@@ -242,10 +242,10 @@ def test_bad_inputs_write_nothing(tiny, tmp_path):
     cases = [
         (["--snn", str(root / "ann")], "no converted SNN"),
         (["--snn", str(root / "ann" / "unet")], "is not a saved ConvertedUNet"),
-        (["--snn", str(root / "snn"), "--teacher", str(tmp_path / "other")], "architecture differs"),
+        (["--snn", str(root / "snn"), "--teacher", str(tmp_path / "other")], "--teacher has an architecture that differs"),
         (["--snn", str(root / "snn"), "--steps", "0"], "--steps"),
         (["--snn", str(root / "snn"), "--energy-budget", "0"], "--energy-budget"),
-        (["--snn", str(tmp_path / "running")], "window"),
+        (["--snn", str(tmp_path / "running")], "--snn is a running-mode SNN"),
         (["--snn", str(root / "snn"), "--source", "data"], "--data is needed to fine-tune on data"),
         (["--snn", str(root / "snn"), "--pairs", "2", "--batch-size", "4"], "--pairs (2) must be at least the batch"),
         (["--snn", str(root / "snn"), "--source", "data", "--data", str(tmp_path / "missing.npz")], "not found"),

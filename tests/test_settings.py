@@ -14,8 +14,9 @@ from convert.finetune import FinetuneSettings
 from sdm.commands import evaluate, sample, train, train_ann
 from sdm.commands.options import command
 from sdm.diffusion.sampler import SamplingSettings
-from sdm.diffusion.train_settings import TrainSettings
 from sdm.errors import ConfigError
+from sdm.models.train_ann import TrainConfig
+from sdm.models.train_snn import SNNTrainConfig
 from sdm.settings import default_of, option, options_of, settings_from
 
 # command -> (settings, parameter-name prefix, fields the command sets itself) it builds from its options
@@ -24,12 +25,13 @@ USES = {
                     (SamplingSettings, "", ()), (FinetuneSettings, "ft_", ("steps", "data", "seed"))],
     "sdm-sweep": [(ConversionConfig, "", ("T", "rule", "percentile")), (CalibrationInputs, "", ()),
                   (SamplingSettings, "", ())],
-    "sdm-compare": [(ConversionConfig, "", ("T",)), (NeuronConfig, "", ()), (SamplingSettings, "", ())],
-    "sdm-finetune": [(FinetuneSettings, "", ())],
+    "sdm-compare": [(ConversionConfig, "", ("T",)), (NeuronConfig, "", ()), (SamplingSettings, "", ()),
+                    (CalibrationInputs, "", ("source", "data", "probes"))],
+    "sdm-finetune": [(FinetuneSettings, "", ()), (SamplingSettings, "sample_", ())],
     "sdm-eval": [(SamplingSettings, "", ())],
     "sdm-sample": [(SamplingSettings, "", ())],
-    "sdm-train": [(TrainSettings, "", ())],
-    "sdm-train-ann": [(TrainSettings, "", ())],
+    "sdm-train": [(SNNTrainConfig, "", ())],
+    "sdm-train-ann": [(TrainConfig, "", ())],
 }
 COMMANDS = {"sdm-convert": convert_command.main, "sdm-sweep": sweep.main, "sdm-compare": compare.main,
             "sdm-finetune": finetune.main, "sdm-eval": evaluate.main, "sdm-sample": sample.main,

@@ -18,7 +18,6 @@ from calibration import (
     CalibrationInputs,
     ConversionConfig,
     calibrate,
-    calibration_pairs,
     prepare,
     require_ann,
 )
@@ -82,13 +81,12 @@ def _T_values(text: str) -> list[int]:
     return values
 
 
-def _conversions(ann: LoadedModel, T_values: list[int], config: ConversionConfig, calib_samples: int,
+def _conversions(ann: LoadedModel, T_values: list[int], config: ConversionConfig, inputs: CalibrationInputs,
                  seed: int) -> list[LoadedModel]:
     """The ANN converted by `config` at each T, from one calibration."""
     require_ann(ann.model, f"--ann '{ann.source}'")
-    pairs = calibration_pairs(ann.model, ann.scheduler_config, calib_samples, seed=seed)
-    stats = calibrate(prepare(ann.model, config), pairs).stats(
-        {"source": "trajectory", "samples": calib_samples, "seed": seed})
+    observed = prepare(ann.model, config)
+    stats = calibrate(observed, inputs.pairs(ann.model, ann.scheduler_config, seed)).stats(inputs.record(seed))
     converted = []
     for T in T_values:
         snn = convert(ann.model, stats.retarget(T=T))
@@ -158,8 +156,7 @@ def _markdown(rows: list[dict], metric_names: list[str]) -> str:
 @click.option("--convert-T", "convert_T", default="4,8", show_default=True,
               help="Convert the ANN at these T (by the conversion options below); none to skip.")
 @options_of(ConversionConfig, skip=("T",), defaults=RECIPE)
-@click.option("--calib-samples", type=click.IntRange(min=1), default=CalibrationInputs.samples, show_default=True,
-              help="Calibration pairs for --convert-T.")
+@options_of(CalibrationInputs, skip=("source", "data", "probes"))  # calibration on the ANN's own trajectories
 @click.option("--converted", multiple=True, help="An existing converted SNN (sdm-convert's OUT/snn, or a fine-tuned "
               "OUT/finetune/snn); repeat for several.")
 @click.option("--direct", default=EMBEDDED_SDM_NAME, show_default=True,
@@ -173,9 +170,10 @@ def _markdown(rows: list[dict], metric_names: list[str]) -> str:
               help="Sample cache, one sub-directory per model and setting; point runs (and benchmarks) at one to "
                    "reuse their samples.  [default: OUT/work]")
 @cli.device_option
-def main(ann, convert_T, calib_samples, converted, direct, num_samples, metrics, extractor, reference,
+def main(ann, convert_T, converted, direct, num_samples, metrics, extractor, reference,
          inception_weights, executor, out, work_dir, device, **options):
     config = settings_from(ConversionConfig, options)
+    inputs = settings_from(CalibrationInputs, options)
     sampling = settings_from(SamplingSettings, options)
     sampler, steps, seed, batch_size = sampling.sampler, sampling.steps, sampling.seed, sampling.batch_size
     ann, direct = _optional(ann), _optional(direct)
@@ -192,7 +190,7 @@ def main(ann, convert_T, calib_samples, converted, direct, num_samples, metrics,
     if ann is not None:
         loaded_ann = load_model(ann, device=device)
         chosen.append(("ANN", loaded_ann, None))
-        chosen += [("converted SNN", snn, None) for snn in _conversions(loaded_ann, T_values, config, calib_samples, seed)]
+        chosen += [("converted SNN", snn, None) for snn in _conversions(loaded_ann, T_values, config, inputs, seed)]
     chosen += [("converted SNN", load_model(ckpt, device=device), _fine_tuning(ckpt)) for ckpt in converted]
     if direct is not None:
         chosen.append(("SDM (direct)", load_model(direct, device=device), None))

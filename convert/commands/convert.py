@@ -28,10 +28,10 @@ from sdm.commands import options as cli
 from sdm.diffusion.data import load_dataset
 from sdm.diffusion.images import save_comparison, save_grid, save_npz
 from sdm.diffusion.sampler import SamplingSettings, sample
-from sdm.errors import SDMError
+from sdm.errors import ConfigError, SDMError
 from sdm.io import atomic_dir, write_json, write_text
 from sdm.models.pretrained import load_model
-from sdm.settings import options_of, settings_from
+from sdm.settings import flag_for, options_of, settings_from
 from sdm.snn.energy import energy_markdown, energy_report
 
 
@@ -174,8 +174,9 @@ def _retargeted(stats, config: ConversionConfig, path: str):
     """Saved statistics pointed at this cli.command's conversion: the flags decide, the file must allow it."""
     try:
         return stats.retarget(**{name: getattr(config, name) for name in config.differences(stats.config)})
-    except SDMError as err:
-        raise SDMError(f"--stats '{path}' cannot serve this conversion: {err}") from None
+    except ConfigError as err:
+        flag = flag_for(err.field, click.get_current_context().command.params)
+        raise SDMError(f"--stats '{path}' cannot serve this conversion: {flag} {err.problem}") from None
 
 
 if __name__ == "__main__":

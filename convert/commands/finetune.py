@@ -8,14 +8,18 @@ import click
 
 from convert.finetune import FinetuneSettings, check_student, run_finetune
 from convert.model import ConvertedUNet
-from sdm.commands.options import command, device_option, resolve_device
+from sdm.commands.options import allow_pickle_option, command, device_option, resolve_device, resume_option
 from sdm.diffusion.data import load_dataset
+from sdm.diffusion.sampler import SamplingSettings
 from sdm.errors import SDMError
 from sdm.models.pretrained import load_model
 from sdm.settings import options_of, settings_from
 
 # sdm-convert's spelling of the fine-tuning flags its own options would clash with.
 FINETUNE_FLAGS = {"batch_size": "--finetune-batch-size"}
+# sdm-finetune's spelling of the sampling flags (its --steps and --seed are the fine-tuning run's): the
+# grid, and the denoising steps per image the energy is reported at.
+SAMPLING_FLAGS = {"steps": "--sample-steps", "seed": "--sample-seed", "batch_size": "--sample-batch-size"}
 
 
 def snn_directory(path: str) -> Path:
@@ -37,33 +41,35 @@ def recorded_teacher(snn: ConvertedUNet) -> str:
 @command(help="Fine-tune a converted SNN against the ANN it came from (distillation in the SNN's exact rate "
               "form); write OUT/snn (loads wherever sdm-convert's OUT/snn does), OUT/report.json, the loss curve "
               "and the ANN / converted / fine-tuned grid.")
-@click.option("--snn", "snn_path", required=True, help="sdm-convert's OUT or OUT/snn (window mode).")
+@click.option("--snn", "snn", required=True, help="sdm-convert's OUT or OUT/snn (window mode).")
 @click.option("--teacher", default=None, metavar="HUB_ID_OR_DIR",
               help="The ANN [default: the checkpoint recorded at conversion].")
-@click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) teacher weights. Only for files you trust.")
+@allow_pickle_option
 @options_of(FinetuneSettings)
 @click.option("--num-samples", type=click.IntRange(min=0), default=16, show_default=True,
               help="Images per model in comparison.png (0: none).")
+@options_of(SamplingSettings, prefix="sample_", flags=SAMPLING_FLAGS)
 @click.option("--out", type=click.Path(file_okay=False), default="out/finetune", show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@resume_option
 @device_option
-def main(snn_path, teacher, allow_pickle, num_samples, out, resume, device, **options):
+def main(snn, teacher, allow_pickle, num_samples, out, resume, device, **options):
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise SDMError(f"--out '{out}' is not empty; pass --resume to continue a run there or choose another directory")
     device = resolve_device(device)
     settings = settings_from(FinetuneSettings, options, device=device)
-    snn_dir = snn_directory(snn_path)
-    snn = ConvertedUNet.from_pretrained(snn_dir)
-    check_student(snn)
-    teacher = teacher or recorded_teacher(snn)
+    sampling = settings_from(SamplingSettings, options, prefix="sample_")
+    snn_dir = snn_directory(snn)
+    student = ConvertedUNet.from_pretrained(snn_dir)
+    check_student(student)
+    teacher = teacher or recorded_teacher(student)
     loaded = load_model(teacher, device=device, allow_pickle=allow_pickle)
-    check_student(snn, loaded.model)
+    check_student(student, loaded.model)
     images = None
     if settings.source == "data":
         images = load_dataset(settings.data, loaded.model.config.sample_size, loaded.model.config.in_channels)
     report = run_finetune(snn_dir, loaded.model, loaded.scheduler_config, out, settings, teacher_source=loaded.source,
-                          images=images, resume=resume, num_samples=num_samples)
+                          images=images, resume=resume, num_samples=num_samples, sampling=sampling)
     if report is not None:
         summarise(report, out)
 

@@ -8,6 +8,7 @@ under OUT/cells/ and are skipped when the cli.command is rerun.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
@@ -18,15 +19,14 @@ import click
 from calibration import (
     RULES,
     CalibrationInputs,
-    CalibrationStats,
     ConversionConfig,
     NeuronConfig,
     calibrate,
+    load_stats,
     prepare,
     probe_pairs,
     require_ann,
 )
-from calibration.graph import architecture_fingerprint
 from convert.conversion import convert
 from convert.report import eps_fidelity
 from sdm.commands import options as cli
@@ -38,6 +38,7 @@ from sdm.models.pretrained import load_model
 from sdm.settings import CommaList, options_of, settings_from
 from sdm.snn.neurons import NEURONS
 
+CELL_FIELDS = ("T", "rule", "percentile", "neuron")  # what the cells vary; the rest is the sweep's conversion
 COLUMNS = ["T", "rule", "percentile", "neuron", "eps_cosine", "eps_cosine_t_lt_100", "eps_rel_mse", "firing_rate",
            "sample_metric", "sample_value"]
 
@@ -103,7 +104,7 @@ def _plot(rows: list[dict], path: Path, metric: str, label: str) -> None:
 @click.option("--percentile", "percentiles", type=CommaList(float), default=str(ConversionConfig.percentile),
               show_default=True)
 @click.option("--neuron", "neurons", type=CommaList(str, tuple(NEURONS)), default=NeuronConfig.kind, show_default=True)
-@options_of(ConversionConfig, skip=("T", "rule", "percentile", "neuron"))
+@options_of(ConversionConfig, skip=CELL_FIELDS)
 @options_of(CalibrationInputs)
 @click.option("--fid", "fid_samples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also sample N images per cell and score them (FID, or FID-FMNIST offline).")
@@ -125,8 +126,12 @@ def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, fid_samples, execu
     ann = loaded.model
     require_ann(ann, f"'{loaded.source}'")
     stats_path = out / "calibration_stats.json"
-    if stats_path.is_file():
-        stats = CalibrationStats.load(stats_path, architecture_fingerprint(dict(ann.config)))
+    if stats_path.is_file():  # a rerun: the cells already there must belong to this sweep's conversion
+        stats = load_stats(stats_path, ann)
+        differ = [name for name in base.differences(stats.config) if name not in CELL_FIELDS]
+        if differ:
+            raise SDMError(f"--out '{out}' holds a sweep of another conversion ({', '.join(differ)} differ); "
+                           "choose another --out")
     else:
         pairs = inputs.pairs(ann, loaded.scheduler_config, sampling.seed)
         stats = calibrate(prepare(ann, base), pairs, batch_size=sampling.batch_size).stats(inputs.record(sampling.seed))
@@ -152,7 +157,7 @@ def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, fid_samples, execu
             continue
         snn = convert(ann, stats.retarget(T=cell["T"], rule=cell["rule"],
                                           percentile=cell["percentile"] or base.percentile,
-                                          neuron=NeuronConfig(kind=cell["neuron"])))
+                                          neuron=dataclasses.replace(base.neuron, kind=cell["neuron"])))
         ran = cli.use_executor(snn, executor)
         fidelity = eps_fidelity(ann, snn, probe_set, batch_size=sampling.batch_size)
         row = {**cell, "executor": ran, **{k: v for k, v in fidelity.items() if k in COLUMNS}}

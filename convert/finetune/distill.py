@@ -21,15 +21,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from calibration.inputs import noised_pairs
+from calibration.inputs import LATE_T, SOURCES, TRAJECTORY_STEPS, noised_pairs
 from sdm.diffusion.sampler import trajectory
 from sdm.io import atomic_file
 from sdm.snn.modes import keeping_counts
 
-PAIR_SOURCES = ("trajectory", "data")
+PAIR_SOURCES = SOURCES   # the teacher's trajectories (data-free) or real images noised at random t
 PAIR_SEED = 1 << 21       # trajectory seeds: disjoint from sampling seeds (0..) and probe seeds (1 << 20)
-TRAJECTORY_STEPS = 50
-LATE_T = 100              # below this t the SNN is weakest: these pairs get a guaranteed share
 POOL_FILE = "pairs.safetensors"
 PAIR_REUSE = 4            # draws per pool pair over a run: the default pool is the run's draws / this
 MAX_POOL = 51_200         # a default pool never outgrows this many pairs (0.3 GB at 28 x 28, 1.2 GB at 32 x 32 x 3)

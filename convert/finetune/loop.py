@@ -71,8 +71,6 @@ def prepare_student(snn: ConvertedUNet, settings: FinetuneSettings) -> list[dict
         for p in chosen:
             p.requires_grad_(True)
         groups.append({"params": chosen, "lr": settings.lr})
-    if not any(p.requires_grad for g in groups for p in g["params"]):
-        raise SDMError("nothing to train: --train thresholds with --threshold-lr 0 leaves no parameter free")
     return [g for g in groups if g["params"]]
 
 

@@ -111,7 +111,7 @@ def finetune_report(before: ConvertedUNet, after: ConvertedUNet, teacher: nn.Mod
                                     "met": reached <= settings.energy_budget,
                                     "final_weight": curve[-1].get("energy_weight") if curve else None}}
     return {"settings": asdict(settings), "steps": settings.steps, "seconds": round(seconds, 1),
-            "T": after.T, **result, **budget, "loss_curve": "loss.json", "loss_plot": "loss.png"}
+            "T": after.T, "energy_denoising_steps": denoising_steps, **result, **budget, "loss_curve": "loss.json", "loss_plot": "loss.png"}
 
 
 def run_finetune(snn_dir: Path, teacher: nn.Module, scheduler_config: dict, out: Path, settings: FinetuneSettings,

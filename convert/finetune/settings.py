@@ -12,7 +12,7 @@ from calibration.graph import architecture_fingerprint
 from convert.finetune.distill import PAIR_SOURCES, pool_size
 from convert.model import ConvertedUNet
 from sdm.diffusion.train_settings import PRECISIONS
-from sdm.errors import ConfigError, SDMError
+from sdm.errors import ConfigError
 from sdm.settings import option
 
 TRAINABLE = ("thresholds", "norms", "all")
@@ -82,6 +82,8 @@ class FinetuneSettings:
             raise ConfigError("lr", f"must be positive, got {self.lr}")
         if not self.threshold_lr >= 0:
             raise ConfigError("threshold_lr", f"must be non-negative, got {self.threshold_lr}")
+        if self.threshold_lr == 0 and self.train == "thresholds":
+            raise ConfigError("threshold_lr", "is 0 while only the thresholds train: nothing would learn")
         for name, value, choices in (("source", self.source, PAIR_SOURCES), ("train", self.train, TRAINABLE),
                                      ("precision", self.precision, PRECISIONS)):
             if value not in choices:
@@ -101,14 +103,14 @@ class FinetuneSettings:
 def check_student(snn: nn.Module, teacher: nn.Module | None = None) -> None:
     """The student must be a window-mode converted SNN (of the teacher's architecture, given one)."""
     if not isinstance(snn, ConvertedUNet):
-        raise SDMError(f"--snn must be a converted SNN (sdm-convert's OUT/snn), not a {type(snn).__name__}")
+        raise ConfigError("snn", f"must be a converted SNN (sdm-convert's OUT/snn), not a {type(snn).__name__}")
     if snn.analog_mode != "window":
-        raise SDMError("fine-tuning trains the exact rate form, which needs a window-mode SNN; convert with "
-                       "--analog window")
+        raise ConfigError("snn", "is a running-mode SNN: fine-tuning trains the exact rate form, which needs one "
+                          "converted in window mode")
     if teacher is None:
         return
     if isinstance(teacher, ConvertedUNet) or not hasattr(teacher, "config"):
-        raise SDMError(f"the teacher must be the ANN the SNN was converted from, not a {type(teacher).__name__}")
+        raise ConfigError("teacher", f"must be the ANN the SNN was converted from, not a {type(teacher).__name__}")
     if architecture_fingerprint(dict(teacher.config)) != snn.config["architecture_fingerprint"]:
-        raise SDMError("the teacher's architecture differs from the SNN's; pass the ANN it was converted from "
-                       "with --teacher")
+        raise ConfigError("teacher", "has an architecture that differs from the SNN's: pass the ANN it was "
+                          "converted from")

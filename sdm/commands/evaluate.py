@@ -12,6 +12,7 @@ import click
 
 from sdm.commands import options as cli
 from sdm.diffusion.data import read_images
+from sdm.diffusion.shards import SHARD_SIZE
 from sdm.errors import SDMError
 from sdm.io import write_json
 from sdm.metrics.extractors import make_extractor
@@ -25,14 +26,14 @@ from sdm.metrics.trajectory_energy import spiking_energy
 @cli.ckpt_options
 @click.option("--num-samples", type=click.IntRange(min=2), default=50_000, show_default=True)
 @cli.sampling_options
-@click.option("--threshold-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Threshold guidance for spiking models.")
+@cli.threshold_scale_option
 @cli.quality_options()
 @cli.executor_option
 @click.option("--kid-subset-size", type=click.IntRange(min=2), default=1000, show_default=True)
 @click.option("--work-dir", type=click.Path(file_okay=False), default="sdm_eval_work", show_default=True,
               help="Where sample shards go; a rerun skips the shards already there.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--shard-size", type=click.IntRange(min=1), default=SHARD_SIZE, show_default=True,
+              help="Images per shard (the sample cache of sdm-compare and the benchmarks uses the same).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
 @cli.device_option
 def main(samples, ckpt, allow_pickle, num_samples, sampler, steps, seed, batch_size, threshold_scale, metrics,

@@ -79,12 +79,22 @@ def use_executor(model, executor: str) -> str | None:
     return model.executor
 
 
+allow_pickle_option = click.option(
+    "--allow-pickle", is_flag=True,
+    help="Allow loading pickle (.bin) weights. Only for files you trust: unpickling can run code.",
+)
+
+resume_option = click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+
+threshold_scale_option = click.option(
+    "--threshold-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+    help="Threshold guidance for spiking models: every threshold times this while sampling.",
+)
+
+
 def ckpt_options(func):
     """--ckpt (default: the embedded model) and --allow-pickle."""
-    func = click.option(
-        "--allow-pickle", is_flag=True,
-        help="Allow loading pickle (.bin) weights. Only for files you trust: unpickling can run code.",
-    )(func)
+    func = allow_pickle_option(func)
     return click.option(
         "--ckpt", default=None, metavar="HUB_ID_OR_DIR",
         help="Hub id, pipeline or model directory, or embedded:fmnist-ddpm / embedded:fmnist-sdm [default: the embedded "
@@ -104,7 +114,7 @@ def training_options(func):
     from sdm.diffusion.train_settings import TrainSettings
 
     func = device_option(func)
-    func = click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")(func)
+    func = resume_option(func)
     return options_of(TrainSettings)(func)
 
 

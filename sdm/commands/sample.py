@@ -20,8 +20,7 @@ from sdm.models.pretrained import load_model
 @cli.ckpt_options
 @click.option("--num-samples", type=click.IntRange(min=1), default=16, show_default=True)
 @cli.sampling_options
-@click.option("--threshold-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Threshold guidance for spiking models: every threshold times this (>1 inhibits, <1 excites).")
+@cli.threshold_scale_option
 @cli.executor_option
 @click.option("--out", type=click.Path(file_okay=False), default="samples", show_default=True)
 @cli.device_option

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import click
 from accelerate import PartialState
 
 from sdm.commands.options import command, resolve_device, training_options
-from sdm.models.presets import PRESETS
+from sdm.diffusion.train_settings import TrainSettings
 from sdm.models.train_ann import TrainConfig, train
+from sdm.settings import options_of
 
 
 @command(help="Train a diffusers UNet2DModel DDPM (epsilon objective, linear betas) on an image data set.")
-@click.option("--preset", type=click.Choice(list(PRESETS)), default="fmnist-small", show_default=True)
+@options_of(TrainConfig, skip=[f.name for f in fields(TrainSettings)])
 @training_options
 def main(device, resume, **options):
     config = TrainConfig(device=resolve_device(device), **options)

@@ -32,7 +32,7 @@ import torch
 from sdm.diffusion.data import NPZ_READ_ERRORS
 from sdm.diffusion.images import save_npz
 from sdm.diffusion.sampler import sample
-from sdm.errors import SDMError
+from sdm.errors import ConfigError, SDMError
 from sdm.io import write_json
 
 SHARD_SIZE = 500
@@ -115,7 +115,7 @@ def sample_sharded(
     when no shard is there yet, and is an `SDMError` otherwise (see the module's docstring).
     """
     if num_samples < 1 or shard_size < 1:
-        raise SDMError("--num-samples and --shard-size must be at least 1")
+        raise ConfigError("num_samples" if num_samples < 1 else "shard_size", "must be at least 1")
     directory = Path(work_dir)
     manifest = _manifest(model, settings, seed, shard_size)
     manifest_path = directory / "manifest.json"
@@ -158,5 +158,5 @@ def gather_shards(paths: list[Path], num_samples: int, seed: int) -> np.ndarray:
             raise SDMError(f"shard '{path}' is damaged ({reason}); rerun the command to draw it again") from None
     seeds = np.concatenate(seeds)
     if not np.array_equal(seeds, np.arange(seed, seed + num_samples)):
-        raise SDMError("the shards do not hold exactly the requested seeds; remove the --work-dir and rerun")
+        raise SDMError("the shards do not hold exactly the requested seeds; remove the work directory and rerun")
     return np.concatenate(images)

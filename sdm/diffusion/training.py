@@ -29,7 +29,7 @@ from sdm.diffusion.images import save_grid, to_model_range
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE, save_pipeline
 from sdm.diffusion.sampler import sample
 from sdm.diffusion.train_settings import TrainSettings
-from sdm.errors import SDMError
+from sdm.errors import ConfigError, SDMError
 from sdm.io import write_json, write_text
 
 CHECKPOINT_DIR = "checkpoint"
@@ -105,7 +105,7 @@ def _check_resume(out: Path, record: dict, resume: bool) -> bool:
     if not (out / CHECKPOINT_DIR / "state.json").is_file():
         return False
     if not resume:
-        raise SDMError(f"'{out}' already holds a training run; pass --resume to continue it or choose another --out")
+        raise ConfigError("out", f"'{out}' already holds a training run: resume it, or choose another directory")
     saved = read_run_config(out) or {}
     changed = [k for k in RESUME_INVARIANT if saved.get(k) != record.get(k)]
     changed += [f"model.{k}" for k in record["model"] if saved.get("model", {}).get(k) != record["model"][k]]
@@ -156,7 +156,7 @@ def train_diffusion(
     autocast = functools.partial(torch.autocast, "cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=bf16)
     world, rank = accelerator.num_processes, accelerator.process_index
     if settings.batch_size % world:
-        raise SDMError(f"--batch-size {settings.batch_size} must be divisible by the {world} processes")
+        raise ConfigError("batch_size", f"({settings.batch_size}) must be divisible by the {world} processes")
 
     torch.manual_seed(settings.seed)
     model = build_model()
@@ -183,7 +183,8 @@ def train_diffusion(
         initialise(model)
         ema.load_state_dict(model.state_dict())
     if step >= settings.steps:
-        raise SDMError(f"'{out}' is already trained for {step} steps; pass a larger --steps to continue")
+        raise ConfigError("steps", f"({settings.steps}) is no more than '{out}' is already trained for {step} steps; "
+                          "ask for more to continue")
     model.train()
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
@@ -206,7 +207,7 @@ def train_diffusion(
         with autocast():
             loss, scalars = objective(model, step, _noise_generator(settings.seed, step, rank))
         if not torch.isfinite(loss):
-            raise SDMError(f"the loss became {loss.item()} at step {step}; lower --lr or check the data")
+            raise SDMError(f"the loss became {loss.item()} at step {step}; lower the learning rate or check the data")
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)

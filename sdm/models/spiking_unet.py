@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from safetensors import SafetensorError
 from torch import nn
 
 from sdm.errors import ConfigError, SDMError
@@ -320,9 +321,13 @@ class SpikingUNet(ModelMixin, ConfigMixin):
     @classmethod
     def from_prespike(cls, directory: str | Path) -> tuple[SpikingUNet, list[str]]:
         """A TSM model initialised from a pre-spike checkpoint; returns it and its new parameter names."""
-        parent = cls.from_pretrained(directory)
+        try:
+            parent = cls.from_pretrained(directory)
+        except (OSError, ValueError, KeyError, SafetensorError) as err:  # missing, truncated or foreign files
+            raise ConfigError("init_from", f"'{directory}' holds no readable spiking UNet ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:120]}); pass a pre-spike run") from None
         if parent.config.tsm:
-            raise SDMError(f"'{directory}' already has TSM factors; --init-from takes a pre-spike checkpoint")
+            raise ConfigError("init_from", f"'{directory}' already has TSM factors: it must be a pre-spike checkpoint")
         child = cls.from_config({**dict(parent.config), "tsm": True})
         missing, unexpected = child.load_state_dict(parent.state_dict(), strict=False)
         new = sorted(child.tsm_parameters())

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import click
 
 from sdm.diffusion.train_settings import TrainSettings
 from sdm.diffusion.training import train_diffusion
-from sdm.models.presets import build_unet, preset_config
+from sdm.models.presets import PRESETS, build_unet, preset_config
+from sdm.settings import option
 
 
 @dataclass
 class TrainConfig(TrainSettings):
-    preset: str = "fmnist-small"
+    """An ANN training run: the shared settings plus the UNet2DModel preset."""
+
+    preset: str = field(default="fmnist-small", metadata=option("--preset", type=click.Choice(list(PRESETS))))
 
     def validate(self) -> None:
         super().validate()
