@@ -79,11 +79,11 @@ def test_nan_model_is_reported():
 
 
 def test_bad_arguments(tiny):
-    for kwargs, match in [({"sampler": "euler"}, "unknown sampler"), ({"steps": 0}, "--steps"),
-                          ({"steps": 1001}, "exceeds"), ({"batch_size": 0}, "--batch-size")]:
+    for kwargs, match in [({"sampler": "euler"}, "unknown sampler"), ({"steps": 0}, "^steps must be at least 1"),
+                          ({"steps": 1001}, "exceeds"), ({"batch_size": 0}, "^batch_size must be at least 1")]:
         with pytest.raises(SDMError, match=match):
             _draw(tiny, 2, **kwargs)
-    with pytest.raises(SDMError, match="--num-samples"):
+    with pytest.raises(SDMError, match="^num_samples must be at least 1"):
         _draw(tiny, 0)
     with pytest.raises(SDMError, match="config.sample_size"):
         sample(torch.nn.Linear(2, 2), DDPM_LINEAR_SCHEDULE, 1, progress=False)

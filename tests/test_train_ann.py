@@ -88,7 +88,7 @@ def test_bf16_autocast_on_the_cpu_trains_in_bf16_and_stores_fp32(fake_fmnist, tm
 
 def test_refuses_to_overwrite_or_mix_runs(fake_fmnist, tmp_path):
     train(_config(fake_fmnist, tmp_path / "run", steps=2), progress=False)
-    with pytest.raises(SDMError, match="--resume"):
+    with pytest.raises(SDMError, match="already holds a training run: resume it"):
         train(_config(fake_fmnist, tmp_path / "run", steps=4), progress=False)
     with pytest.raises(SDMError, match="lr=0.0002 differ"):
         train(_config(fake_fmnist, tmp_path / "run", steps=4, lr=1e-3), progress=False, resume=True)
@@ -97,8 +97,8 @@ def test_refuses_to_overwrite_or_mix_runs(fake_fmnist, tmp_path):
 
 
 def test_bad_settings_write_nothing(fake_fmnist, tmp_path):
-    for kw, match in [({"steps": 0}, "--steps"), ({"ema_decay": 1.0}, "--ema-decay"), ({"preset": "huge"}, "preset"),
-                      ({"precision": "fp8"}, "--precision")]:
+    for kw, match in [({"steps": 0}, "^steps must be positive"), ({"ema_decay": 1.0}, "^ema_decay must lie"), ({"preset": "huge"}, "preset"),
+                      ({"precision": "fp8"}, "^precision .fp8. is unknown")]:
         with pytest.raises(SDMError, match=match):
             train(_config(fake_fmnist, tmp_path / "bad", **kw), progress=False)
     with pytest.raises(SDMError, match="not found"):
