@@ -72,8 +72,7 @@ class ConvertedUNet(nn.Module, ConfigMixin):
         kept = unet_graph.match_sites(list(config.analog_sites), [s.name for s in sites])
         if config.readout == "analog":
             kept += [name for name in unet_graph.readout_sites(captured, sites) if name not in kept]
-        self.graph, self.summary = spiking_graph(captured, sites, make, config.T, config.analog_mode,
-                                                 config.activation, frozenset(kept))
+        self.graph, self.summary = spiking_graph(captured, sites, make, config, frozenset(kept))
         self.conversion, self.thresholds, self.unet_config, self.source = config, thresholds, unet_config, source or {}
         self.executor = self.default_executor
         self.set_executor(self.executor)

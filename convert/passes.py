@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
+from calibration.config import ConversionConfig
 from calibration.graph import (
     ACTIVATIONS,
     SYNAPTIC,
@@ -91,17 +92,16 @@ def spiking_graph(
     captured: fx.GraphModule,
     sites: list[ActivationSite],
     make_neuron: Callable[[ActivationSite], SpikingNeuron],
-    T: int,
-    analog_mode: str = "window",
-    activation: str = "function",
-    analog_sites: frozenset[str] = frozenset(),
+    config: ConversionConfig,
+    analog_sites: frozenset[str],
 ) -> tuple[fx.GraphModule, ConversionSummary]:
     """Rewrite `captured` (from `calibration.graph.capture`) in place of its own graph; returns the new module.
 
-    `activation` is the transfer of smooth activations ('function' or 'neuron', see
-    `sdm.snn.temporal.SpikingActivation`); sites named in `analog_sites` stay analog. T, the analog mode
-    and the transfer come from a checked `ConversionConfig` (`ConvertedUNet` builds the graph).
+    `config` (checked) gives T, the analog mode and the transfer of smooth activations ('function' or
+    'neuron', see `sdm.snn.temporal.SpikingActivation`); the sites named in `analog_sites` (the config's
+    patterns resolved, and the readout) stay analog.
     """
+    T, analog_mode, activation = config.T, config.analog_mode, config.activation
     if not sites:
         raise SDMError("the model has no activation call sites on its image path: nothing to convert")
     dependent = sample_dependent(captured.graph)

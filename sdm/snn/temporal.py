@@ -105,7 +105,7 @@ class TemporalMean(Folded):
     sizes) pass through unchanged.
     """
 
-    def __init__(self, fn: Callable, sequence_args: tuple[int, ...], T: int, mode: str = "window", name: str = ""):
+    def __init__(self, fn: Callable, sequence_args: tuple[int, ...], T: int, mode: str, name: str = ""):
         super().__init__(T)
         self.fn, self.sequence_args, self.mode, self.name = fn, tuple(sequence_args), mode, name
 
@@ -137,8 +137,7 @@ class SpikingActivation(Folded):
       a user keeps analog). The neuron and its thresholds are kept so the site can spike again.
     """
 
-    def __init__(self, neuron: SpikingNeuron, T: int, function: Callable, mode: str = "window",
-                 transfer: str = "function"):
+    def __init__(self, neuron: SpikingNeuron, T: int, function: Callable, mode: str, transfer: str):
         super().__init__(T)
         if transfer not in TRANSFERS:
             raise ValueError(f"unknown transfer {transfer!r}; use one of {TRANSFERS}")
