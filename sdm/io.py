@@ -26,7 +26,12 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:  # name the file as the user will know it, not its temporary twin
+            if err.filename and Path(err.filename) == tmp:
+                raise OSError(err.errno, err.strerror, str(path)) from None
+            raise
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide outputs from other users
         os.replace(tmp, path)
     finally:

@@ -142,3 +142,23 @@ def test_a_full_disk_is_one_line_and_leaves_no_output(tiny_pipeline, tmp_path, m
         f"Error: could not write or read '{out / 'snn' / 'diffusion_pytorch_model.safetensors'}': No space left on "
         "device; free space, fix the permissions or choose another path")
     assert not out.exists() and not any(p.name.startswith(".out.") for p in tmp_path.iterdir())
+
+
+def test_a_full_disk_while_writing_the_report_names_the_report(tiny_pipeline, tmp_path, monkeypatch):
+    """Text files are written through a temporary twin: the error names the file the user asked for."""
+    import errno
+    import pathlib
+
+    real = pathlib.Path.write_text
+
+    def full(self, text, *args, **kwargs):
+        if ".report.json." in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    out = tmp_path / "out"
+    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--num-samples", 0, "--out", out, *FAST])
+    assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        f"Error: could not write or read '{out / 'report.json'}': No space left on device")
+    assert not out.exists()
