@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from benchmarks.common import provenance, sample_metric, write_table
-from calibration import ConversionConfig, calibrate, calibration_pairs, prepare
+from calibration import CalibrationInputs, ConversionConfig, calibrate, prepare
 from convert import convert
 from sdm.commands.options import command
 from sdm.diffusion.images import save_comparison
@@ -35,7 +35,8 @@ def main(ckpt, Ts, calib, num_samples, steps, encode_analog, out):
     loaded = load_model(ckpt)
     ann = loaded.model
     base = ConversionConfig(rule=calib, encode_analog=encode_analog)
-    stats = calibrate(prepare(ann, base), calibration_pairs(ann, loaded.scheduler_config, 256), progress=False).stats()
+    pairs = CalibrationInputs().pairs(ann, loaded.scheduler_config, seed=0)
+    stats = calibrate(prepare(ann, base), pairs, progress=False).stats()
     ann_fid, ann_images, _ = sample_metric(ann, loaded.scheduler_config, num_samples, out / "work" / "ann", steps=steps)
     rows = [{"model": "ANN", "T": "", "FID-FMNIST": f"{ann_fid.value:.3f}", "ratio to ANN": "1.00"}]
     grids = [("ANN", ann_images[:16])]

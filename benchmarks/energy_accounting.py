@@ -17,7 +17,14 @@ from pathlib import Path
 import click
 
 from benchmarks.common import provenance, write_table
-from calibration import ConversionConfig, calibrate, calibration_pairs, prepare, probe_pairs, spread_subset
+from calibration import (
+    CalibrationInputs,
+    ConversionConfig,
+    calibrate,
+    prepare,
+    probe_pairs,
+    spread_subset,
+)
 from convert import convert
 from convert.commands import compare
 from sdm.commands.options import command
@@ -47,11 +54,11 @@ def main(steps, out):
     meta = provenance(__spec__.name)
     loaded = load_model(None)
     ann, config = loaded.model, loaded.scheduler_config
-    pairs = calibration_pairs(ann, config, 256)
+    pairs = CalibrationInputs().pairs(ann, config, seed=0)
     # One calibration per observer kind, encoders observed too; each variant retargets its statistics.
     stats = {per_channel: calibrate(prepare(ann, ConversionConfig(per_channel=per_channel, encode_analog=True)), pairs,
                                     progress=False).stats() for per_channel in (False, True)}
-    x, t = spread_subset(probe_pairs(ann, config, 64))
+    x, t = spread_subset(probe_pairs(ann, config))
     rows = []
     for label, kwargs in VARIANTS:
         snn = convert(ann, stats[kwargs.get("per_channel", False)].retarget(**{"encode_analog": False, **kwargs}))

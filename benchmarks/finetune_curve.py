@@ -18,7 +18,7 @@ import click
 
 from benchmarks.common import plot_fid_curves, provenance, sample_metric, write_table
 from benchmarks.finetune_fid import VARIANTS, convert_variant
-from calibration import calibration_pairs
+from calibration import CalibrationInputs
 from convert.finetune import FinetuneSettings, run_finetune
 from convert.model import ConvertedUNet
 from sdm.commands.options import command
@@ -58,7 +58,8 @@ def main(ckpt, variants, lengths, num_samples, ann_fid, runs, out):
         if snn_dir is None:
             snn_dir = out / variant / "snn"
             if not (snn_dir / "config.json").is_file():
-                pairs = pairs if pairs is not None else calibration_pairs(loaded.model, loaded.scheduler_config, 256)
+                if pairs is None:
+                    pairs = CalibrationInputs().pairs(loaded.model, loaded.scheduler_config, seed=0)
                 convert_variant(loaded, variant, pairs, snn_dir)
         curves[variant] = []
         for length in sorted(set(lengths)):

@@ -17,7 +17,14 @@ from pathlib import Path
 import click
 
 from benchmarks.common import provenance, sample_metric, write_table
-from calibration import ConversionConfig, calibrate, calibration_pairs, prepare, probe_pairs, spread_subset
+from calibration import (
+    CalibrationInputs,
+    ConversionConfig,
+    calibrate,
+    prepare,
+    probe_pairs,
+    spread_subset,
+)
 from convert import convert
 from convert.finetune import FinetuneSettings, run_finetune
 from convert.model import ConvertedUNet
@@ -79,8 +86,8 @@ def main(ckpt, variants, finetune_steps, budgets, num_samples, ann_fid, baseline
     meta = provenance(__spec__.name)
     loaded = load_model(ckpt)
     ann, config = loaded.model, loaded.scheduler_config
-    pairs = calibration_pairs(ann, config, 256)
-    probes = probe_pairs(ann, config, 64)
+    pairs = CalibrationInputs().pairs(ann, config, seed=0)
+    probes = probe_pairs(ann, config)
     if ann_fid is None:
         ann_fid = sample_metric(ann, config, num_samples, out / "work" / "ann")[0].value
     rows, grids = [{"model": "ANN", "FID-FMNIST": f"{ann_fid:.3f}", "ratio to ANN": "1.00", "energy / image (mJ)": "",

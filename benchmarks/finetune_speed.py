@@ -23,7 +23,7 @@ import click
 
 from benchmarks.common import plot_fid_curves, provenance, sample_metric, write_table
 from benchmarks.finetune_fid import VARIANTS, _energy, convert_variant
-from calibration import calibration_pairs, probe_pairs
+from calibration import CalibrationInputs, probe_pairs
 from convert.finetune import FinetuneSettings, finetune
 from convert.model import ConvertedUNet
 from sdm.commands.options import command
@@ -87,10 +87,10 @@ def main(ckpt, variant, candidates, steps, snapshots, num_samples, ann_fid, out)
     ann, config = loaded.model, loaded.scheduler_config
     snn_dir = out / variant / "snn"
     if not (snn_dir / "config.json").is_file():
-        convert_variant(loaded, variant, calibration_pairs(ann, config, 256), snn_dir)
+        convert_variant(loaded, variant, CalibrationInputs().pairs(ann, config, seed=0), snn_dir)
     if ann_fid is None:
         ann_fid = sample_metric(ann, config, num_samples, out / "work" / "ann")[0].value
-    probes = probe_pairs(ann, config, 64)
+    probes = probe_pairs(ann, config)
     converted = ConvertedUNet.from_pretrained(snn_dir)
     fid0 = sample_metric(converted, config, num_samples, out / "work" / f"{variant}-converted")[0].value
     energy0 = _energy(converted, ann, probes)
