@@ -17,14 +17,8 @@ from pathlib import Path
 import click
 
 from benchmarks.common import provenance, write_table
-from calibration import (
-    CalibrationInputs,
-    ConversionConfig,
-    calibrate,
-    prepare,
-    probe_pairs,
-    spread_subset,
-)
+from calibration import ConversionConfig, calibrate, prepare
+from calibration.inputs import CalibrationInputs, probe_pairs, spread_subset
 from convert import convert
 from convert.commands import compare
 from sdm.commands.options import command
