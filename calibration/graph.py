@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from sdm.errors import ConfigError, SDMError
+from sdm.errors import ConfigError, SDMError, reason
 
 aten = torch.ops.aten
 
@@ -63,8 +63,7 @@ def capture(model: torch.nn.Module, example_batch: int = 2) -> fx.GraphModule:
     try:
         program = torch.export.export(model, (sample, timestep), dynamic_shapes={"sample": {0: batch}, "timestep": {0: batch}})
     except Exception as err:  # export raises many internal types; the user needs the first line
-        reason = str(err).strip().splitlines()[0][:200]
-        raise SDMError(f"torch.export could not capture {type(model).__name__} as a graph ({reason})") from None
+        raise SDMError(f"torch.export could not capture {type(model).__name__} as a graph ({reason(err, 200)})") from None
     finally:
         model.train(was_training)
     exported = program.module()

@@ -24,7 +24,7 @@ from torch import nn
 import calibration.graph as unet_graph
 from calibration.config import ConversionConfig
 from convert.passes import spiking_graph
-from sdm.errors import ConfigError, SDMError
+from sdm.errors import ConfigError, SDMError, reason
 from sdm.io import atomic_dir, write_json
 from sdm.snn.modes import assigned
 from sdm.snn.neurons import SpikingNeuron, reset_neurons
@@ -234,7 +234,7 @@ class ConvertedUNet(nn.Module, ConfigMixin):
             model.load_state_dict(load_file(directory / WEIGHTS))
         except (OSError, RuntimeError, SafetensorError) as err:
             raise SDMError(f"the weights in '{directory / WEIGHTS}' are unreadable or do not fit its config "
-                           f"({str(err).splitlines()[0][:160]}); convert again") from None
+                           f"({reason(err)}); convert again") from None
         return model.to(torch_dtype) if torch_dtype is not None else model
 
 

@@ -19,3 +19,10 @@ class ConfigError(SDMError):
     def __init__(self, field: str, problem: str):
         super().__init__(f"{field} {problem}")
         self.field, self.problem = field, problem
+
+
+def reason(err: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (cut to `limit` characters), or its type's name when it
+    has none: what a one-line error quotes of the error beneath it."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__

@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sdm.errors import SDMError
+from sdm.errors import SDMError, reason
 from sdm.io import atomic_dir, write_json
 
 STATE_FILE = "state.json"
@@ -77,8 +77,6 @@ def load_training_state(
         _restore_optimizer(optimizer, load_file(current, device=device), state["optimizer"])
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as err:
         # ValueError covers JSONDecodeError and UnicodeDecodeError (a truncated or garbled state.json)
-        text = str(err).strip()
-        reason = text.splitlines()[0][:200] if text else type(err).__name__
-        raise SDMError(f"could not resume from '{directory}' ({current.name}: {reason}); remove it to start "
+        raise SDMError(f"could not resume from '{directory}' ({current.name}: {reason(err, 200)}); remove it to start "
                        "afresh") from None
     return state

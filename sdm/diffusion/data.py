@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sdm.errors import SDMError
+from sdm.errors import SDMError, reason
 
 TORCHVISION_NAMES = {
     "fashion-mnist": "FashionMNIST",
@@ -95,8 +95,7 @@ def _as_nhwc(array: np.ndarray, origin: str) -> np.ndarray:
 
 
 def _unreadable(path: Path, err: Exception) -> SDMError:
-    reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-    return SDMError(f"could not read '{path}' as a .npz archive ({reason}); the file is damaged or not a .npz: "
+    return SDMError(f"could not read '{path}' as a .npz archive ({reason(err)}); the file is damaged or not a .npz: "
                     "write or copy it again")
 
 
@@ -150,9 +149,8 @@ def _from_torchvision(name: str, split: str, cache_dir: str | os.PathLike | None
     try:
         dataset = cls(root=str(root), train=(split == "train"), download=True)
     except Exception as err:  # torchvision raises URLError, RuntimeError, OSError, ... when offline
-        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
         raise SDMError(
-            f"could not download the '{name}' data set ({reason}); without network, pass --data PATH "
+            f"could not download the '{name}' data set ({reason(err, 120)}); without network, pass --data PATH "
             "to a .npz archive or an image folder"
         ) from None
     data = dataset.data

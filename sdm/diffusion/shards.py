@@ -32,7 +32,7 @@ import torch
 from sdm.diffusion.data import NPZ_READ_ERRORS
 from sdm.diffusion.images import save_npz
 from sdm.diffusion.sampler import sample
-from sdm.errors import ConfigError, SDMError
+from sdm.errors import ConfigError, SDMError, reason
 from sdm.io import write_json
 
 SHARD_SIZE = 500
@@ -83,14 +83,14 @@ def _read_manifest(path: Path, directory: Path) -> dict | None:
     try:
         manifest = json.loads(path.read_text())
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError: a truncated or foreign file
-        manifest, reason = None, f"not valid JSON: {str(err).splitlines()[0][:120]}"
+        manifest, problem = None, f"not valid JSON: {reason(err, 120)}"
     else:
-        reason = "not a JSON object"
+        problem = "not a JSON object"
     if isinstance(manifest, dict):
         return manifest
     if not any(directory.glob("shard_*.npz")):
         return None
-    raise SDMError(f"manifest '{path}' is damaged ({reason}), so nothing says which model drew the shards beside it; "
+    raise SDMError(f"manifest '{path}' is damaged ({problem}), so nothing says which model drew the shards beside it; "
                    "remove that directory to draw them afresh, or choose another --work-dir")
 
 
@@ -154,8 +154,7 @@ def gather_shards(paths: list[Path], num_samples: int, seed: int) -> np.ndarray:
                 images.append(shard["images"])
                 seeds.append(shard["seeds"])
         except (*NPZ_READ_ERRORS, TypeError) as err:
-            reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-            raise SDMError(f"shard '{path}' is damaged ({reason}); rerun the command to draw it again") from None
+            raise SDMError(f"shard '{path}' is damaged ({reason(err, 120)}); rerun the command to draw it again") from None
     seeds = np.concatenate(seeds)
     if not np.array_equal(seeds, np.arange(seed, seed + num_samples)):
         raise SDMError("the shards do not hold exactly the requested seeds; remove the work directory and rerun")

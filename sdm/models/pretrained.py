@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
-from sdm.errors import SDMError
+from sdm.errors import SDMError, reason
 
 EMBEDDED_MODELS = {f"embedded:{name}": Path(__file__).parent.parent / "assets" / name for name in ("fmnist-ddpm", "fmnist-sdm")}
 EMBEDDED_NAME = "embedded:fmnist-ddpm"
@@ -92,9 +92,8 @@ def _download(repo_id: str, allow_pickle: bool) -> Path:
     try:
         return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns))
     except Exception as err:  # the hub client raises many types (HTTP, offline, validation, OS)
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise SDMError(
-            f"could not fetch '{repo_id}' from the Hugging Face hub ({type(err).__name__}: {reason}); "
+            f"could not fetch '{repo_id}' from the Hugging Face hub ({type(err).__name__}: {reason(err)}); "
             "check the id and the network, or pass a local model directory with --ckpt"
         ) from None
 
@@ -110,9 +109,7 @@ def _replace_hint(path: Path) -> str:
 
 
 def _damaged(path: Path, err: Exception | str) -> SDMError:
-    text = str(err).strip()
-    reason = text.splitlines()[0][:160] if text else type(err).__name__
-    return SDMError(f"could not read '{path}' ({reason}); the checkpoint is damaged: {_replace_hint(path)}")
+    return SDMError(f"could not read '{path}' ({reason(err)}); the checkpoint is damaged: {_replace_hint(path)}")
 
 
 def _read_json(path: Path) -> dict:
@@ -184,8 +181,7 @@ def load_model(
     try:
         model = classes[name].from_pretrained(model_dir, use_safetensors=not allow_pickle, torch_dtype=torch.float32)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
-        reason = str(err).strip().splitlines()[0][:200]
-        raise SDMError(f"could not load the {name} in '{model_dir}' ({reason})") from None
+        raise SDMError(f"could not load the {name} in '{model_dir}' ({reason(err, 200)})") from None
     notes = []
     if scheduler_dir is None:
         scheduler_config = dict(DDPM_LINEAR_SCHEDULE)

@@ -29,7 +29,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from safetensors import SafetensorError
 from torch import nn
 
-from sdm.errors import ConfigError, SDMError
+from sdm.errors import ConfigError, SDMError, reason
 from sdm.snn.energy import LayerActivity, record_synaptic_layers
 from sdm.snn.modes import counting
 from sdm.snn.neurons import NEURONS, SpikingNeuron, reset_neurons
@@ -325,7 +325,7 @@ class SpikingUNet(ModelMixin, ConfigMixin):
             parent = cls.from_pretrained(directory)
         except (OSError, ValueError, KeyError, SafetensorError) as err:  # missing, truncated or foreign files
             raise ConfigError("init_from", f"'{directory}' holds no readable spiking UNet ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:120]}); pass a pre-spike run") from None
+                              f"{reason(err, 120)}); pass a pre-spike run") from None
         if parent.config.tsm:
             raise ConfigError("init_from", f"'{directory}' already has TSM factors: it must be a pre-spike checkpoint")
         child = cls.from_config({**dict(parent.config), "tsm": True})
