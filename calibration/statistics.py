@@ -48,9 +48,12 @@ class CalibrationStats:
         return all("channels" in s for s in self.sites.values() if s.get("count"))
 
     def retarget(self, **changes) -> CalibrationStats:
-        """The same statistics, recorded for the conversion `config.replace(**changes)`. T, the rule, the
-        neuron or the readout may change; per-channel thresholds and encoders need statistics observed so."""
-        config = self.config.replace(**changes)
+        """The same statistics, recorded for the conversion `config.replace(**changes)`."""
+        return self.for_config(self.config.replace(**changes))
+
+    def for_config(self, config: ConversionConfig) -> CalibrationStats:
+        """The same statistics, recorded for `config`. T, the rule, the neuron or the readout may differ
+        from what they were gathered for; per-channel thresholds and encoders need statistics observed so."""
         config.validate()
         if config.per_channel and not self.per_channel_observed:
             raise ConfigError("per_channel", "needs per-channel statistics: calibrate with per-channel observers")

@@ -58,8 +58,8 @@ class ConvertedUNet(nn.Module, ConfigMixin):
         if config.encodes and not any(s.op == "identity" and s.name in thresholds for s in sites):
             raise ConfigError("encode_analog", "needs spike-encoder sites in the calibration: calibrate with encoders")
         if config.encode_sites:
-            encoders = unet_graph.match_sites(list(config.encode_sites), [s.name for s in sites if s.op == "identity"],
-                                   "encode_sites")
+            encoders = unet_graph.match_sites(list(config.encode_sites),
+                                              [s.name for s in sites if s.op == "identity"], "encode_sites")
             sites = [s for s in sites if s.op != "identity" or s.name in encoders]
             thresholds = {name: th for name, th in thresholds.items() if ":input" not in name or name in encoders}
         unet_graph.check_sites(list(thresholds), [s.name for s in sites], "the thresholds")
@@ -74,8 +74,7 @@ class ConvertedUNet(nn.Module, ConfigMixin):
             kept += [name for name in unet_graph.readout_sites(captured, sites) if name not in kept]
         self.graph, self.summary = spiking_graph(captured, sites, make, config, frozenset(kept))
         self.conversion, self.thresholds, self.unet_config, self.source = config, thresholds, unet_config, source or {}
-        self.executor = self.default_executor
-        self.set_executor(self.executor)
+        self.set_executor(self.default_executor)
         self.register_to_config(_class_name=type(self).__name__, sample_size=unet_config["sample_size"],
                                 in_channels=unet_config["in_channels"], out_channels=unet_config["out_channels"],
                                 **config.to_dict(), architecture_fingerprint=unet_graph.architecture_fingerprint(unet_config))
@@ -166,18 +165,20 @@ class ConvertedUNet(nn.Module, ConfigMixin):
         spiking step; 'rate' evaluates a window-mode graph in its exact rate form, T times faster (see
         `sdm.snn.temporal.Folded`). For a block of code, use `executing`."""
         self._check_executor(executor)
-        for module in self.graph.modules():
-            if isinstance(module, Folded):
-                module.rate = executor == "rate"
+        for module in self._folded():
+            module.rate = executor == "rate"
         self.executor = executor
 
     @contextlib.contextmanager
     def executing(self, executor: str) -> Iterator[ConvertedUNet]:
         """Run with `executor` inside the block, with the model's own executor again after it."""
         self._check_executor(executor)
-        folded = [m for m in self.graph.modules() if isinstance(m, Folded)]
-        with assigned(folded, "rate", executor == "rate"), assigned([self], "executor", executor):
+        with assigned(self._folded(), "rate", executor == "rate"), assigned([self], "executor", executor):
             yield self
+
+    def _folded(self) -> list[Folded]:
+        """The graph's modules that run T steps folded into the batch, or once in the rate form."""
+        return [m for m in self.graph.modules() if isinstance(m, Folded)]
 
     @contextlib.contextmanager
     def spiking_only(self, site: str) -> Iterator[ConvertedUNet]:

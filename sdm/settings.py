@@ -49,9 +49,9 @@ def option(flag: str, help: str = "", **click_kwargs) -> dict:
     return {"option": {"flag": flag, "help": help, **click_kwargs}}
 
 
-def nested(help: str = "") -> dict:
+def nested() -> dict:
     """Field metadata for a field that is itself a settings dataclass: its options join the command's."""
-    return {"nested": True, "help": help}
+    return {"nested": True}
 
 
 def default_of(f: dataclasses.Field) -> Any:
@@ -70,11 +70,11 @@ def options_of(cls, *, skip: Iterable[str] = (), prefix: str = "", flags: dict[s
     settings of one command share a field name; `flags`: a command's own spelling of some flags;
     `defaults`: a command's own defaults for some fields (a named recipe, not a second copy).
     """
-    flags, defaults = flags or {}, defaults or {}
+    flags, defaults, skip = flags or {}, defaults or {}, set(skip)
 
     def decorate(func: Callable) -> Callable:
         for f in reversed(dataclasses.fields(cls)):
-            if f.name in set(skip):
+            if f.name in skip:
                 continue
             if f.metadata.get("nested"):
                 func = options_of(type(default_of(f)), skip=skip, prefix=prefix, flags=flags, defaults=defaults)(func)
@@ -83,7 +83,6 @@ def options_of(cls, *, skip: Iterable[str] = (), prefix: str = "", flags: dict[s
                 continue
             spec = dict(f.metadata["option"])
             flag = flags.get(f.name, spec.pop("flag"))
-            spec.pop("flag", None)
             default = defaults.get(f.name, default_of(f))
             if isinstance(default, tuple):
                 default = ",".join(map(str, default)) if default else None

@@ -171,9 +171,9 @@ def main(ckpt, allow_pickle, stats, sensitivity, finetune_steps, executor, num_s
 
 
 def _retargeted(stats, config: ConversionConfig, path: str):
-    """Saved statistics pointed at this cli.command's conversion: the flags decide, the file must allow it."""
+    """Saved statistics pointed at this command's conversion: the flags decide, the file must allow it."""
     try:
-        return stats.retarget(**{name: getattr(config, name) for name in config.differences(stats.config)})
+        return stats.for_config(config)
     except ConfigError as err:
         flag = flag_for(err.field, click.get_current_context().command.params)
         raise SDMError(f"--stats '{path}' cannot serve this conversion: {flag} {err.problem}") from None

@@ -2,7 +2,7 @@
 
 Calibration runs once (its statistics do not depend on T or the rule); each cell converts, measures
 eps fidelity on the held-out probes and, with --fid N, a sample metric. Finished cells are files
-under OUT/cells/ and are skipped when the cli.command is rerun.
+under OUT/cells/ and are skipped when the command is rerun.
 """
 
 from __future__ import annotations

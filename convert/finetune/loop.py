@@ -10,7 +10,6 @@ spike count and LSQ's gradient for the thresholds. It runs on the shared trainin
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,9 +29,9 @@ from convert.finetune.distill import (
 from convert.finetune.energy_objective import BudgetController, SpikeEnergy
 from convert.finetune.settings import FinetuneSettings, check_student
 from convert.model import ConvertedUNet
+from sdm.diffusion.checkpoint import saved_step
 from sdm.diffusion.train_settings import TrainSettings, native_bf16
 from sdm.diffusion.training import CHECKPOINT_DIR, train_diffusion
-from sdm.errors import SDMError
 from sdm.progress import StagedBar
 from sdm.snn.neurons import spiking_neurons
 from sdm.snn.temporal import TemporalMean
@@ -87,7 +86,7 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
              resume: bool = False, progress: bool = True, on_step=None) -> ConvertedUNet:
     """Fine-tune the converted SNN saved in `snn_dir` against `teacher`; writes `out/snn` (the EMA
     student, a converted SNN directory) plus the training run's checkpoint and log. Returns the EMA
-    student. The report (`convert.finetune_report`) is the caller's. One progress bar covers the
+    student. The report (`convert.finetune.report.finetune_report`) is the caller's. One progress bar covers the
     teacher's pool and the training steps."""
     from accelerate import PartialState
 
@@ -147,14 +146,7 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
 
 def steps_done(out: Path) -> int:
     """Steps of the fine-tuning run in `out` so far, from its checkpoint (0 without one)."""
-    state = out / CHECKPOINT_DIR / "state.json"
-    if not state.is_file():
-        return 0
-    try:
-        return int(json.loads(state.read_text())["step"])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-        raise SDMError(f"the checkpoint state '{state}' is unreadable ({type(err).__name__}); remove "
-                       f"'{state.parent}' to start the run again") from None
+    return saved_step(out / CHECKPOINT_DIR)
 
 
 @torch.no_grad()

@@ -54,6 +54,22 @@ def save_training_state(
         write_json({"step": step, "optimizer": opt_meta, **(extra or {})}, tmp / STATE_FILE)
 
 
+def saved_step(directory: str | os.PathLike) -> int:
+    """The step of the checkpoint in `directory`, 0 where there is none; a damaged `state.json` is an
+    `SDMError` naming the directory (remove it to start afresh)."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        return 0
+    try:
+        step = json.loads(path.read_text())["step"]
+        if not isinstance(step, int):
+            raise ValueError("no step count")
+        return step
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SDMError(f"could not resume from '{directory}' ({STATE_FILE}: {reason(err, 200)}); remove it to start "
+                       "afresh") from None
+
+
 def load_training_state(
     directory: str | os.PathLike, *, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from sdm.diffusion.checkpoint import load_training_state, save_training_state
+from sdm.diffusion.checkpoint import STATE_FILE, load_training_state, save_training_state
 from sdm.diffusion.data import load_dataset
 from sdm.diffusion.ema import ema_decay, make_ema, update_ema
 from sdm.diffusion.images import save_grid, to_model_range
@@ -102,7 +102,7 @@ def diffusion_loss(model, images: torch.Tensor, alphas_cumprod: torch.Tensor, ge
 
 def _check_resume(out: Path, record: dict, resume: bool) -> bool:
     """Whether to resume; refuses to overwrite or to mix runs with different settings."""
-    if not (out / CHECKPOINT_DIR / "state.json").is_file():
+    if not (out / CHECKPOINT_DIR / STATE_FILE).is_file():
         return False
     if not resume:
         raise ConfigError("out", f"'{out}' already holds a training run: resume it, or choose another directory")

@@ -10,6 +10,8 @@ guidance, kept counts) is set for a block of code by the context managers of `sd
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
@@ -17,7 +19,7 @@ from sdm.errors import SDMError
 from sdm.snn.surrogate import SURROGATES, FusedFire, floor_ste, heaviside
 
 
-class SpikingNeuron(nn.Module):
+class SpikingNeuron(nn.Module, abc.ABC):
     """Integrate, fire, reset; the output is the spike times the threshold (signed for negative spikes).
 
     Args:
@@ -76,17 +78,17 @@ class SpikingNeuron(nn.Module):
     # The charge step, SpikingJelly's `neuronal_charge`: what IF and LIF differ by.
     closed_form = False  # whether constant inputs have a closed-form spike train (`constant_response`)
 
+    @abc.abstractmethod
     def charge(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The membrane after integrating input `x` (out of place: autograd records it)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def charge_(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """`charge` in place, in `v`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def charge_backward(self, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """dL/dv_{t-1} from dL/dh_t: the gradient times d charge / d v (into `out` where it is not `grad`)."""
-        raise NotImplementedError
 
     def reset(self) -> None:
         """Forget the membrane potential: the next call starts a new input."""
@@ -126,7 +128,7 @@ class SpikingNeuron(nn.Module):
 
     @torch.no_grad()
     def _simulate(self, x_seq, v, level, theta, theta_n, membranes: torch.Tensor | None = None):
-        """The step loop without autograd, in place: inference, and the forward of `_FusedFire`
+        """The step loop without autograd, in place: inference, and the forward of `FusedFire`
         (which keeps each step's membrane before firing in `membranes`)."""
         margin = 1.0 - self.v_init
         out = torch.empty_like(x_seq)
@@ -169,7 +171,7 @@ class SpikingNeuron(nn.Module):
 
     def _simulate_with_autograd(self, x_seq, v, level, theta, theta_n):
         """The step loop recorded by autograd: learnable thresholds, signed neurons in training, and
-        a state carried over from a tracked call. Tests hold `_FusedFire` to its gradients."""
+        a state carried over from a tracked call. Tests hold `FusedFire` to its gradients."""
         margin = 1.0 - self.v_init
         out = []
         for x in x_seq:
