@@ -82,6 +82,27 @@ def test_fine_tuning_reports_energy_at_the_sampling_steps(tiny_pipeline, tmp_pat
         report["energy"]["per_image"]["energy_mJ"], rel=1e-9)
 
 
+def test_an_energy_budget_chooses_the_sites_and_the_snn_is_the_chosen_one(converted, tiny_pipeline, tmp_path):
+    """--energy-budget between the plain conversion's ratio and zero: the conversion spike-encodes inputs,
+    its report measures the network it saved, and statistics without encoders are refused in one line."""
+    plain = json.loads((converted / "report.json").read_text())["energy"]["energy_ratio_snn_to_ann"]
+    out = tmp_path / "budget"
+    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--energy-budget", round(0.9 * plain, 4),
+                        "--num-samples", 0, "--out", out, *FAST])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    choice = report["site_choice"]
+    assert choice["start"]["energy_ratio"] == pytest.approx(plain, rel=1e-9)
+    assert choice["end"]["energy_ratio"] == pytest.approx(report["energy"]["energy_ratio_snn_to_ann"], rel=1e-9)
+    assert choice["met"] and choice["encode_sites"] and "energy budget" in result.output
+    saved = json.loads((out / "snn" / "config.json").read_text())
+    assert saved["encode_sites"] == choice["encode_sites"] and saved["analog_sites"] == choice["analog_sites"]
+    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--energy-budget", 0.5, "--stats",
+                        converted / "calibration_stats.json", "--num-samples", 0, "--out", tmp_path / "refused", *FAST])
+    _one_line_error(result, "--energy-budget chooses among the analog inputs")
+    assert not (tmp_path / "refused").exists()
+
+
 def test_bare_model_directory_notes_the_assumed_schedule(tiny_pipeline, tmp_path):
     result = _run(cli, ["--ckpt", tiny_pipeline / "unet", "--num-samples", 0, "--out", tmp_path / "bare", *FAST])
     assert result.exit_code == 0, result.output

@@ -24,6 +24,7 @@ from convert.conversion import convert
 from convert.finetune import FinetuneSettings, run_finetune
 from convert.model import ConvertedUNet
 from convert.report import compute_profile, eps_fidelity, site_sensitivity
+from convert.site_choice import choose_sites
 from sdm.commands import options as cli
 from sdm.diffusion.data import load_dataset
 from sdm.diffusion.images import save_comparison, save_grid, save_npz
@@ -96,23 +97,32 @@ def main(ckpt, allow_pickle, stats, sensitivity, finetune_steps, executor, num_s
         click.echo(f"note: {note}", err=True)
 
     with atomic_dir(out) as tmp:
+        probe_set = probe_pairs(ann, loaded.scheduler_config, inputs.probes)
+        spread, spread_t = spread_subset(probe_set)  # a few probes over all t
         started = time.perf_counter()
+        budget = finetune_settings.energy_budget
         if stats is not None:
             calibration = _retargeted(load_stats(stats, ann), config, stats)
-        else:
-            observed = prepare(ann, config)
+        else:  # under a budget, every analog input is observed: any of them may be chosen for spike encoding
+            observed = prepare(ann, config if budget is None else config.replace(encode_analog=True))
             pairs = inputs.pairs(ann, loaded.scheduler_config, sampling.seed)
             calibrate(observed, pairs, batch_size=sampling.batch_size)
-            calibration = observed.stats(inputs.record(sampling.seed))
+            calibration = observed.stats(inputs.record(sampling.seed)).for_config(config)
+        choice = None
+        if budget is not None:
+            if not calibration.encoders_observed:
+                raise SDMError(f"--energy-budget chooses among the analog inputs, but --stats '{stats}' observed "
+                               "none: calibrate again without --stats, or with statistics saved under --encode-analog")
+            choice = choose_sites(ann, calibration, budget, probe_set, (spread, spread_t),
+                                  denoising_steps=sampling.steps, batch_size=sampling.batch_size)
+            calibration = calibration.for_config(choice.config)
         snn = convert(ann, calibration)
         snn.source["ckpt"] = _recordable(ckpt, loaded.source)
         executor = cli.use_executor(snn, executor)
         convert_seconds = time.perf_counter() - started
 
-        probe_set = probe_pairs(ann, loaded.scheduler_config, inputs.probes)
         fidelity = eps_fidelity(ann, snn, probe_set, batch_size=sampling.batch_size)
         profile = compute_profile(snn)
-        spread, spread_t = spread_subset(probe_set)  # a few probes over all t
         energy = energy_report(snn, spread.to(ann.device), spread_t.to(ann.device), denoising_steps=sampling.steps,
                                ann=ann)
         calibration.save(tmp / "calibration_stats.json")
@@ -131,6 +141,8 @@ def main(ckpt, allow_pickle, stats, sensitivity, finetune_steps, executor, num_s
             "energy": energy,
             "notes": loaded.notes,
         }
+        if choice is not None:
+            report["site_choice"] = choice.record()
         if sensitivity:
             report["sensitivity"] = site_sensitivity(ann, snn, probe_set, batch_size=sampling.batch_size)
         if num_samples:
@@ -166,6 +178,10 @@ def main(ckpt, allow_pickle, stats, sensitivity, finetune_steps, executor, num_s
         f"{profile['analog_share']:.1%}; energy {energy['per_image']['energy_mJ']:.3g} mJ per image "
         f"(ANN {energy['ann']['energy_mJ_per_image']:.3g} mJ). Wrote {out}/report.json, {out}/snn/"
     )
+    if choice is not None:
+        click.echo(f"energy budget {budget:g}: {len(choice.changes)} site changes took the energy ratio from "
+                   f"{choice.start.energy_ratio:.3f} to {choice.end.energy_ratio:.3f} (eps error {choice.start.error:.4f} "
+                   f"-> {choice.end.error:.4f}); {'met' if choice.met else 'not met by the conversion alone'}")
     if finetune_steps:
         summarise(tuned, out / "finetune")
 

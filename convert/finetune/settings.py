@@ -57,7 +57,8 @@ class FinetuneSettings:
         "priced by the synapses it reaches): trade energy for quality.", type=click.FloatRange(min=0)))
     energy_budget: float | None = field(default=None, metadata=option(
         "--energy-budget", "An SNN / ANN energy ratio per image to meet: the energy penalty's weight adapts during "
-        "fine-tuning (starting from --energy-penalty); the report says whether it was met.",
+        "fine-tuning (starting from --energy-penalty); the report says whether it was met. sdm-convert first "
+        "chooses which activations spike and which analog inputs are spike-encoded to meet it.",
         type=click.FloatRange(min=0, min_open=True)))
     warmup: int = 50
     ema_decay: float = 0.999

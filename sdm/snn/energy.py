@@ -171,12 +171,13 @@ def ann_macs(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor) -> 
 
 
 def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, *, denoising_steps: int,
-                  ann: nn.Module | None = None) -> dict:
+                  ann: nn.Module | None = None, ann_macs_per_step: float | None = None) -> dict:
     """Per-layer activity and energy per denoising step and per image, beside the ANN's MACs.
 
     `model` must offer `layer_activity(sample, timestep) -> list[LayerActivity]` (spiking models do).
-    `ann`, when given, is measured with the FLOP counter; otherwise the spiking model's layers give
-    the ANN of the same graph: each one's MACs in one spiking step.
+    `ann`, when given, is measured with the FLOP counter (or `ann_macs_per_step` is what it measured
+    on these inputs before, for a caller that reports many SNNs of one ANN); otherwise the spiking
+    model's layers give the ANN of the same graph: each one's MACs in one spiking step.
     """
     if not hasattr(model, "layer_activity"):
         raise SDMError(f"{type(model).__name__} is not a spiking model; energy accounting needs spikes")
@@ -186,7 +187,9 @@ def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor
     macs = sum(layer.macs for layer in layers)
     step_pj = acs * E_AC_PJ + macs * E_MAC_PJ
     synaptic = [layer for layer in layers if layer.role not in ("nonsynaptic", "accumulation")]
-    reference_macs = (ann_macs(ann, sample, timestep) if ann is not None else
+    if ann_macs_per_step is None and ann is not None:
+        ann_macs_per_step = ann_macs(ann, sample, timestep)
+    reference_macs = (ann_macs_per_step if ann is not None else
                       sum(layer.dense_ops / T if layer.macs_per_step is None else layer.macs_per_step
                           for layer in synaptic))
     spiking_layers = [layer for layer in layers if layer.spiking_input]
