@@ -49,14 +49,19 @@ def _describe(model) -> str:
         parts = [f"T={config['T']}", config["neuron"]["kind"],
                  f"{config['rule']} thresholds" + (" per channel" if config["per_channel"] else "")]
         if config.get("analog_sites"):
-            parts.append(f"analog {', '.join(config['analog_sites'])}")
+            parts.append(f"analog {_sites(config['analog_sites'])}")
         if config["encode_analog"] or config["encode_sites"]:
-            parts.append("spike-encoded analog inputs" + (f" {', '.join(config['encode_sites'])}"
+            parts.append("spike-encoded analog inputs" + (f" {_sites(config['encode_sites'])}"
                                                           if config["encode_sites"] else ""))
         return ", ".join(parts)
     if type(model).__name__ == "SpikingUNet":
         return f"T={config['T']}, {config['neuron']}, {'TSM' if config['tsm'] else 'pre-spike'}"
     return type(model).__name__
+
+
+def _sites(names: list[str]) -> str:
+    """A few site names or patterns as they are; a longer list (a budget's choice) by its length."""
+    return ", ".join(names) if len(names) <= 2 else f"({len(names)} sites, listed in the model's config.json)"
 
 
 def _panel_title(model, tuned: tuple[int, float | None] | None) -> str:
