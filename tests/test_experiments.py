@@ -5,6 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from benchmarks import frontier
 from convert.commands import compare, sweep
 from sdm.commands import train
 from sdm.models.pretrained import EMBEDDED_NAME, EMBEDDED_SDM_NAME
@@ -84,6 +85,17 @@ def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in work.glob("*/shard_*.npz")} == drawn  # reused, not drawn again
     reused = json.loads((tmp_path / "again" / "compare.json").read_text())["rows"][0]
     assert reused["metrics"]["FID-FMNIST"] == report["rows"][3]["metrics"]["FID-FMNIST"]
+    # Two outputs measured alike share one frontier; the SDM row, in both, is kept once.
+    merged = _run(frontier, [tmp_path / "cmp" / "compare.json", tmp_path / "again" / "compare.json",
+                             "--out", tmp_path / "frontier"])
+    assert merged.exit_code == 0, merged.output
+    rows = json.loads((tmp_path / "frontier" / "compare.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["ANN", "converted SNN", "converted SNN", "SDM (direct)"]
+    assert (tmp_path / "frontier" / "frontier.png").stat().st_size > 0
+    other = json.loads((tmp_path / "again" / "compare.json").read_text()) | {"num_samples": 8}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    refused = _run(frontier, [tmp_path / "cmp" / "compare.json", tmp_path / "other.json", "--out", tmp_path / "f2"])
+    assert refused.exit_code != 0 and "num_samples differ" in refused.stderr and not (tmp_path / "f2").exists()
     empty = _run(compare, ["--ann", "none", "--direct", "none", "--convert-T", "none", "--out", tmp_path / "none"])
     assert empty.exit_code != 0 and "at least one of" in empty.stderr
     orphan = _run(compare, ["--ann", "none", "--out", tmp_path / "none"])

@@ -143,7 +143,8 @@ def _seconds_per_image(model, scheduler_config: dict, settings: dict, seed: int)
     return (time.perf_counter() - started) / TIMED_IMAGES
 
 
-def _markdown(rows: list[dict], metric_names: list[str]) -> str:
+def compare_table(rows: list[dict], metric_names: list[str]) -> str:
+    """The rows of a comparison as a Markdown table, one column per metric."""
     columns = ["model", "details", *metric_names, "energy / image (mJ)", "sampling s / image", "firing rate"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
@@ -229,7 +230,7 @@ def main(ann, convert_T, converted, direct, num_samples, metrics, extractor, ref
                      "panel": _panel_title(model, tuned) if label == "converted SNN" else label})
         grids.append((rows[-1]["panel"], images[:16]))
     metric_names = list(dict.fromkeys(m for row in rows for m in row["metrics"]))
-    table = _markdown(rows, metric_names)
+    table = compare_table(rows, metric_names)
     write_json({"num_samples": num_samples, "sampler": sampler, "steps": steps, "seeds": [seed, seed + num_samples - 1],
                 "extractor": feature_extractor.description, "notes": notes, "rows": rows}, out / "compare.json")
     write_text(f"{table}\n\nN = {num_samples}, {sampler}-{steps}, seeds {seed}..{seed + num_samples - 1}; extractor: "
