@@ -46,7 +46,7 @@ class Measure:
         fidelity = eps_fidelity(ann, snn, probes, batch_size=batch_size)
         late = fidelity["eps_rel_mse_t_lt_100"]
         error = fidelity["eps_rel_mse"] if late is None else (fidelity["eps_rel_mse"] + late) / 2
-        report = energy_report(snn, *spread, denoising_steps=denoising_steps, ann=ann, ann_macs_per_step=ann_macs)
+        report = energy_report(snn, *spread, denoising_steps=denoising_steps, ann_macs_per_step=ann_macs)
         return cls(float(report["energy_ratio_snn_to_ann"]), float(error))
 
 
@@ -77,15 +77,14 @@ class _Conversions:
     captured once and its graph copied for each conversion, and the thresholds, which do not depend on
     which sites spike, are computed once."""
 
-    def __init__(self, ann, stats: CalibrationStats, config: ConversionConfig, probes, spread,
-                 denoising_steps: int, batch_size: int):
-        self.ann, self.config, self.thresholds = ann, config, stats.thresholds()
+    def __init__(self, ann, stats: CalibrationStats, probes, spread, denoising_steps: int, batch_size: int):
+        self.ann, self.config, self.thresholds = ann, stats.config, stats.thresholds()
         self.measure_args = (probes, spread, denoising_steps, batch_size, ann_macs(ann, *spread))
         self.captured = unet_graph.capture(ann)
         sites = unet_graph.conversion_sites(self.captured, encode_analog=True)
         self.encoders = [s.name for s in sites if s.op == "identity"]
         self.activations = [s.name for s in sites if s.op != "identity"]
-        readout = unet_graph.readout_sites(self.captured, sites) if config.readout == "analog" else []
+        readout = unet_graph.readout_sites(self.captured, sites) if self.config.readout == "analog" else []
         self.movable = [name for name in self.activations if name not in readout]
 
     def config_of(self, encoded: frozenset, analog: frozenset) -> ConversionConfig:
@@ -119,7 +118,7 @@ def choose_sites(ann, stats: CalibrationStats, budget: float, probes, spread, *,
         raise SDMError("choosing sites under an energy budget needs statistics of every analog input: calibrate "
                        "with encoders (encode_analog at prepare)")
     config = stats.config
-    conversions = _Conversions(ann, stats, config, probes, spread, denoising_steps, batch_size)
+    conversions = _Conversions(ann, stats, probes, spread, denoising_steps, batch_size)
     encoded = frozenset(conversions.encoders if config.encode_analog else
                         unet_graph.match_sites(list(config.encode_sites), conversions.encoders, "encode_sites"))
     analog = frozenset(unet_graph.match_sites(list(config.analog_sites), conversions.activations))
@@ -149,10 +148,10 @@ class GreedySearch:
             saving = [c for c in self._singles(SAVING) if c[2].energy_ratio < base.energy_ratio]
             saving.sort(key=lambda c: -(base.energy_ratio - c[2].energy_ratio) / max(c[2].error - base.error, 1e-9))
             self._expect(len(saving))
-            for kind, site, _ in saving:
+            for kind, site, single in saving:
                 if self.current.energy_ratio <= budget:
                     break
-                self._take(kind, site, self.measure(*_apply(kind, site, *self.state)))
+                self._take(kind, site, self._measure_from(base, kind, site, single))
         if self.current.energy_ratio <= budget:  # spend what is left of the budget where it removes most error
             base = self.current
             improving = [c for c in self._singles(IMPROVING) if c[2].error < base.error]
@@ -163,13 +162,18 @@ class GreedySearch:
                     continue  # alone it already costs more than what is left
                 if not self._spikes(*_apply(kind, site, *self.state)):
                     continue
-                measure = self.measure(*_apply(kind, site, *self.state))
+                measure = self._measure_from(base, kind, site, single)
                 if measure.energy_ratio <= budget and measure.error < self.current.error:
                     self._take(kind, site, measure)
         if self.bar is not None:  # the passes stop early: what was expected and not needed is dropped
             self.bar.total = self.bar.n
             self.bar.refresh()
         return self.state
+
+    def _measure_from(self, base: Measure, kind: str, site: str, single: Measure) -> Measure:
+        """The sites after this change, measured; while nothing has changed since the pass began (its
+        first change), that is the change measured alone."""
+        return single if self.current is base else self.measure(*_apply(kind, site, *self.state))
 
     def _expect(self, conversions: int) -> None:
         """At most this many more conversions (the progress bar's total)."""

@@ -175,9 +175,9 @@ def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor
     """Per-layer activity and energy per denoising step and per image, beside the ANN's MACs.
 
     `model` must offer `layer_activity(sample, timestep) -> list[LayerActivity]` (spiking models do).
-    `ann`, when given, is measured with the FLOP counter (or `ann_macs_per_step` is what it measured
-    on these inputs before, for a caller that reports many SNNs of one ANN); otherwise the spiking
-    model's layers give the ANN of the same graph: each one's MACs in one spiking step.
+    The ANN's MACs per step are `ann_macs_per_step` (what `ann_macs` counted on these inputs, for a
+    caller that reports many SNNs of one ANN), else `ann` measured with the FLOP counter; without
+    either, the spiking model's layers give the ANN of the same graph: each one's MACs in one step.
     """
     if not hasattr(model, "layer_activity"):
         raise SDMError(f"{type(model).__name__} is not a spiking model; energy accounting needs spikes")
@@ -189,7 +189,7 @@ def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor
     synaptic = [layer for layer in layers if layer.role not in ("nonsynaptic", "accumulation")]
     if ann_macs_per_step is None and ann is not None:
         ann_macs_per_step = ann_macs(ann, sample, timestep)
-    reference_macs = (ann_macs_per_step if ann is not None else
+    reference_macs = (ann_macs_per_step if ann_macs_per_step is not None else
                       sum(layer.dense_ops / T if layer.macs_per_step is None else layer.macs_per_step
                           for layer in synaptic))
     spiking_layers = [layer for layer in layers if layer.spiking_input]
@@ -225,7 +225,7 @@ def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor
         "analog_nonsynaptic_flops_per_image": nonsynaptic,
         "ann": {"macs_per_step": reference_macs, "energy_uJ_per_step": reference_macs * E_MAC_PJ / 1e6,
                 "energy_mJ_per_image": reference_macs * E_MAC_PJ * denoising_steps / 1e9,
-                "source": "FLOP counter on the ANN" if ann is not None else "the SNN's layers, one spiking step each"},
+                "source": "FLOP counter on the ANN" if ann_macs_per_step is not None else "the SNN's layers, one spiking step each"},
         "energy_ratio_snn_to_ann": step_pj / (reference_macs * E_MAC_PJ) if reference_macs else math.nan,
         "spike_energy_ratio_to_ann": spike_pj / (reference_macs * E_MAC_PJ) if reference_macs else math.nan,
         "quantised_ann": {**quantised, "energy_mJ_per_image": quantised["energy_uJ_per_step"] * denoising_steps / 1e3,
