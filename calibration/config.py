@@ -18,6 +18,7 @@ import torch
 from calibration.rules import RULES
 from sdm.errors import ConfigError
 from sdm.settings import CommaList, nested, option
+from sdm.snn.coding import CODINGS, SpikeCode
 from sdm.snn.neurons import NEURONS, SpikingNeuron
 from sdm.snn.temporal import ANALOG_MODES, READOUTS, SMOOTH_TRANSFERS
 
@@ -64,6 +65,10 @@ class ConversionConfig:
     """
 
     T: int = field(default=4, metadata=option("--T", "Spiking steps.", type=click.IntRange(min=1)))
+    coding: str = field(default="rate", metadata=option(
+        "--coding", "How the T steps carry a value: rate (every spike worth theta / T: 2T + 1 levels) or weighted "
+        "(step k's spike worth theta 2^(T-1-k) / (2^T - 1): 2^(T+1) - 1 levels for popcount spikes).",
+        type=click.Choice(CODINGS)))
     rule: str = field(default="mse", metadata=option("--calib", "Threshold rule.", type=click.Choice(RULES)))
     percentile: float = field(default=99.9, metadata=option(
         "--percentile", "Percentile of the percentile rule.", type=click.FloatRange(0, 100, min_open=True)))
@@ -101,6 +106,11 @@ class ConversionConfig:
             object.__setattr__(self, "neuron", NeuronConfig(**self.neuron))
 
     @property
+    def code(self) -> SpikeCode:
+        """The spike code the network runs (`sdm.snn.coding`)."""
+        return SpikeCode(self.coding, self.T)
+
+    @property
     def encodes(self) -> bool:
         """Whether any analog input of a synaptic layer is spike-encoded (all, or the `encode_sites`)."""
         return self.encode_analog or bool(self.encode_sites)
@@ -113,11 +123,25 @@ class ConversionConfig:
         if not 0.0 < self.percentile <= 100.0:
             raise ConfigError("percentile", f"must lie in (0, 100], got {self.percentile}")
         self.neuron.validate()
+        self._validate_coding()
         for name, value, choices in (("analog_mode", self.analog_mode, ANALOG_MODES),
                                      ("activation", self.activation, SMOOTH_TRANSFERS),
                                      ("readout", self.readout, READOUTS)):
             if value not in choices:
                 raise ConfigError(name, f"'{value}' is unknown: choose one of {', '.join(choices)}")
+
+    def _validate_coding(self) -> None:
+        """The weighted code is a window code of integrate-and-fire neurons: its neuron holds one drive
+        for the window and halves its threshold each step, which a leak or a causal running mean breaks."""
+        self.code  # noqa: B018 (the code checks its own name and T)
+        if self.coding != "weighted":
+            return
+        if self.neuron.kind != "if":
+            raise ConfigError("coding", f"weighted needs IF neurons (a leak has no meaning in a code whose thresholds "
+                              f"halve each step), not {self.neuron.kind}: use --neuron if, or --coding rate")
+        if self.analog_mode != "window":
+            raise ConfigError("coding", "weighted needs --analog window (a neuron reads its whole window before "
+                              "spelling it in bits); use --coding rate for running mode")
 
     def replace(self, **changes) -> ConversionConfig:
         return dataclasses.replace(self, **changes)

@@ -1,8 +1,9 @@
 """Threshold rules: from an activation's statistics to a neuron's thresholds.
 
-A neuron with threshold theta and initial potential v_init*theta, driven for T steps by a constant
-input a, emits theta/T * clip(floor(a*T/theta + v_init), 0, T): a T-level quantiser. The rules pick
-theta (and theta_n for the negative part of signed neurons):
+A neuron with threshold theta whose window carries L levels (L = T in the rate code, 2^T - 1 in the
+weighted code: `sdm.snn.coding`), holding a constant drive a, emits theta/L * clip(floor(a*L/theta +
+v_init), 0, L): an L-level quantiser. The rules pick theta (and theta_n for the negative part of
+signed neurons):
 
 * max:        the largest value seen (no clipping, coarsest levels);
 * percentile: the p-th percentile (clips the rare tail);
@@ -19,11 +20,11 @@ RULES = ("max", "percentile", "mse")
 _CANDIDATES = np.linspace(0.01, 1.0, 400)
 
 
-def quantise(values: np.ndarray, theta: np.ndarray | float, T: int, v_init: float) -> np.ndarray:
-    """What T steps of a non-negative spiking neuron make of constant inputs `values` (>= 0)."""
+def quantise(values: np.ndarray, theta: np.ndarray | float, levels: int, v_init: float) -> np.ndarray:
+    """What a non-negative spiking neuron with `levels` levels makes of constant inputs `values` (>= 0)."""
     theta = np.asarray(theta, dtype=np.float64)
-    levels = np.clip(np.floor(values * T / theta + v_init), 0, T)
-    return levels * theta / T
+    count = np.clip(np.floor(values * levels / theta + v_init), 0, levels)
+    return count * theta / levels
 
 
 def _centres(hist: list[int], extent: float) -> tuple[np.ndarray, np.ndarray]:
@@ -32,12 +33,12 @@ def _centres(hist: list[int], extent: float) -> tuple[np.ndarray, np.ndarray]:
     return (np.arange(len(counts)) + 0.5) * width, counts
 
 
-def _mse_threshold(hist: list[int], extent: float, T: int, v_init: float) -> float:
+def _mse_threshold(hist: list[int], extent: float, levels: int, v_init: float) -> float:
     centres, counts = _centres(hist, extent)
     if extent <= 0 or counts.sum() == 0:
         return 0.0
     candidates = _CANDIDATES * extent
-    errors = ((centres[None, :] - quantise(centres[None, :], candidates[:, None], T, v_init)) ** 2 * counts).sum(1)
+    errors = ((centres[None, :] - quantise(centres[None, :], candidates[:, None], levels, v_init)) ** 2 * counts).sum(1)
     return float(candidates[int(np.argmin(errors))])
 
 
@@ -55,7 +56,7 @@ def _upper_quantile(hist: list[int], extent: float, below: float, total: float, 
     return float((i + np.clip(frac, 0.0, 1.0)) * extent / len(counts))
 
 
-def _from_histograms(h: dict, rule: str, T: int, v_init: float, percentile: float) -> tuple[float, float]:
+def _from_histograms(h: dict, rule: str, levels: int, v_init: float, percentile: float) -> tuple[float, float]:
     pos_hist, neg_hist = h["pos_hist"], h["neg_hist"]
     pos_range, neg_range = h["pos_range"], h["neg_range"]
     n_pos, n_neg = float(sum(pos_hist)), float(sum(neg_hist))
@@ -67,10 +68,10 @@ def _from_histograms(h: dict, rule: str, T: int, v_init: float, percentile: floa
         theta = _upper_quantile(pos_hist, pos_range, total - n_pos, total, q)
         theta_n = _upper_quantile(neg_hist, neg_range, total - n_neg, total, q) if n_neg else 0.0
         return theta, theta_n
-    return _mse_threshold(pos_hist, pos_range, T, v_init), _mse_threshold(neg_hist, neg_range, T, v_init)
+    return _mse_threshold(pos_hist, pos_range, levels, v_init), _mse_threshold(neg_hist, neg_range, levels, v_init)
 
 
-def site_thresholds(stats: dict, rule: str, *, T: int, v_init: float, percentile: float, per_channel: bool,
+def site_thresholds(stats: dict, rule: str, *, levels: int, v_init: float, percentile: float, per_channel: bool,
                     signed: bool) -> dict:
     """{'threshold': theta, 'neg_threshold': theta_n} for one site (lists when per channel). The settings
     come from a checked `ConversionConfig` (`CalibrationStats.thresholds`)."""
@@ -85,12 +86,12 @@ def site_thresholds(stats: dict, rule: str, *, T: int, v_init: float, percentile
             h = {"pos_hist": channels["pos_hist"][c], "neg_hist": channels["neg_hist"][c],
                  "pos_range": max(channels["max"][c], 0.0), "neg_range": max(-channels["min"][c], 0.0)}
             h["zeros"] = 0
-            pairs.append(_from_histograms(h, rule, T, v_init, percentile))
+            pairs.append(_from_histograms(h, rule, levels, v_init, percentile))
         theta, theta_n = (list(x) for x in zip(*pairs, strict=True))
-        fallback = _from_histograms(stats, rule, T, v_init, percentile)[0] or 1.0
+        fallback = _from_histograms(stats, rule, levels, v_init, percentile)[0] or 1.0
         theta = [t if t > 0 else fallback for t in theta]  # a channel that never fired still needs a threshold
         return {"threshold": theta, "neg_threshold": theta_n if signed else [0.0] * len(theta_n)}
-    theta, theta_n = _from_histograms(stats, rule, T, v_init, percentile)
+    theta, theta_n = _from_histograms(stats, rule, levels, v_init, percentile)
     if theta <= 0:
         theta = 1.0  # the site never went positive: any threshold gives the same (silent) neuron
     return {"threshold": theta, "neg_threshold": theta_n if signed else 0.0}

@@ -63,9 +63,9 @@ class CalibrationStats:
         return CalibrationStats(self.fingerprint, self.sites, config, self.source)
 
     def thresholds(self) -> Thresholds:
-        """Every site's thresholds by the config's rule, for its T and neuron."""
+        """Every site's thresholds by the config's rule, for the levels of its code and its neuron."""
         c = self.config
-        params = {"T": c.T, "percentile": c.percentile, "v_init": c.neuron.v_init, "per_channel": c.per_channel,
+        params = {"levels": c.code.levels, "percentile": c.percentile, "v_init": c.neuron.v_init, "per_channel": c.per_channel,
                   "signed": c.neuron.signed}
         sites = {name: site_thresholds({"name": name, **s}, c.rule, **params) for name, s in self.sites.items()}
         return Thresholds(self.fingerprint, c, sites)

@@ -4,12 +4,13 @@ Every node on the image path becomes a sequence node ([T*B, ...], T folded into 
 activation calls become neurons (one per call site, so no membrane state is shared between sites),
 foldable ops run unchanged, non-linear analog ops are fed running means, and tensors of the
 timestep path (which depend on t alone) are computed once and repeated over the T steps where
-they meet the image path. The input is presented at every step; the output is the T-step mean.
+they meet the image path. The input is presented at every step; the output is the window value
+(the T-step mean in the rate code, the weighted sum in the weighted code: `sdm.snn.coding`).
 
 Synaptic layers whose input is analog and changes from step to step (shortcuts, down- and
 upsamplers reading the residual stream, which sums spiking branches) would multiply at every step.
 In window mode every consumer of their output is window-synchronous or linear, and a linear layer
-commutes with the window mean, so they run once per window on the accumulated (mean) input: the
+commutes with the window value, so they run once per window on the accumulated (mean) input: the
 same outputs for one T-th of the multiplications. In running mode they stay per step.
 """
 
@@ -35,7 +36,7 @@ from calibration.graph import (
 from convert.ops import RUNNING_MEAN, is_foldable, touches_batch_dim
 from sdm.errors import ConfigError, SDMError
 from sdm.snn.neurons import SpikingNeuron
-from sdm.snn.temporal import MeanTime, RepeatTime, SpikingActivation, TemporalMean
+from sdm.snn.temporal import RepeatTime, SpikingActivation, TemporalMean, WindowValue
 
 aten = torch.ops.aten
 
@@ -97,11 +98,11 @@ def spiking_graph(
 ) -> tuple[fx.GraphModule, ConversionSummary]:
     """Rewrite `captured` (from `calibration.graph.capture`) in place of its own graph; returns the new module.
 
-    `config` (checked) gives T, the analog mode and the transfer of smooth activations ('function' or
+    `config` (checked) gives the spike code, the analog mode and the transfer of smooth activations ('function' or
     'neuron', see `sdm.snn.temporal.SpikingActivation`); the sites named in `analog_sites` (the config's
     patterns resolved, and the readout) stay analog.
     """
-    T, analog_mode, activation = config.T, config.analog_mode, config.activation
+    code, analog_mode, activation = config.code, config.analog_mode, config.activation
     if not sites:
         raise SDMError("the model has no activation call sites on its image path: nothing to convert")
     dependent = sample_dependent(captured.graph)
@@ -109,8 +110,8 @@ def spiking_graph(
     encoder_of = {s.node: s for s in sites if s.op == "identity"}
     encoded: dict[fx.Node, fx.Node] = {}
     summary = ConversionSummary(timestep_activations=timestep_activation_count(captured))
-    captured.add_submodule("repeat_time", RepeatTime(T))
-    captured.add_submodule("mean_time", MeanTime(T))
+    captured.add_submodule("repeat_time", RepeatTime(code))
+    captured.add_submodule("window_value", WindowValue(code))
     captured.add_submodule("neurons", nn.ModuleDict())
     captured.add_submodule("analog", nn.ModuleDict())
 
@@ -120,7 +121,7 @@ def spiking_graph(
         if site.name in analog_sites:
             transfer = "analog"
             summary.analog_sites.append(site.name)
-        captured.neurons[key] = SpikingActivation(make_neuron(site), T, function, analog_mode, transfer)
+        captured.neurons[key] = SpikingActivation(make_neuron(site), code, function, analog_mode, transfer)
         summary.neurons[site.name] = f"neurons.{key}"
         return f"neurons.{key}"
 
@@ -157,7 +158,7 @@ def spiking_graph(
             out = node.args[0]
             if not isinstance(out, fx.Node):
                 raise SDMError("the model must return a single tensor")
-            graph.output(graph.call_module("mean_time", (as_sequence(out),)) if out in dependent else static[out])
+            graph.output(graph.call_module("window_value", (as_sequence(out),)) if out in dependent else static[out])
             continue
         if node not in dependent:
             static[node] = graph.node_copy(node, lambda n: static[n])
@@ -182,7 +183,7 @@ def spiking_graph(
             varying.add(node)
         elif node.target in SYNAPTIC and node.args[0] in varying and not set(moved_values(node.args[0])) <= spikes:
             if analog_mode == "window":  # once per window, on the accumulated input
-                mean = graph.call_module("mean_time", (as_sequence(node.args[0]),))
+                mean = graph.call_module("window_value", (as_sequence(node.args[0]),))
                 window = graph.node_copy(node, _feeding(node.args[0], mean, as_sequence))
                 sequence[node] = graph.call_module("repeat_time", (window,))
                 summary.window_accumulated.append(layer_name(node))
@@ -198,7 +199,7 @@ def spiking_graph(
             if any(isinstance(v, fx.Node) and v in dependent for v in node.kwargs.values()):
                 raise UnsupportedOpError(f"{node.target} at {_where(node)} takes a step-varying keyword argument")
             name = f"{len(captured.analog)}_{node.target.__name__.split('.')[0]}"
-            captured.analog[name] = TemporalMean(node.target, tuple(sorted(positions)), T, analog_mode,
+            captured.analog[name] = TemporalMean(node.target, tuple(sorted(positions)), code, analog_mode,
                                                   name=_where(node))
             summary.analog_ops[node.target.__name__.split(".")[0]] += 1
             args = tuple(as_sequence(a) if isinstance(a, fx.Node) else a for a in node.args)

@@ -86,7 +86,7 @@ class _Walk(fx.Interpreter):
 
     def __init__(self, snn, batch: int):
         super().__init__(snn.graph)
-        self.T, self.batch = snn.T, batch
+        self.T, self.batch, self.code = snn.T, batch, snn.conversion.code
         self.modules = dict(snn.graph.named_modules())
         self.spiking = {path for path in snn.summary.neurons.values() if self.modules[path].spiking}
         self.image_path = sample_dependent(snn.graph.graph)
@@ -97,12 +97,27 @@ class _Walk(fx.Interpreter):
         result = super().run_node(node)
         if node.op == "call_function" and node.target in (aten.conv2d.default, aten.linear.default):
             self._synaptic(node, result)
-        elif node.op == "call_module" and node.target == "mean_time":
+        elif node.op == "call_module" and node.target == "window_value":
             self._accumulation(node)
+            self._doublings(node, (0,))
         elif node.op == "call_module" and (node.target.startswith("analog.") or node.target in self.modules
                                            and isinstance(self.modules[node.target], SpikingActivation)):
             self._nonsynaptic(node, result)
+            module = self.modules[node.target]
+            if module.mode == "window":
+                self._doublings(node, getattr(module, "sequence_args", (0,)))
         return result
+
+    def _doublings(self, node: fx.Node, sequence_args: tuple[int, ...]) -> None:
+        """The weighted code's receivers read a window in Horner form: one doubling per value and step
+        after the first, wherever a window of step-varying values is read (none in the rate code)."""
+        if not self.code.doublings_per_value:
+            return
+        values = sum(x.numel() / self.T / self.batch for x in (self.env[node.args[i]] for i in sequence_args)
+                     if distinct_steps(x, self.batch) > 1)
+        if values:
+            self.records.append(_OpRecord("doublings (weighted code, Horner)", "nonsynaptic",
+                                          values * self.code.doublings_per_value, 0.0))
 
     def _synaptic(self, node: fx.Node, result: torch.Tensor) -> None:
         x, weight = self.env[node.args[0]], self.env[node.args[1]]

@@ -17,6 +17,7 @@ from convert.report import compute_profile
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE, save_pipeline
 from sdm.errors import SDMError
 from sdm.models.presets import build_unet
+from sdm.snn.coding import SpikeCode
 from sdm.snn.energy import energy_report
 from sdm.snn.modes import keeping_counts
 from sdm.snn.neurons import IFNeuron
@@ -31,7 +32,7 @@ def _rate_and_grads(x: float, signed: bool = False, theta: float = 1.0, theta_n:
     neuron = IFNeuron(theta, neg_threshold=theta_n, signed=signed, v_init=0.5)
     neuron.learn_thresholds()
     xt = torch.tensor([x], requires_grad=True)
-    out = neuron.constant_rate(xt, T)
+    out = neuron.constant_rate(xt, SpikeCode("rate", T))
     out.sum().backward()
     side = neuron.threshold if x >= 0 or not signed else neuron.neg_threshold
     return out.item(), xt.grad.item(), side.grad.item()
@@ -53,11 +54,11 @@ def test_straight_through_and_threshold_gradients_by_hand():
 def test_rate_form_without_gradients_is_unchanged_by_learnable_thresholds():
     neuron = IFNeuron(0.7, neg_threshold=0.2, signed=True, v_init=0.5)
     x = torch.randn(64)
-    expected = neuron.constant_response(x, 4).mean(0)
+    expected = neuron.constant_response(x, SpikeCode("rate", 4)).mean(0)
     neuron.reset()
     neuron.learn_thresholds()
     assert isinstance(neuron.threshold, torch.nn.Parameter)
-    assert torch.allclose(neuron.constant_rate(x, 4), expected, atol=1e-6)
+    assert torch.allclose(neuron.constant_rate(x, SpikeCode("rate", 4)), expected, atol=1e-6)
 
 
 def test_late_pairs_get_their_share():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sdm.errors import SDMError
+from sdm.snn.coding import SpikeCode
 from sdm.snn.compiled import compile_neurons, compiled_steps
 from sdm.snn.modes import counting, scaled_thresholds
 from sdm.snn.neurons import IFNeuron, LIFNeuron, reset_neurons
@@ -101,17 +102,17 @@ def test_closed_form_constant_response_equals_simulation(signed, threshold, neg)
         fast = IFNeuron(threshold, neg_threshold=neg, signed=signed, v_init=0.5)
         slow = IFNeuron(threshold, neg_threshold=neg, signed=signed, v_init=0.5)
         with torch.no_grad():
-            a = fast.constant_response(x, T)
+            a = fast.constant_response(x, SpikeCode("rate", T))
             b = slow(x.unsqueeze(0).expand(T, *x.shape))
         assert torch.allclose(a, b, atol=1e-6)
         assert torch.allclose(fast.v, slow.v, atol=1e-5)
         fast.reset()
         with torch.no_grad(), counting([fast, slow]) as counts:  # the inference path: in-place passes
-            assert torch.allclose(fast.constant_rate(x, T), b.mean(0), atol=1e-6)
+            assert torch.allclose(fast.constant_rate(x, SpikeCode("rate", T)), b.mean(0), atol=1e-6)
             slow.reset()
             slow(x.unsqueeze(0).expand(T, *x.shape))
         assert counts.spikes([fast]) == counts.spikes([slow]) and counts.neuron_steps([fast]) == counts.neuron_steps([slow])
-        trained = fast.constant_rate(x.requires_grad_(), T)  # the differentiable path gives the same numbers
+        trained = fast.constant_rate(x.requires_grad_(), SpikeCode("rate", T))  # the differentiable path gives the same numbers
         assert trained.requires_grad and torch.allclose(trained, b.mean(0), atol=1e-6)
         x = x.detach()
 

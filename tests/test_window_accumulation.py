@@ -15,7 +15,7 @@ from calibration import ConversionConfig, NeuronConfig
 from calibration.graph import activation_sites, capture
 from convert import ConvertedUNet
 from sdm.models.pretrained import load_model
-from sdm.snn.energy import E_AC_PJ, E_MAC_PJ, energy_report
+from sdm.snn.energy import SNNSpend, E_AC_PJ, E_MAC_PJ, energy_report
 
 DATA = Path(__file__).parent / "data"
 
@@ -70,8 +70,15 @@ def test_energy_of_a_residual_block_by_hand():
     quantised = report["quantised_ann"]
     assert quantised["activation_bits"] == 4 and quantised["pJ_per_mac"] == pytest.approx(0.2)
     assert quantised["energy_uJ_per_step"] == pytest.approx(128 * 0.2 / 1e6)
-    assert quantised["break_even_firing_rate"] is None
-    assert quantised["break_even_firing_rate_no_analog"] == pytest.approx(0.2 / 3.6)
+    assert quantised["break_even_firing_rate_fp32"] is None
+    assert quantised["break_even_firing_rate_no_analog_fp32"] == pytest.approx(0.2 / 3.6)
+    # The same SNN in the integer arithmetic: 64 MACs of 8-bit inputs at 0.3 pJ, 224 accumulates at 0.1 pJ:
+    # 41.6 pJ, 1.625x the quantised ANN's 25.6. Its MACs and 96 window additions alone (28.8 pJ) exceed
+    # that, so no firing rate breaks even; spike ACs against integer MACs alone: 0.2 / (4 x 0.1).
+    assert quantised["snn_integer_energy_uJ_per_step"] == pytest.approx((64 * 0.3 + 224 * 0.1) / 1e6)
+    assert quantised["energy_ratio_snn_integer_to_quantised_ann"] == pytest.approx(41.6 / 25.6)
+    assert quantised["break_even_firing_rate_integer"] is None
+    assert quantised["break_even_firing_rate_no_analog_integer"] == pytest.approx(0.2 / 0.4)
     assert report["spike_energy_ratio_to_ann"] == pytest.approx(128 * E_AC_PJ / (128 * E_MAC_PJ))
     # Simulated step by step, b multiplies at every step: 4 x 32 MACs, no accumulation.
     _, running = _residual_snn("running")
@@ -83,7 +90,7 @@ def test_energy_of_a_residual_block_by_hand():
 def test_both_executors_run_the_accumulated_layer_once_and_agree():
     toy, snn = _residual_snn()
     calls = []
-    snn.graph.get_submodule("mean_time").register_forward_hook(lambda m, i, o: calls.append(tuple(o.shape)))
+    snn.graph.get_submodule("window_value").register_forward_hook(lambda m, i, o: calls.append(tuple(o.shape)))
     x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     t = torch.zeros(3, dtype=torch.long)
     with torch.no_grad():
@@ -112,3 +119,14 @@ def test_the_embedded_models_outputs_are_unchanged():
     # Float rounding alone: 1.1e-7 measured here; a layer left out of the mean, or averaged twice, is > 1e-2.
     error = (out - stored["out"]).norm() / stored["out"].norm()
     assert error < 1e-3, error
+
+
+def test_break_even_firing_rates_by_hand():
+    """10 analog MACs, 100 accumulates of which 80 from spikes, 200 synapses fed by spikes, T = 4. Integer:
+    the fixed part is 10 x 0.3 + 20 x 0.1 = 5 pJ, so 20 pJ is reached at (20 - 5) / (200 x 0.1) = 0.75.
+    FP32: 10 x 4.6 + 20 x 0.9 = 64 pJ, so 100 pJ at (100 - 64) / (200 x 0.9) = 0.2; 50 pJ never."""
+    spend = SNNSpend(macs=10, accumulates=100, spike_accumulates=80, spiking_dense_ops=200, T=4)
+    assert spend.pj(integer=True) == pytest.approx(3 + 10)
+    assert spend.break_even(20, integer=True) == pytest.approx(0.75)
+    assert spend.break_even(100, integer=False) == pytest.approx(0.2)
+    assert spend.break_even(50, integer=False) is None

@@ -6,9 +6,10 @@ which make their T-step average exactly the op applied to the T-step average inp
 
 * 'running' (causal): at step t the op sees the mean of its inputs over steps 1..t and emits what
   makes its own running output mean equal to the op of that mean; step t depends on steps <= t only.
-* 'window' (layer-synchronous): the op waits for all T steps, applies itself once to their mean and
-  presents the result at every step; the neurons after it then see a constant input, which makes
-  them exact T-level rounding quantisers.
+* 'window' (layer-synchronous): the op waits for all T steps, applies itself once to their window
+  value and presents the result at every step; the neurons after it then hold a constant drive, which
+  makes them exact rounding quantisers to their code's levels. The window value is the mean in the
+  rate code and the weighted sum in the weighted code (`sdm.snn.coding`), which is window mode only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from sdm.snn.coding import SpikeCode
 from sdm.snn.neurons import SpikingNeuron
 
 
@@ -47,21 +49,50 @@ def increments_of_running_mean(y_seq: torch.Tensor) -> torch.Tensor:
 class Folded(nn.Module):
     """A module of a graph run with T steps folded into the batch, or once in the graph's rate form.
 
-    The rate form: in window mode every analog op and every neuron sees the mean of its input over the
-    T steps, and every op between them is linear, so the network's output (the T-step mean) equals the
-    same graph run once, at batch B, with each neuron replaced by its closed-form T-step rate. Spike
-    counts are kept. It runs T times faster; the tests compare it with the step-by-step simulation.
+    The rate form: in window mode every analog op and every neuron sees the window value of its input
+    (`SpikeCode.window`: the mean over the T steps, or the weighted code's weighted sum), and every op
+    between them is linear, so the network's output (the window value) equals the same graph run once,
+    at batch B, with each neuron replaced by its closed-form rounding to the code's levels. Spike counts
+    are kept. It runs T times faster; the tests compare it with the step-by-step simulation.
     `ConvertedUNet.set_executor` and `executing` switch it.
     """
 
-    def __init__(self, T: int):
+    def __init__(self, code: SpikeCode):
         super().__init__()
-        self.T = T
+        self.code = code
         self.rate = False
+
+    @property
+    def T(self) -> int:
+        return self.code.T
 
     @property
     def folded(self) -> int:
         return 1 if self.rate else self.T
+
+    def window_value(self, x: torch.Tensor) -> torch.Tensor:
+        """[T*B, ...] -> [B, ...]: what the window's steps are worth together (the rate form: x itself, as
+        the mean of its one step, a fresh contiguous tensor, so the layers after it round as they did)."""
+        return unfold(x, 1).mean(0) if self.rate else self.code.window(unfold(x, self.T))
+
+    def present(self, y: torch.Tensor) -> torch.Tensor:
+        """[B, ...] -> [T*B, ...]: `y` at every step (the rate form: y itself)."""
+        return y if self.rate else y.unsqueeze(0).expand(self.T, *y.shape).flatten(0, 1)
+
+    def analog(self, fn: Callable, args: list, sequence_args: tuple[int, ...], mode: str, kwargs: dict):
+        """Apply a non-spiking op to folded step sequences in `mode` (see the module docstring)."""
+        args = list(args)
+        if self.rate:  # the arguments are their own window values
+            return fn(*args, **kwargs)
+        if mode == "window":
+            for i in sequence_args:
+                args[i] = self.window_value(args[i])
+            return self.present(fn(*args, **kwargs))
+        if mode == "running":
+            for i in sequence_args:
+                args[i] = fold(running_mean(unfold(args[i], self.T)))
+            return fold(increments_of_running_mean(unfold(fn(*args, **kwargs), self.T)))
+        raise ValueError(f"unknown analog mode {mode!r}; use one of {ANALOG_MODES}")
 
 
 class RepeatTime(Folded):
@@ -71,31 +102,14 @@ class RepeatTime(Folded):
         return x if self.folded == 1 else x.repeat(self.folded, *([1] * (x.dim() - 1)))
 
 
-class MeanTime(Folded):
-    """Decode by averaging over steps: [T*B, ...] -> [B, ...]."""
+class WindowValue(Folded):
+    """Decode by the code's window value: [T*B, ...] -> [B, ...]."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return unfold(x, self.folded).mean(0)
+        return self.window_value(x)
 
 
 ANALOG_MODES = ("window", "running")
-
-
-def analog_over_time(fn: Callable, args: list, sequence_args: tuple[int, ...], T: int, mode: str, kwargs: dict):
-    """Apply a non-spiking op to folded step sequences in `mode` (see the module docstring)."""
-    args = list(args)
-    if T == 1:  # the rate form: the arguments are their own means
-        return fn(*args, **kwargs)
-    if mode == "window":
-        for i in sequence_args:
-            args[i] = unfold(args[i], T).mean(0)
-        y = fn(*args, **kwargs)
-        return y.unsqueeze(0).expand(T, *y.shape).flatten(0, 1)
-    if mode == "running":
-        for i in sequence_args:
-            args[i] = fold(running_mean(unfold(args[i], T)))
-        return fold(increments_of_running_mean(unfold(fn(*args, **kwargs), T)))
-    raise ValueError(f"unknown analog mode {mode!r}; use one of {ANALOG_MODES}")
 
 
 class TemporalMean(Folded):
@@ -105,15 +119,15 @@ class TemporalMean(Folded):
     sizes) pass through unchanged.
     """
 
-    def __init__(self, fn: Callable, sequence_args: tuple[int, ...], T: int, mode: str, name: str = ""):
-        super().__init__(T)
+    def __init__(self, fn: Callable, sequence_args: tuple[int, ...], code: SpikeCode, mode: str, name: str = ""):
+        super().__init__(code)
         self.fn, self.sequence_args, self.mode, self.name = fn, tuple(sequence_args), mode, name
 
     def extra_repr(self) -> str:
         return f"{self.name or getattr(self.fn, '__name__', self.fn)}, T={self.T}, mode={self.mode}"
 
     def forward(self, *args, **kwargs):
-        return analog_over_time(self.fn, args, self.sequence_args, self.folded, self.mode, kwargs)
+        return self.analog(self.fn, args, self.sequence_args, self.mode, kwargs)
 
 
 TRANSFERS = ("function", "neuron", "analog")
@@ -137,8 +151,8 @@ class SpikingActivation(Folded):
       a user keeps analog). The neuron and its thresholds are kept so the site can spike again.
     """
 
-    def __init__(self, neuron: SpikingNeuron, T: int, function: Callable, mode: str, transfer: str):
-        super().__init__(T)
+    def __init__(self, neuron: SpikingNeuron, code: SpikeCode, function: Callable, mode: str, transfer: str):
+        super().__init__(code)
         if transfer not in TRANSFERS:
             raise ValueError(f"unknown transfer {transfer!r}; use one of {TRANSFERS}")
         self.neuron, self.function, self.mode, self.transfer = neuron, function, mode, transfer
@@ -156,11 +170,11 @@ class SpikingActivation(Folded):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.transfer == "analog":
-            return analog_over_time(self.function, [x], (0,), self.folded, self.mode, {})
-        if self.rate:  # x is already the window mean, [B, ...]
-            return self.neuron.constant_rate(self._drive(x), self.T)
-        if self.mode == "window":  # the neuron sees the same drive, from the window mean, at every step
-            return fold(self.neuron.constant_response(self._drive(unfold(x, self.T).mean(0)), self.T))
+            return self.analog(self.function, [x], (0,), self.mode, {})
+        if self.rate:  # x is already the window value, [B, ...]
+            return self.neuron.constant_rate(self._drive(x), self.code)
+        if self.mode == "window":  # the neuron holds one drive, the window value, for the whole window
+            return fold(self.neuron.constant_response(self._drive(self.window_value(x)), self.code))
         if self.transfer == "function":
-            x = analog_over_time(self.function, [x], (0,), self.T, self.mode, {})
+            x = self.analog(self.function, [x], (0,), self.mode, {})
         return fold(self.neuron(unfold(x, self.T)))
