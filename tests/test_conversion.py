@@ -47,7 +47,8 @@ def _inputs(n=4, size=16):
 
 
 def _quantised_ann(unet, thresholds, T, x, t):
-    """Independent reference: forward hooks quantise every image-path activation call, found by call order.
+    """Independent reference: forward hooks quantise every image-path activation call, found by call order,
+    to T levels per side (the rate code at T steps; the weighted code at K steps carries 2^K - 1).
 
     (The ReLU UNet still ends in diffusers' fixed SiLU `conv_act`, quantised with its negative part.)
     """
@@ -74,16 +75,18 @@ def _quantised_ann(unet, thresholds, T, x, t):
             h.remove()
 
 
-@pytest.mark.parametrize("T", [2, 5])
-def test_converted_relu_network_equals_the_T_level_quantised_ann(relu_model, T):
+@pytest.mark.parametrize("coding, T, levels", [("rate", 2, 2), ("rate", 5, 5), ("weighted", 2, 3), ("weighted", 3, 7)])
+@pytest.mark.parametrize("executor", ["steps", "rate"])
+def test_converted_relu_network_equals_the_quantised_ann(relu_model, coding, T, levels, executor):
     """In float64: the two compute each activation in a different order, and in float32 a CPU whose
-    rounding puts one on a rounding boundary would round it the other way."""
+    rounding puts one on a rounding boundary would round it the other way. The weighted code's step
+    executor spells each count in bits and its receivers double and add: the same network."""
     unet, observed = relu_model
-    snn = _convert(observed, T=T, rule="max", readout="spikes").double()
+    snn = _convert(observed, T=T, coding=coding, rule="max", readout="spikes").double()
     x, t = _inputs()
-    with torch.no_grad():
+    with torch.no_grad(), snn.executing(executor):
         out = snn(x.double(), t).sample
-    expected = _quantised_ann(copy.deepcopy(unet).double(), snn.thresholds, T, x.double(), t)
+    expected = _quantised_ann(copy.deepcopy(unet).double(), snn.thresholds, levels, x.double(), t)
     assert torch.allclose(out, expected, rtol=0, atol=1e-9), (out - expected).abs().max()
 
 
@@ -103,16 +106,18 @@ def test_snn_approaches_the_ann_as_T_grows(relu_model, silu_model, act_fn, mode)
     assert errors[2] < 0.01
 
 
-@pytest.mark.parametrize("act_fn", ["relu", "silu"])
-def test_rate_form_equals_step_by_step_simulation(relu_model, silu_model, act_fn):
+@pytest.mark.parametrize("act_fn, coding", [("relu", "rate"), ("silu", "rate"), ("relu", "weighted"),
+                                            ("silu", "weighted")])
+def test_rate_form_equals_step_by_step_simulation(relu_model, silu_model, act_fn, coding):
     """In float64, where no drive falls within rounding of a spike-count boundary (in float32 the two
-    executors round differently, and a CPU whose rounding puts a drive on a boundary flips a spike)."""
+    executors round differently, and a CPU whose rounding puts a drive on a boundary flips a spike).
+    The firing rates agree exactly: the rate form counts a weighted code's spikes by popcount."""
     unet, observed = relu_model if act_fn == "relu" else silu_model
     unet = copy.deepcopy(unet).double()
     x, t, spread = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 6)
     probes = (x.double(), t, spread)
     for T in (2, 5):
-        snn = _convert(observed, T=T, rule="mse").double()
+        snn = _convert(observed, T=T, coding=coding, rule="mse").double()
         steps = eps_fidelity(unet, snn, probes)
         with torch.no_grad():
             a = snn(probes[0], t).sample

@@ -39,11 +39,12 @@ class Residual(ModelMixin, ConfigMixin):
         return (self.b(h + self.c(F.relu(h))),)
 
 
-def _residual_snn(analog_mode="window", T=4):
+def _residual_snn(analog_mode="window", T=4, coding="rate"):
     toy = Residual().eval()
     sites = activation_sites(capture(toy))
     thresholds = {s.name: {"threshold": 1.0, "neg_threshold": 0.0} for s in sites}
-    config = ConversionConfig(T=T, neuron=NeuronConfig(signed=False), analog_mode=analog_mode, readout="spikes")
+    config = ConversionConfig(T=T, coding=coding, neuron=NeuronConfig(signed=False), analog_mode=analog_mode,
+                              readout="spikes")
     return toy, ConvertedUNet(dict(toy.config), config, thresholds, unet=toy)
 
 
@@ -119,6 +120,31 @@ def test_the_embedded_models_outputs_are_unchanged():
     # Float rounding alone: 1.1e-7 measured here; a layer left out of the mean, or averaged twice, is > 1e-2.
     error = (out - stored["out"]).norm() / stored["out"].norm()
     assert error < 1e-3, error
+
+
+def test_energy_of_the_weighted_code_by_hand():
+    """The same block in the weighted code at T = 3: relu(0.5) is m = floor(0.5 x 7 + 0.5) = 4 = 100b, one
+    spike in three steps. c: 64 synapses x 3 steps x rate 1/3 = 64 ACs (one per synapse per emitted spike);
+    b reads the stream once per window after 32 values x 2 accumulation additions, and its Horner read
+    doubles those 32 values twice: 64 doublings, reported as non-synaptic operations. The output is
+    b(h + c(4/7)) = 2 x (0.5 + 4/7) = 15/7, in both executors."""
+    toy, snn = _residual_snn(T=3, coding="weighted")
+    x, t = torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64), torch.zeros(1, dtype=torch.long)
+    snn = snn.double()
+    for executor in ("steps", "rate"):
+        with torch.no_grad(), snn.executing(executor):
+            assert snn(x, t).sample.flatten().tolist() == pytest.approx([15 / 7] * 16, abs=1e-12)
+    report = energy_report(snn, x, t, denoising_steps=1, ann=toy.double())
+    assert report["coding"] == "weighted" and "weighted code" in report["code"]
+    assert report["per_denoising_step"]["macs"] == 64
+    assert report["per_denoising_step"]["accumulates"] == pytest.approx(64 + 64)
+    assert report["analog_nonsynaptic_flops_per_image"]["doublings (weighted code, Horner)"] == 64
+    # 7 levels a side (15 signed) are 4 bits: a 4 x 8-bit integer MAC, 0.2 x 32 / 64 + 0.1 = 0.2 pJ. At T = 4
+    # the weighted code's 31 levels need 5 bits: 0.225 pJ.
+    assert report["quantised_ann"]["levels"] == 15 and report["quantised_ann"]["pJ_per_mac"] == pytest.approx(0.2)
+    _, four = _residual_snn(T=4, coding="weighted")
+    quantised = energy_report(four, x.float(), t, denoising_steps=1)["quantised_ann"]
+    assert quantised["levels"] == 31 and quantised["pJ_per_mac"] == pytest.approx(0.225)
 
 
 def test_break_even_firing_rates_by_hand():

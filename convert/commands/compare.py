@@ -46,7 +46,7 @@ TIMED_IMAGES = 16
 def _describe(model) -> str:
     config = getattr(model, "config", {})
     if type(model).__name__ == "ConvertedUNet":
-        parts = [f"T={config['T']}", config["neuron"]["kind"],
+        parts = [f"T={config['T']}", f"{config.get('coding', 'rate')} code", config["neuron"]["kind"],
                  f"{config['rule']} thresholds" + (" per channel" if config["per_channel"] else "")]
         if config.get("analog_sites"):
             parts.append(f"analog {_sites(config['analog_sites'])}")
@@ -59,6 +59,14 @@ def _describe(model) -> str:
     return type(model).__name__
 
 
+def _code(model) -> str:
+    """The spike code a model runs: a conversion's config says; a directly trained SDM's binary spikes are a
+    rate code; an ANN has none."""
+    if type(model).__name__ == "ConvertedUNet":
+        return model.conversion.coding
+    return "rate" if type(model).__name__ == "SpikingUNet" else ""
+
+
 def _sites(names: list[str]) -> str:
     """A few site names or patterns as they are; a longer list (a budget's choice) by its length."""
     return ", ".join(names) if len(names) <= 2 else f"({len(names)} sites, listed in the model's config.json)"
@@ -66,7 +74,7 @@ def _sites(names: list[str]) -> str:
 
 def _panel_title(model, tuned: tuple[int, float | None] | None) -> str:
     """A converted model's grid title: its T, spike-encoded analog inputs, fine-tuning and its budget."""
-    return (f"SNN T={model.config['T']}" + (" encoded" if model.conversion.encodes else "")
+    return (f"SNN {model.conversion.coding} T={model.config['T']}" + (" encoded" if model.conversion.encodes else "")
             + (" FT" if tuned else "") + (f" budget {tuned[1]:g}" if tuned and tuned[1] else ""))
 
 
@@ -145,10 +153,10 @@ def _seconds_per_image(model, scheduler_config: dict, settings: dict, seed: int)
 
 def compare_table(rows: list[dict], metric_names: list[str]) -> str:
     """The rows of a comparison as a Markdown table, one column per metric."""
-    columns = ["model", "details", *metric_names, "energy / image (mJ)", "sampling s / image", "firing rate"]
+    columns = ["model", "code", "details", *metric_names, "energy / image (mJ)", "sampling s / image", "firing rate"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [row["label"], row["details"], *[row["metrics"].get(m, "") for m in metric_names],
+        cells = [row["label"], row.get("code", ""), row["details"], *[row["metrics"].get(m, "") for m in metric_names],
                  f"{row['energy_mJ_per_image']:.4g}", f"{row['seconds_per_image']:.3g}",
                  "" if row["firing_rate"] is None else f"{row['firing_rate']:.3f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -221,7 +229,7 @@ def main(ann, convert_T, converted, direct, num_samples, metrics, extractor, ref
         details = (_describe(model) + (f", fine-tuned {tuned[0]} steps" if tuned else "")
                    + (f" under energy budget {tuned[1]:g}" if tuned and tuned[1] else "")
                    + (f", {ran} executor" if ran else ""))
-        rows.append({"label": label, "ckpt": loaded.source, "details": details, "executor": ran,
+        rows.append({"label": label, "code": _code(model), "ckpt": loaded.source, "details": details, "executor": ran,
                      "metrics": {r.metric: f"{r.value:.4g}" + (f" ± {r.std:.2g}" if r.std is not None else "")
                                  for r in results},
                      "results": [r.to_dict() for r in results], "energy_mJ_per_image": energy_mj,

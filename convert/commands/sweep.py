@@ -1,4 +1,4 @@
-"""`sdm-sweep`: calibration sweeps from the CLI, one cell per (T, rule, neuron), resumable.
+"""`sdm-sweep`: calibration sweeps from the CLI, one cell per (spike code, T, rule, neuron), resumable.
 
 Calibration runs once (its statistics do not depend on T or the rule); each cell converts, measures
 eps fidelity on the held-out probes and, with --fid N, a sample metric. Finished cells are files
@@ -36,18 +36,20 @@ from sdm.errors import SDMError
 from sdm.io import write_json, write_text
 from sdm.models.pretrained import load_model
 from sdm.settings import CommaList, options_of, settings_from
+from sdm.snn.coding import CODINGS
 from sdm.snn.neurons import NEURONS
 
-CELL_FIELDS = ("T", "rule", "percentile", "neuron")  # what the cells vary; the rest is the sweep's conversion
-COLUMNS = ["T", "rule", "percentile", "neuron", "eps_cosine", "eps_cosine_t_lt_100", "eps_rel_mse", "firing_rate",
+CELL_FIELDS = ("coding", "T", "rule", "percentile", "neuron")  # what the cells vary; the rest is the sweep's conversion
+COLUMNS = ["coding", "T", "rule", "percentile", "neuron", "eps_cosine", "eps_cosine_t_lt_100", "eps_rel_mse", "firing_rate",
            "sample_metric", "sample_value"]
 
 
-def cells(Ts, rules, percentiles, neurons) -> list[dict]:
-    """Every (T, rule[, percentile], neuron), the percentile expanded only for the percentile rule."""
+def cells(codings, Ts, rules, percentiles, neurons) -> list[dict]:
+    """Every (code, T, rule[, percentile], neuron), the percentile expanded only for the percentile rule,
+    and the weighted code with IF neurons only (it has no leaky form)."""
     rule_params = [(r, p) for r in rules for p in (percentiles if r == "percentile" else [None])]
-    return [{"T": T, "rule": r, "percentile": p, "neuron": n}
-            for T, (r, p), n in itertools.product(Ts, rule_params, neurons)]
+    return [{"coding": c, "T": T, "rule": r, "percentile": p, "neuron": n}
+            for c, T, (r, p), n in itertools.product(codings, Ts, rule_params, neurons) if c == "rate" or n == "if"]
 
 
 def _finished(path: Path, fid_samples: int) -> dict | None:
@@ -63,8 +65,10 @@ def _finished(path: Path, fid_samples: int) -> dict | None:
 
 
 def cell_name(cell: dict) -> str:
+    """`T4_mse_if` for the rate code (the names of sweeps before the weighted code), `weighted_T4_mse_if`."""
     rule = f"percentile{cell['percentile']}" if cell["rule"] == "percentile" else cell["rule"]
-    return f"T{cell['T']}_{rule}_{cell['neuron']}"
+    code = "" if cell.get("coding", "rate") == "rate" else f"{cell['coding']}_"
+    return f"{code}T{cell['T']}_{rule}_{cell['neuron']}"
 
 
 def _plot(rows: list[dict], path: Path, metric: str, label: str) -> None:
@@ -80,7 +84,8 @@ def _plot(rows: list[dict], path: Path, metric: str, label: str) -> None:
     for row in rows:
         if row.get(metric) is None:
             continue
-        name = (f"{row['rule']} {row['percentile']}" if row["rule"] == "percentile" else row["rule"]) + f", {row['neuron']}"
+        name = (f"{row.get('coding', 'rate')}, " + (f"{row['rule']} {row['percentile']}" if row["rule"] == "percentile"
+                                                    else row["rule"]) + f", {row['neuron']}")
         lines.setdefault(name, []).append((row["T"], row[metric]))
     for name, points in sorted(lines.items()):
         points.sort()
@@ -96,9 +101,11 @@ def _plot(rows: list[dict], path: Path, metric: str, label: str) -> None:
     plt.close(fig)
 
 
-@cli.command(help="Sweep T x threshold rule x neuron: eps fidelity per cell (and a sample metric with --fid N); writes "
+@cli.command(help="Sweep spike code x T x threshold rule x neuron: eps fidelity per cell (and a sample metric with --fid N); writes "
               "OUT/sweep.csv, OUT/sweep.md and OUT/sweep.png, and skips finished cells when rerun.")
 @cli.ckpt_options
+@click.option("--coding", "codings", type=CommaList(str, CODINGS), default=ConversionConfig.coding, show_default=True,
+              help="Spike codes (rate, weighted; the weighted code with --neuron if only).")
 @click.option("--T", "Ts", type=CommaList(int), default="2,4,8,16", show_default=True)
 @click.option("--calib", "rules", type=CommaList(str, RULES), default="max,percentile,mse", show_default=True)
 @click.option("--percentile", "percentiles", type=CommaList(float), default=str(ConversionConfig.percentile),
@@ -113,7 +120,7 @@ def _plot(rows: list[dict], path: Path, metric: str, label: str) -> None:
 @cli.executor_option
 @click.option("--out", type=click.Path(file_okay=False), default="out/sweep", show_default=True)
 @cli.device_option
-def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, fid_samples, executor, out, device, **options):
+def main(ckpt, allow_pickle, codings, Ts, rules, percentiles, neurons, fid_samples, executor, out, device, **options):
     if any(T < 1 for T in Ts):
         raise SDMError(f"--T values must be at least 1, got {Ts}")
     if any(not 0 < p <= 100 for p in percentiles):
@@ -147,7 +154,9 @@ def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, fid_samples, execu
             click.echo(f"note: {note}", err=True)
         reference_images = read_images(options["reference"]) if options["reference"] else None
     rows = []
-    todo = cells(Ts, rules, percentiles, neurons)
+    todo = cells(codings, Ts, rules, percentiles, neurons)
+    if not todo:
+        raise SDMError("--coding weighted runs IF neurons only: add --neuron if or --coding rate")
     for i, cell in enumerate(todo, 1):
         path = out / "cells" / f"{cell_name(cell)}.json"
         done = _finished(path, fid_samples)
@@ -155,7 +164,7 @@ def main(ckpt, allow_pickle, Ts, rules, percentiles, neurons, fid_samples, execu
             rows.append(done)
             click.echo(f"[{i}/{len(todo)}] {cell_name(cell)}: done earlier, skipped", err=True)
             continue
-        snn = convert(ann, stats.retarget(T=cell["T"], rule=cell["rule"],
+        snn = convert(ann, stats.retarget(coding=cell["coding"], T=cell["T"], rule=cell["rule"],
                                           percentile=cell["percentile"] or base.percentile,
                                           neuron=dataclasses.replace(base.neuron, kind=cell["neuron"])))
         ran = cli.use_executor(snn, executor)
