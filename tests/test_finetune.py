@@ -146,11 +146,14 @@ def test_feature_distillation_keeps_the_sites_near_the_anns(tiny, tmp_path):
     assert errors[1.0] < error(ConvertedUNet.from_pretrained(root / "snn"))
 
 
-def test_spike_energy_is_the_reports_spike_share(tiny):
+@pytest.mark.parametrize("coding", ["rate", "weighted"])
+def test_spike_energy_is_the_reports_spike_share(tiny, coding):
     """The loss term, from the rate form's counts priced by fan-out, equals the energy report's spike
-    share, counted from the step-by-step graph's non-zero inputs of every spiking layer."""
+    share, counted from the step-by-step graph's non-zero inputs of every spiking layer: in the weighted
+    code the kept counts are popcounts, exact in value (only their gradient is a stand-in)."""
     unet, root = tiny
-    snn = ConvertedUNet.from_pretrained(root / "snn")
+    saved = ConvertedUNet.from_pretrained(root / "snn")
+    snn = ConvertedUNet(saved.unet_config, saved.conversion.replace(coding=coding), saved.thresholds, unet=unet)
     x, t, _ = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 6)
     energy = SpikeEnergy(snn, unet, x, t)
     report = energy_report(snn, x, t, denoising_steps=1, ann=unet)

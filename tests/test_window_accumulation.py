@@ -15,7 +15,7 @@ from calibration import ConversionConfig, NeuronConfig
 from calibration.graph import activation_sites, capture
 from convert import ConvertedUNet
 from sdm.models.pretrained import load_model
-from sdm.snn.energy import SNNSpend, E_AC_PJ, E_MAC_PJ, energy_report
+from sdm.snn.energy import E_AC_PJ, E_MAC_PJ, SNNSpend, energy_report
 
 DATA = Path(__file__).parent / "data"
 

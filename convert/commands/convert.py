@@ -145,28 +145,17 @@ def main(ckpt, allow_pickle, stats, sensitivity, finetune_steps, executor, num_s
             report["site_choice"] = choice.record()
         if sensitivity:
             report["sensitivity"] = site_sensitivity(ann, snn, probe_set, batch_size=sampling.batch_size)
+        beside = []  # the other code's panel, for the fine-tuning grid too
         if num_samples:
-            sampled = {}
-            for name, model in (("ann", ann), ("snn", snn)):
-                t0 = time.perf_counter()
-                sampled[name] = sample(model, loaded.scheduler_config, num_samples, **sampling.kwargs())
-                report[f"{name}_sampling_seconds"] = round(time.perf_counter() - t0, 2)
-                save_grid(sampled[name][:64], tmp / f"samples_{name}.png", scale=2)
-                if save_samples:
-                    save_npz(sampled[name], tmp / f"samples_{name}.npz",
-                             seeds=np.arange(sampling.seed, sampling.seed + num_samples))
-            save_comparison([(f"ANN {energy['ann']['energy_mJ_per_image']:.3g} mJ", sampled["ann"][:64]),
-                             (f"SNN T={config.T} {energy['per_image']['energy_mJ']:.3g} mJ", sampled["snn"][:64])],
-                            tmp / "comparison.png")
-            report["sampling"] = {"sampler": sampling.sampler, "steps": sampling.steps,
-                                  "seeds": [sampling.seed, sampling.seed + num_samples - 1]}
+            beside = _draw_grids(ann, snn, calibration, report, loaded.scheduler_config, sampling, num_samples,
+                                 (spread, spread_t), tmp, save_samples)
         if finetune_steps:
             images = None
             if finetune_settings.source == "data":
                 images = load_dataset(inputs.data, ann.config.sample_size, ann.config.in_channels)
             tuned = run_finetune(tmp / "snn", ann, loaded.scheduler_config, tmp / "finetune", finetune_settings,
                                  teacher_source=loaded.source, images=images, num_samples=num_samples,
-                                 snn_label=str(out / "snn"), sampling=sampling, probes=inputs.probes)
+                                 snn_label=str(out / "snn"), sampling=sampling, probes=inputs.probes, beside=beside)
             report["finetune"] = {k: tuned[k] for k in ("steps", "seconds", "before", "after", "energy_budget")
                                   if k in tuned}
         write_json(report, tmp / "report.json")
@@ -184,6 +173,46 @@ def main(ckpt, allow_pickle, stats, sensitivity, finetune_steps, executor, num_s
                    f"-> {choice.end.error:.4f}); {'met' if choice.met else 'not met by the conversion alone'}")
     if finetune_steps:
         summarise(tuned, out / "finetune")
+
+
+def _other_code(ann, calibration, snn: ConvertedUNet) -> ConvertedUNet | None:
+    """The same statistics converted in the other spike code, to be seen beside the chosen one; None where
+    the chosen settings have no weighted form (LIF neurons, running mode)."""
+    other = "rate" if snn.conversion.coding == "weighted" else "weighted"
+    try:
+        twin = convert(ann, calibration.for_config(calibration.config.replace(coding=other)))
+    except ConfigError:
+        return None
+    cli.use_executor(twin, snn.executor)
+    return twin
+
+
+def _draw_grids(ann, snn: ConvertedUNet, calibration, report: dict, scheduler_config: dict, sampling, num_samples: int,
+                spread: tuple, tmp: Path, save_samples: bool) -> list[tuple[str, np.ndarray]]:
+    """Samples of the ANN, the SNN and its twin in the other code from the same seeds: their grids, the
+    side-by-side comparison.png titled with each one's energy, and the twin's figures in the report
+    (`other_code`). Returns the twin's panel, for the fine-tuning grid."""
+    twin = _other_code(ann, calibration, snn)
+    models = {"ann": ann, "snn": snn} | ({"other_code": twin} if twin is not None else {})
+    titles = {"ann": f"ANN {report['energy']['ann']['energy_mJ_per_image']:.3g} mJ",
+              "snn": f"SNN {snn.conversion.coding} T={snn.T}, {report['energy']['per_image']['energy_mJ']:.3g} mJ"}
+    if twin is not None:
+        energy = energy_report(twin, *(v.to(ann.device) for v in spread), denoising_steps=sampling.steps, ann=ann)
+        report["other_code"] = {"coding": twin.conversion.coding, "energy_mJ_per_image": energy["per_image"]["energy_mJ"],
+                                "energy_ratio_snn_to_ann": energy["energy_ratio_snn_to_ann"]}
+        titles["other_code"] = f"SNN {twin.conversion.coding} T={twin.T}, {energy['per_image']['energy_mJ']:.3g} mJ"
+    sampled = {}
+    for name, model in models.items():
+        started = time.perf_counter()
+        sampled[name] = sample(model, scheduler_config, num_samples, **sampling.kwargs())
+        report[f"{name}_sampling_seconds"] = round(time.perf_counter() - started, 2)
+        save_grid(sampled[name][:64], tmp / f"samples_{name}.png", scale=2)
+        if save_samples:
+            save_npz(sampled[name], tmp / f"samples_{name}.npz", seeds=np.arange(sampling.seed, sampling.seed + num_samples))
+    save_comparison([(titles[name], sampled[name][:64]) for name in models], tmp / "comparison.png")
+    report["sampling"] = {"sampler": sampling.sampler, "steps": sampling.steps,
+                          "seeds": [sampling.seed, sampling.seed + num_samples - 1]}
+    return [(titles["other_code"], sampled["other_code"][:64])] if twin is not None else []
 
 
 def _retargeted(stats, config: ConversionConfig, path: str):

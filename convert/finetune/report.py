@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -117,9 +118,11 @@ def finetune_report(before: ConvertedUNet, after: ConvertedUNet, teacher: nn.Mod
 def run_finetune(snn_dir: Path, teacher: nn.Module, scheduler_config: dict, out: Path, settings: FinetuneSettings,
                  *, teacher_source: str, images: torch.Tensor | None = None, resume: bool = False,
                  num_samples: int = 16, sampling: SamplingSettings = SAMPLING, progress: bool = True,
-                 snn_label: str | None = None, probes: int = CalibrationInputs.probes) -> dict | None:
+                 snn_label: str | None = None, probes: int = CalibrationInputs.probes,
+                 beside: list[tuple[str, np.ndarray]] = ()) -> dict | None:
     """`finetune` plus its report: report.json, loss.json / loss.png and, with `num_samples`, the
-    teacher / converted / fine-tuned grid from the same seeds (comparison.png). Energy is reported at
+    teacher / converted / fine-tuned grid from the same seeds (comparison.png), with the titled grids
+    `beside` (drawn from the same seeds) after the converted one. Energy is reported at
     `sampling.steps` denoising steps, on `probes` held-out pairs. Under several processes the main one reports; the others return None."""
     from accelerate import PartialState
 
@@ -139,11 +142,11 @@ def run_finetune(snn_dir: Path, teacher: nn.Module, scheduler_config: dict, out:
     if num_samples:
         mj = {name: f"{report[name]['energy_mJ_per_image']:.3g} mJ" for name in ("before", "after")}
         ann_mj = report["before"]["energy_mJ_per_image"] / report["before"]["energy_ratio_snn_to_ann"]
-        panels = ((f"ANN {ann_mj:.3g} mJ", teacher), (f"SNN T={after.T} {mj['before']}", before),
+        panels = ((f"ANN {ann_mj:.3g} mJ", teacher), (f"SNN {after.conversion.coding} T={after.T}, {mj['before']}", before),
                   (f"fine-tuned {mj['after']}", after))
-        grids = [(label, sample(model, scheduler_config, num_samples, progress=progress, **sampling.kwargs()))
+        grids = [(label, sample(model, scheduler_config, num_samples, progress=progress, **sampling.kwargs())[:64])
                  for label, model in panels]
-        save_comparison([(label, images[:64]) for label, images in grids], out / "comparison.png")
+        save_comparison([*grids[:2], *beside, grids[2]], out / "comparison.png")
         report["sampling"] = {**sampling.kwargs(), "num_samples": num_samples}
     write_json(report, out / "report.json")
     return report
