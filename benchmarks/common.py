@@ -36,9 +36,10 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def sample_metric(model, scheduler_config: dict, num_samples: int, work_dir, *, steps: int = 50, seed: int = 0,
-                  batch_size: int = 250, threshold_scale: float = 1.0, extractor=None):
+                  batch_size: int = 250, threshold_scale: float = 1.0, extractor=None, reference=None):
     """FID-FMNIST (or whatever `extractor` gives) of `num_samples` DDIM samples, drawn in resumable shards
-    under `work_dir`'s sub-directory for this model and setting (shared with `sdm-compare --work-dir`)."""
+    under `work_dir`'s sub-directory for this model and setting (shared with `sdm-compare --work-dir`),
+    against `reference` images (default: the extractor's own reference statistics)."""
     import time
 
     from sdm.diffusion.shards import gather_shards, keyed_work_dir, sample_sharded
@@ -51,7 +52,7 @@ def sample_metric(model, scheduler_config: dict, num_samples: int, work_dir, *, 
     paths = sample_sharded(model, scheduler_config, num_samples, work_dir, settings=settings, seed=seed)
     seconds = time.perf_counter() - started
     images = gather_shards(paths, num_samples, seed)
-    result = evaluate_quality(images, extractor or FMNISTExtractor(), metrics=("fid",))[0][0]
+    result = evaluate_quality(images, extractor or FMNISTExtractor(), metrics=("fid",), reference=reference)[0][0]
     return result, images, seconds
 
 

@@ -1,5 +1,6 @@
 """sdm-sweep and sdm-compare on tiny models."""
 
+import csv
 import json
 
 import pytest
@@ -32,6 +33,21 @@ def test_sweep_writes_tables_and_skips_finished_cells(tiny_pipeline, tmp_path):
     assert again.stderr.count("done earlier, skipped") == 3 and "T8_max_if: eps cosine" in again.stderr
     assert (out / "cells" / "T2_max_if.json").stat().st_mtime_ns == stamp
     assert len((out / "sweep.csv").read_text().strip().splitlines()) == 1 + 6
+
+
+def test_sweep_varies_the_spike_code(tiny_pipeline, tmp_path):
+    """rate x (if, lif) and weighted x if: the weighted code has no leaky form, so that cell is left out; the
+    weighted cells carry more levels for the same T, so their eps error is lower on this model."""
+    out = tmp_path / "sweep"
+    result = _run(sweep, ["--ckpt", tiny_pipeline, "--coding", "rate,weighted", "--neuron", "if,lif", "--calib", "mse",
+                          "--T", "3", "--calib-samples", 16, "--probes", 4, "--batch-size", 8, "--out", out])
+    assert result.exit_code == 0, result.output
+    rows = {(r["coding"], r["neuron"]): r for r in csv.DictReader((out / "sweep.csv").open())}
+    assert set(rows) == {("rate", "if"), ("rate", "lif"), ("weighted", "if")}
+    assert (out / "cells" / "weighted_T3_mse_if.json").is_file() and (out / "cells" / "T3_mse_if.json").is_file()
+    assert float(rows["weighted", "if"]["eps_rel_mse"]) < float(rows["rate", "if"]["eps_rel_mse"])
+    lif_only = _run(sweep, ["--ckpt", tiny_pipeline, "--coding", "weighted", "--neuron", "lif", "--out", tmp_path / "s"])
+    assert lif_only.exit_code != 0 and "--neuron if" in lif_only.stderr and not (tmp_path / "s").exists()
 
 
 def test_sweep_with_a_sample_metric(tiny_pipeline, tmp_path):
@@ -69,11 +85,12 @@ def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
     assert all("FID-FMNIST" in r["metrics"] and r["energy_mJ_per_image"] > 0 for r in report["rows"])
     assert report["rows"][0]["firing_rate"] is None and 0 < report["rows"][3]["firing_rate"] < 1
     table = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "| converted SNN | T=3, if, mse thresholds per channel, analog down_blocks.0.resnets.0.*, rate executor |" in table
-    assert "| converted SNN | T=2, if, mse thresholds, rate executor |" in table
+    assert "| converted SNN | rate | T=3, if, mse thresholds per channel, analog down_blocks.0.resnets.0.*, rate executor |" in table
+    assert "| converted SNN | rate | T=2, if, mse thresholds, rate executor |" in table
+    assert [r["code"] for r in report["rows"]] == ["", "rate", "rate", "rate"]  # the SDM's binary spikes: a rate code
     assert [r["executor"] for r in report["rows"]] == [None, "rate", "rate", None]  # the exact rate form by default
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0 and (tmp_path / "cmp" / "frontier.png").stat().st_size > 0
-    assert [r["panel"] for r in report["rows"]] == ["ANN", "SNN T=3", "SNN T=2", "SDM (direct)"]
+    assert [r["panel"] for r in report["rows"]] == ["ANN", "SNN rate T=3", "SNN rate T=2", "SDM (direct)"]
     assert all(r["seconds_per_image"] > 0 for r in report["rows"])
     work = tmp_path / "cmp" / "work"
     drawn = {p: p.stat().st_mtime_ns for p in work.glob("*/shard_*.npz")}

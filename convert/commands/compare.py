@@ -46,7 +46,7 @@ TIMED_IMAGES = 16
 def _describe(model) -> str:
     config = getattr(model, "config", {})
     if type(model).__name__ == "ConvertedUNet":
-        parts = [f"T={config['T']}", f"{config.get('coding', 'rate')} code", config["neuron"]["kind"],
+        parts = [f"T={config['T']}", config["neuron"]["kind"],
                  f"{config['rule']} thresholds" + (" per channel" if config["per_channel"] else "")]
         if config.get("analog_sites"):
             parts.append(f"analog {_sites(config['analog_sites'])}")
