@@ -23,6 +23,7 @@ from benchmarks.common import provenance, sample_metric, write_table
 from calibration import CalibrationInputs, ConversionConfig, calibrate, prepare
 from calibration.inputs import probe_pairs, spread_subset
 from convert import convert
+from convert.commands import compare
 from convert.report import eps_fidelity
 from sdm.commands.options import command
 from sdm.diffusion.data import read_images
@@ -31,7 +32,6 @@ from sdm.metrics.extractors import FMNISTExtractor
 from sdm.models.pretrained import load_model
 from sdm.snn.energy import energy_report
 
-FIRST_RESNET = ("down_blocks.0.resnets.0.*",)
 VARIANTS = [(coding, per_channel) for coding in ("rate", "weighted") for per_channel in (False, True)]
 
 
@@ -43,7 +43,7 @@ def _model_rows(spec: str, num_samples: int, steps: int, out: Path) -> tuple[lis
     ref = read_images(reference) if reference else None
     name = Path(ckpt).name or ckpt
     work = out / "work" / name
-    base = ConversionConfig(T=4, per_channel=True, analog_sites=FIRST_RESNET)
+    base = ConversionConfig(T=4, per_channel=True, analog_sites=compare.FIRST_RESNET)
     stats = calibrate(prepare(ann, base), CalibrationInputs().pairs(ann, schedule, seed=0), progress=False).stats()
     probes = probe_pairs(ann, schedule)
     spread = spread_subset(probes)

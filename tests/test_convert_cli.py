@@ -42,7 +42,12 @@ def test_report_and_outputs(converted):
     assert "up_blocks.0.upsamplers.0.conv" in report["window_accumulated"] and len(report["window_accumulated"]) == 6
     assert report["per_step_analog"] == []
     assert report["energy"]["quantised_ann"]["activation_bits"] == 3  # 2T + 1 = 5 levels at T = 2
-    for name in ("ann", "snn"):
+    # The same statistics in the other spike code, drawn from the same seeds beside the chosen one.
+    chosen = report["conversion"]["coding"]
+    assert report["energy"]["coding"] == chosen
+    assert report["other_code"]["coding"] == {"rate": "weighted", "weighted": "rate"}[chosen]
+    assert report["other_code"]["energy_mJ_per_image"] > 0
+    for name in ("ann", "snn", "other_code"):
         with np.load(converted / f"samples_{name}.npz") as npz:
             assert npz["images"].shape == (3, 16, 16, 1) and npz["images"].dtype == np.uint8
         assert (converted / f"samples_{name}.png").is_file()

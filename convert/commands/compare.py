@@ -39,7 +39,8 @@ from sdm.snn.energy import E_MAC_PJ, ann_macs
 
 # The best training-free conversion (BENCHMARKS 5.3): per-channel thresholds, the first ResNet analog. The
 # defaults of sdm-compare's conversion options; each option changes it.
-RECIPE = {"per_channel": True, "analog_sites": ("down_blocks.0.resnets.0.*",)}
+FIRST_RESNET = ("down_blocks.0.resnets.0.*",)
+RECIPE = {"per_channel": True, "analog_sites": FIRST_RESNET}
 TIMED_IMAGES = 16
 
 
