@@ -70,8 +70,9 @@ class SpikeCode:
         if self.name not in CODINGS:
             raise ConfigError("coding", f"'{self.name}' is unknown: choose one of {', '.join(CODINGS)}")
         if self.name == "weighted" and not 1 <= self.T <= 24:
-            raise ConfigError("T", f"the weighted code spells 2^T - 1 levels in float tensors: T must lie in 1..24, "
-                              f"got {self.T}")
+            raise ConfigError("T", f"must lie in 1..24 for the weighted code, whose 2^T - 1 levels per side must stay "
+                              f"exact in float32 (T = 8 already carries 255), got {self.T}; for more steps use "
+                              "--coding rate")
 
     @property
     def levels(self) -> int:
