@@ -153,9 +153,10 @@ class ConversionConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ConversionConfig:
-        """From `to_dict`'s output; keys it does not know are left out (a record holds more)."""
+        """From `to_dict`'s output; keys it does not know are left out (a record holds more). A record
+        without a spike code predates the weighted code: it was a rate code, whatever the default is now."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{"coding": "rate", **{k: v for k, v in data.items() if k in names}})
 
     def differences(self, other: ConversionConfig) -> list[str]:
         """Names of the fields whose values differ from `other`'s."""

@@ -35,9 +35,10 @@ def silu_stats():
 
 
 def site_thresholds(stats: dict, rule: str, **changes) -> dict:
-    """One site's thresholds by `rule`, through the statistics of a conversion config with `changes`."""
+    """One site's thresholds by `rule`, through the statistics of a conversion config with `changes`
+    (the rate code unless they say otherwise: its T is the quantiser's level count these tests check)."""
     neuron = NeuronConfig(**{k: changes.pop(k) for k in ("v_init", "signed") if k in changes})
-    config = ConversionConfig(rule=rule, neuron=neuron, **changes)
+    config = ConversionConfig(rule=rule, neuron=neuron, **{"coding": "rate", **changes})
     return CalibrationStats("", {"site": stats}, config).thresholds().sites["site"]
 
 

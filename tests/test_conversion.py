@@ -20,9 +20,12 @@ from sdm.snn.neurons import LIFNeuron
 
 
 def _calibrated(act_fn: str, seed: int = 0):
+    """A tiny UNet calibrated for the rate code (T up to 64 and running mode; tests of the weighted code
+    retarget the statistics at it)."""
     torch.manual_seed(seed)
     unet = build_unet("tiny", act_fn=act_fn).eval()
-    observed = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
+    observed = calibrate(prepare(unet, ConversionConfig(coding="rate")), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32),
+                         progress=False)
     return unet, observed
 
 
@@ -194,7 +197,7 @@ def test_save_and_load_give_identical_outputs(silu_model, tmp_path):
 
 def test_per_channel_and_lif_variants_run(silu_model):
     unet, _ = silu_model
-    config = ConversionConfig(T=4, rule="mse", per_channel=True, neuron=NeuronConfig(kind="lif", tau=4.0))
+    config = ConversionConfig(T=4, coding="rate", rule="mse", per_channel=True, neuron=NeuronConfig(kind="lif", tau=4.0))
     observed = calibrate(prepare(unet, config), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 16), progress=False)
     snn = convert(observed)
     neuron = next(iter(snn.neurons().values()))
@@ -275,7 +278,7 @@ def test_the_configuration_is_given_once_at_prepare(silu_model):
 def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates(tmp_path):
     torch.manual_seed(0)
     unet = build_unet("tiny").eval()
-    observed = calibrate(prepare(unet, ConversionConfig(encode_analog=True, readout="spikes")),
+    observed = calibrate(prepare(unet, ConversionConfig(coding="rate", encode_analog=True, readout="spikes")),
                          calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 16), progress=False)
     snn = convert(observed)
     encoders = [name for name in snn.summary.neurons if ":input" in name]

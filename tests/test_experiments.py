@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from benchmarks import frontier
+from calibration import ConversionConfig
 from convert.commands import compare, sweep
 from sdm.commands import train
 from sdm.models.pretrained import EMBEDDED_NAME, EMBEDDED_SDM_NAME
@@ -16,7 +17,7 @@ def _run(command, args):
     return CliRunner().invoke(command.main, [str(a) for a in args])
 
 
-SWEEP = ["--calib", "max,percentile", "--percentile", "99,99.9", "--neuron", "if", "--calib-samples", 16,
+SWEEP = ["--coding", "rate", "--calib", "max,percentile", "--percentile", "99,99.9", "--neuron", "if", "--calib-samples", 16,
          "--probes", 4, "--batch-size", 8]
 
 
@@ -51,7 +52,7 @@ def test_sweep_varies_the_spike_code(tiny_pipeline, tmp_path):
 
 
 def test_sweep_with_a_sample_metric(tiny_pipeline, tmp_path):
-    result = _run(sweep, ["--ckpt", tiny_pipeline, "--T", 2, "--calib", "mse", "--calib-samples", 16, "--probes", 4,
+    result = _run(sweep, ["--ckpt", tiny_pipeline, "--coding", "rate", "--T", 2, "--calib", "mse", "--calib-samples", 16, "--probes", 4,
                           "--fid", 4, "--steps", 2, "--extractor", "fmnist", "--out", tmp_path / "s"])
     assert result.exit_code == 0, result.output
     cell = json.loads((tmp_path / "s" / "cells" / "T2_mse_if.json").read_text())
@@ -69,8 +70,8 @@ def test_sweep_bad_lists(tiny_pipeline, tmp_path, args, fragment):
 def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
     from convert.commands import convert as convert_cli
 
-    converted = _run(convert_cli, ["--ckpt", tiny_pipeline, "--T", 2, "--calib-samples", 16, "--probes", 4,
-                                   "--num-samples", 0, "--out", tmp_path / "conv"])
+    converted = _run(convert_cli, ["--ckpt", tiny_pipeline, "--T", 2, "--coding", "rate", "--calib-samples", 16,
+                                   "--probes", 4, "--num-samples", 0, "--out", tmp_path / "conv"])
     assert converted.exit_code == 0, converted.output
     trained = _run(train, ["--data", fake_fmnist, "--out", tmp_path / "sdm", "--preset", "tiny", "--steps", 2,
                            "--batch-size", 4])
@@ -85,12 +86,13 @@ def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
     assert all("FID-FMNIST" in r["metrics"] and r["energy_mJ_per_image"] > 0 for r in report["rows"])
     assert report["rows"][0]["firing_rate"] is None and 0 < report["rows"][3]["firing_rate"] < 1
     table = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "| converted SNN | rate | T=3, if, mse thresholds per channel, analog down_blocks.0.resnets.0.*, rate executor |" in table
-    assert "| converted SNN | rate | T=2, if, mse thresholds, rate executor |" in table
-    assert [r["code"] for r in report["rows"]] == ["", "rate", "rate", "rate"]  # the SDM's binary spikes: a rate code
+    code = ConversionConfig.coding  # the conversions run the default code
+    assert f"| converted SNN | {code} | T=3, if, mse thresholds per channel, analog down_blocks.0.resnets.0.*, rate executor |" in table
+    assert "| converted SNN | rate | T=2, if, mse thresholds, rate executor |" in table  # converted by sdm-convert --coding rate
+    assert [r["code"] for r in report["rows"]] == ["", code, "rate", "rate"]  # the SDM's binary spikes: a rate code
     assert [r["executor"] for r in report["rows"]] == [None, "rate", "rate", None]  # the exact rate form by default
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0 and (tmp_path / "cmp" / "frontier.png").stat().st_size > 0
-    assert [r["panel"] for r in report["rows"]] == ["ANN", "SNN rate T=3", "SNN rate T=2", "SDM (direct)"]
+    assert [r["panel"] for r in report["rows"]] == ["ANN", f"SNN {code} T=3", "SNN rate T=2", "SDM (direct)"]
     assert all(r["seconds_per_image"] > 0 for r in report["rows"])
     work = tmp_path / "cmp" / "work"
     drawn = {p: p.stat().st_mtime_ns for p in work.glob("*/shard_*.npz")}

@@ -23,7 +23,7 @@ from sdm.settings import default_of, option, options_of, settings_from
 USES = {
     "sdm-convert": [(ConversionConfig, "", ()), (NeuronConfig, "", ()), (CalibrationInputs, "", ()),
                     (SamplingSettings, "", ()), (FinetuneSettings, "ft_", ("steps", "data", "seed"))],
-    "sdm-sweep": [(ConversionConfig, "", ("T", "rule", "percentile")), (CalibrationInputs, "", ()),
+    "sdm-sweep": [(ConversionConfig, "", ("coding", "T", "rule", "percentile")), (CalibrationInputs, "", ()),
                   (SamplingSettings, "", ())],
     "sdm-compare": [(ConversionConfig, "", ("T",)), (NeuronConfig, "", ()), (SamplingSettings, "", ()),
                     (CalibrationInputs, "", ("source", "data", "probes"))],
@@ -70,6 +70,7 @@ def test_sdm_sweep_lists_start_from_the_single_defaults():
     params = {p.opts[0]: p for p in sweep.main.params if p.opts}
     assert params["--percentile"].default == str(ConversionConfig.percentile)
     assert params["--neuron"].default == NeuronConfig.kind
+    assert params["--coding"].default == ConversionConfig.coding
 
 
 @dataclasses.dataclass(frozen=True)

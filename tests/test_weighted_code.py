@@ -131,3 +131,11 @@ def test_cli_refuses_in_one_line(tiny_pipeline, tmp_path, args, fragment):
                                                    "--out", str(tmp_path / "c")])
     assert result.exit_code != 0 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_records_before_the_weighted_code_were_rate_coded():
+    """A statistics file or saved SNN written before the code existed records no `coding`: it ran the rate
+    code, whatever the default is now; a record that names a code keeps it."""
+    assert ConversionConfig.from_dict({"T": 4, "per_channel": True}).coding == "rate"
+    for coding in ("rate", "weighted"):
+        assert ConversionConfig.from_dict(ConversionConfig(coding=coding).to_dict()).coding == coding

@@ -111,7 +111,7 @@ def test_the_embedded_models_outputs_are_unchanged():
     window accumulation (tests/data/make_step_outputs.py, same thresholds and inputs)."""
     loaded = load_model()
     thresholds = json.loads((DATA / "step_thresholds.json").read_text())
-    snn = ConvertedUNet(dict(loaded.model.config), ConversionConfig(T=4), thresholds, unet=loaded.model)
+    snn = ConvertedUNet(dict(loaded.model.config), ConversionConfig(T=4, coding="rate"), thresholds, unet=loaded.model)
     assert len(snn.summary.window_accumulated) == 10  # 2 downsamplers, 2 upsamplers, 6 shortcuts
     stored = load_file(DATA / "step_outputs.safetensors")
     snn.set_executor("steps")
