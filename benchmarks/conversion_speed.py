@@ -32,7 +32,7 @@ def conversion_time(source: str, samples: int, batch_size: int) -> dict:
     with torch.no_grad():
         pairs = calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, samples, source=source, data=data)
         after_inputs = time.perf_counter()
-        observed = calibrate(prepare(unet, ConversionConfig(T=4, rule="mse")), pairs, batch_size=batch_size,
+        observed = calibrate(prepare(unet, ConversionConfig(T=4, coding="rate", rule="mse")), pairs, batch_size=batch_size,
                              progress=False)
         snn = convert(observed)
     done = time.perf_counter()

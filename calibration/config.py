@@ -65,10 +65,12 @@ class ConversionConfig:
     """
 
     T: int = field(default=4, metadata=option("--T", "Spiking steps.", type=click.IntRange(min=1)))
-    coding: str = field(default="rate", metadata=option(
-        "--coding", "How the T steps carry a value: rate (every spike worth theta / T: 2T + 1 levels) or weighted "
-        "(step k's spike worth theta 2^(T-1-k) / (2^T - 1): 2^(T+1) - 1 levels for popcount spikes).",
-        type=click.Choice(CODINGS)))
+    # The weighted code is the default: at the same T it carries more levels for fewer spikes, and drew
+    # better samples at lower energy on every model tried (BENCHMARKS.md 10.6).
+    coding: str = field(default="weighted", metadata=option(
+        "--coding", "How the T steps carry a value: weighted (step k's spike worth theta 2^(T-1-k) / (2^T - 1): "
+        "2^(T+1) - 1 levels for popcount spikes; IF neurons, window mode, T <= 24) or rate (every spike worth "
+        "theta / T: 2T + 1 levels).", type=click.Choice(CODINGS)))
     rule: str = field(default="mse", metadata=option("--calib", "Threshold rule.", type=click.Choice(RULES)))
     percentile: float = field(default=99.9, metadata=option(
         "--percentile", "Percentile of the percentile rule.", type=click.FloatRange(0, 100, min_open=True)))

@@ -52,6 +52,13 @@ def cells(codings, Ts, rules, percentiles, neurons) -> list[dict]:
             for c, T, (r, p), n in itertools.product(codings, Ts, rule_params, neurons) if c == "rate" or n == "if"]
 
 
+def _cell_config(base: ConversionConfig, cell: dict) -> ConversionConfig:
+    """The sweep's conversion with the cell's code, T, rule, percentile and neuron."""
+    return base.replace(coding=cell["coding"], T=cell["T"], rule=cell["rule"],
+                        percentile=cell["percentile"] or base.percentile,
+                        neuron=dataclasses.replace(base.neuron, kind=cell["neuron"]))
+
+
 def _finished(path: Path, fid_samples: int) -> dict | None:
     """The row of a cell finished by an earlier run (with its sample metric when one is asked for);
     None when it is missing or unreadable (a file cut short is computed again)."""
@@ -128,6 +135,8 @@ def main(ckpt, allow_pickle, codings, Ts, rules, percentiles, neurons, fid_sampl
     if not cells(codings, Ts, rules, percentiles, neurons):
         raise SDMError("--coding weighted runs IF neurons only: add --neuron if or --coding rate")
     base = settings_from(ConversionConfig, options)
+    for cell in cells(codings, Ts, rules, percentiles, neurons):  # every cell checked before any work
+        _cell_config(base, cell).validate()
     inputs = settings_from(CalibrationInputs, options)
     sampling = settings_from(SamplingSettings, options)
     device, out = cli.resolve_device(device), Path(out)
@@ -164,9 +173,7 @@ def main(ckpt, allow_pickle, codings, Ts, rules, percentiles, neurons, fid_sampl
             rows.append(done)
             click.echo(f"[{i}/{len(todo)}] {cell_name(cell)}: done earlier, skipped", err=True)
             continue
-        snn = convert(ann, stats.retarget(coding=cell["coding"], T=cell["T"], rule=cell["rule"],
-                                          percentile=cell["percentile"] or base.percentile,
-                                          neuron=dataclasses.replace(base.neuron, kind=cell["neuron"])))
+        snn = convert(ann, stats.for_config(_cell_config(base, cell)))
         ran = cli.use_executor(snn, executor)
         fidelity = eps_fidelity(ann, snn, probe_set, batch_size=sampling.batch_size)
         row = {**cell, "executor": ran, **{k: v for k, v in fidelity.items() if k in COLUMNS}}
