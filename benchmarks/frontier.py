@@ -48,8 +48,19 @@ def merged_rows(outputs: list[tuple[str, dict]]) -> list[dict]:
             key = (row["label"], row["ckpt"], row["details"])
             if key not in seen:
                 seen.add(key)
-                rows.append(row)
+                rows.append(_with_code(row))
     return rows
+
+
+def _with_code(row: dict) -> dict:
+    """A row of an output written before the weighted code names no code: its spiking models were
+    rate-coded (as a config record without one is read); its panel says so too."""
+    if "code" in row:
+        return row
+    if row["label"] == "ANN":
+        return {**row, "code": ""}
+    panel = row["panel"].replace("SNN ", "SNN rate ", 1) if row["label"] == "converted SNN" else row["panel"]
+    return {**row, "code": "rate", "panel": panel}
 
 
 @command(help="Merge sdm-compare outputs measured alike into one table and one frontier plot.")

@@ -161,3 +161,14 @@ def test_direct_training_benchmark_pairs_each_comparison_with_a_bootstrap(tiny_p
     assert [s["scale"] for s in report["sweep"]] == [0.5, 1.0] and report["sweep_samples"] == 4
     assert "Paired bootstrap: SDM TSM - SDM pre-spike (control)" in (tmp_path / "bench" / "table.md").read_text()
     assert (tmp_path / "bench" / "guidance.png").stat().st_size > 0
+
+
+def test_frontier_reads_rows_from_before_the_weighted_code_as_rate_coded():
+    old = {"num_samples": 4, "sampler": "ddim", "steps": 2, "seeds": [0, 3], "extractor": "x", "rows": [
+        {"label": "ANN", "ckpt": "a", "details": "UNet2DModel", "panel": "ANN"},
+        {"label": "converted SNN", "ckpt": "a", "details": "T=4", "panel": "SNN T=4"},
+        {"label": "converted SNN", "ckpt": "b", "details": "T=4", "panel": "SNN weighted T=4", "code": "weighted"},
+        {"label": "SDM (direct)", "ckpt": "c", "details": "T=4", "panel": "SDM (direct)"}]}
+    rows = frontier.merged_rows([("old.json", old)])
+    assert [(r["code"], r["panel"]) for r in rows] == [("", "ANN"), ("rate", "SNN rate T=4"),
+                                                        ("weighted", "SNN weighted T=4"), ("rate", "SDM (direct)")]
