@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/sdm-convert --out out/demo --per-channel --analog-sites 'down_blocks.0.resnets.0.*' --finetune-steps 250
+	$(BIN)/sdm-convert --out out/demo --analog-sites 'down_blocks.0.resnets.0.*' --finetune-steps 250
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -190,9 +190,10 @@ def layer_activity(snn, sample: torch.Tensor, timestep: torch.Tensor) -> list[La
 def _blank_walk(snn) -> list[_OpRecord]:
     """Records of one image (all zeros, t = 0): enough for dense operation counts, which do not depend
     on the values."""
-    device = next(snn.parameters()).device
+    device, dtype = next(snn.parameters()).device, next(snn.parameters()).dtype
     size, channels = snn.config.sample_size, snn.config.in_channels
-    return walk(snn, torch.zeros(1, channels, size, size, device=device), torch.zeros(1, dtype=torch.long, device=device))
+    return walk(snn, torch.zeros(1, channels, size, size, device=device, dtype=dtype),
+                torch.zeros(1, dtype=torch.long, device=device))
 
 
 def compute_profile(snn) -> dict:

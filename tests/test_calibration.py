@@ -38,7 +38,7 @@ def site_thresholds(stats: dict, rule: str, **changes) -> dict:
     """One site's thresholds by `rule`, through the statistics of a conversion config with `changes`
     (the rate code unless they say otherwise: its T is the quantiser's level count these tests check)."""
     neuron = NeuronConfig(**{k: changes.pop(k) for k in ("v_init", "signed") if k in changes})
-    config = ConversionConfig(rule=rule, neuron=neuron, **{"coding": "rate", **changes})
+    config = ConversionConfig(rule=rule, neuron=neuron, **{"coding": "rate", "per_channel": False, **changes})
     return CalibrationStats("", {"site": stats}, config).thresholds().sites["site"]
 
 

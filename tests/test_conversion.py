@@ -24,8 +24,8 @@ def _calibrated(act_fn: str, seed: int = 0):
     retarget the statistics at it)."""
     torch.manual_seed(seed)
     unet = build_unet("tiny", act_fn=act_fn).eval()
-    observed = calibrate(prepare(unet, ConversionConfig(coding="rate")), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32),
-                         progress=False)
+    observed = calibrate(prepare(unet, ConversionConfig(coding="rate", per_channel=False)),
+                         calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
     return unet, observed
 
 
@@ -186,8 +186,8 @@ def test_save_and_load_give_identical_outputs(silu_model, tmp_path):
     snn.save_pretrained(tmp_path / "snn", scheduler_config=DDPM_LINEAR_SCHEDULE)
     config = json.loads((tmp_path / "snn" / "config.json").read_text())
     assert config["T"] == 3 and config["neuron"]["kind"] == "if" and len(config["thresholds"]) == 17
-    assert ConversionConfig.from_dict(config) == snn.conversion == ConversionConfig(T=3, rule="percentile",
-                                                                                     percentile=99.0)
+    assert ConversionConfig.from_dict(config) == snn.conversion == ConversionConfig(
+        T=3, coding="rate", per_channel=False, rule="percentile", percentile=99.0)
     loaded = load_model(tmp_path / "snn")  # through the sdm.models entry point
     assert isinstance(loaded.model, ConvertedUNet) and loaded.notes == []
     x, t = _inputs()
@@ -260,14 +260,14 @@ def test_the_configuration_is_given_once_at_prepare(silu_model):
     were once built at convert's own default T = 4), and a config that disagrees is refused."""
     unet, observed = silu_model
     stats = observed.stats()
-    assert stats.config == ConversionConfig()  # prepare(unet): the defaults, recorded
+    assert stats.config == ConversionConfig(coding="rate", per_channel=False)  # what prepare() was given, recorded
     thresholds = stats.retarget(T=8, rule="max").thresholds()
     snn = convert(unet, thresholds)
     assert snn.T == 8 and snn.config["T"] == 8 and snn.config["rule"] == "max"
     assert all(activation.T == 8 for activation in snn.sites().values())
     with pytest.raises(SDMError, match=r"disagrees .* T=4 \(recorded: 8\)"):
         convert(unet, thresholds, config=ConversionConfig(T=4, rule="max"))
-    assert convert(unet, thresholds, config=ConversionConfig(T=8, rule="max")).T == 8  # agreeing is fine
+    assert convert(unet, thresholds, config=stats.config.replace(T=8, rule="max")).T == 8  # agreeing is fine
     with pytest.raises(SDMError, match="per_channel needs per-channel statistics"):
         stats.retarget(per_channel=True)
     eight = calibrate(prepare(unet, ConversionConfig(T=8)), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 8),

@@ -25,7 +25,8 @@ def _one_line_error(result, fragment):
 @pytest.fixture(scope="module")
 def converted(tiny_pipeline, tmp_path_factory):
     out = tmp_path_factory.mktemp("convert") / "run"
-    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--num-samples", 3, "--save-samples", "--out", out, *FAST])
+    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--per-site", "--num-samples", 3, "--save-samples", "--out", out,
+                        *FAST])
     assert result.exit_code == 0, result.output
     return out
 
@@ -61,7 +62,7 @@ def test_converted_model_samples_through_sdm_sample(converted, tmp_path):
 
 
 def test_saved_statistics_are_reused(converted, tiny_pipeline, tmp_path):
-    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 3, "--stats", converted / "calibration_stats.json",
+    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 3, "--per-site", "--stats", converted / "calibration_stats.json",
                         "--num-samples", 0, "--out", tmp_path / "again", *FAST])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "again" / "report.json").read_text())
@@ -92,7 +93,7 @@ def test_an_energy_budget_chooses_the_sites_and_the_snn_is_the_chosen_one(conver
     its report measures the network it saved, and statistics without encoders are refused in one line."""
     plain = json.loads((converted / "report.json").read_text())["energy"]["energy_ratio_snn_to_ann"]
     out = tmp_path / "budget"
-    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--energy-budget", round(0.9 * plain, 4),
+    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--per-site", "--energy-budget", round(0.9 * plain, 4),
                         "--num-samples", 0, "--out", out, *FAST])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
@@ -102,7 +103,7 @@ def test_an_energy_budget_chooses_the_sites_and_the_snn_is_the_chosen_one(conver
     assert choice["met"] and choice["encode_sites"] and "energy budget" in result.output
     saved = json.loads((out / "snn" / "config.json").read_text())
     assert saved["encode_sites"] == choice["encode_sites"] and saved["analog_sites"] == choice["analog_sites"]
-    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--energy-budget", 0.5, "--stats",
+    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--per-site", "--energy-budget", 0.5, "--stats",
                         converted / "calibration_stats.json", "--num-samples", 0, "--out", tmp_path / "refused", *FAST])
     _one_line_error(result, "--energy-budget chooses among the analog inputs")
     assert not (tmp_path / "refused").exists()

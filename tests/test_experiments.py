@@ -70,7 +70,7 @@ def test_sweep_bad_lists(tiny_pipeline, tmp_path, args, fragment):
 def test_compare_tabulates_three_models(tiny_pipeline, fake_fmnist, tmp_path):
     from convert.commands import convert as convert_cli
 
-    converted = _run(convert_cli, ["--ckpt", tiny_pipeline, "--T", 2, "--coding", "rate", "--calib-samples", 16,
+    converted = _run(convert_cli, ["--ckpt", tiny_pipeline, "--T", 2, "--coding", "rate", "--per-site", "--calib-samples", 16,
                                    "--probes", 4, "--num-samples", 0, "--out", tmp_path / "conv"])
     assert converted.exit_code == 0, converted.output
     trained = _run(train, ["--data", fake_fmnist, "--out", tmp_path / "sdm", "--preset", "tiny", "--steps", 2,

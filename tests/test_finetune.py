@@ -76,7 +76,7 @@ def tiny(tmp_path_factory):
     unet = build_unet("tiny").eval()
     root = tmp_path_factory.mktemp("ft")
     save_pipeline(unet, DDPM_LINEAR_SCHEDULE, root / "ann")
-    observed = calibrate(prepare(unet, ConversionConfig(T=2, coding="rate")),
+    observed = calibrate(prepare(unet, ConversionConfig(T=2, coding="rate", per_channel=False)),
                          calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
     snn = convert(observed)
     snn.source["ckpt"] = str(root / "ann")
@@ -244,8 +244,8 @@ def _one_line_error(result, fragment):
 
 def test_bad_inputs_write_nothing(tiny, tmp_path):
     unet, root = tiny
-    observed = calibrate(prepare(unet, ConversionConfig(coding="rate")), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32),
-                         progress=False)
+    observed = calibrate(prepare(unet, ConversionConfig(coding="rate", per_channel=False)),
+                         calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 32), progress=False)
     _convert(observed, T=2, analog_mode="running").save_pretrained(tmp_path / "running")
     save_pipeline(build_unet("tiny", layers_per_block=2), DDPM_LINEAR_SCHEDULE, tmp_path / "other")
     out = tmp_path / "out"

@@ -104,7 +104,7 @@ def test_mse_thresholds_are_chosen_for_the_codes_levels(T):
     stats = observer.summary()
 
     def threshold(coding, steps):
-        config = ConversionConfig(T=steps, coding=coding, neuron=NeuronConfig(signed=False))
+        config = ConversionConfig(T=steps, coding=coding, per_channel=False, neuron=NeuronConfig(signed=False))
         return CalibrationStats("", {"site": stats}, config).thresholds().sites["site"]["threshold"]
 
     weighted, rate_same_levels, rate = threshold("weighted", T), threshold("rate", 2**T - 1), threshold("rate", T)

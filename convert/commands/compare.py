@@ -37,10 +37,11 @@ from sdm.models.pretrained import EMBEDDED_NAME, EMBEDDED_SDM_NAME, LoadedModel,
 from sdm.settings import options_of, settings_from
 from sdm.snn.energy import E_MAC_PJ, ann_macs
 
-# The best training-free conversion (BENCHMARKS 5.3): per-channel thresholds, the first ResNet analog. The
-# defaults of sdm-compare's conversion options; each option changes it.
+# The best training-free conversion (BENCHMARKS 5.3, 10.6): the config's defaults (weighted code, per-channel
+# thresholds) with the first ResNet kept analog. The defaults of sdm-compare's conversion options; each option
+# changes it.
 FIRST_RESNET = ("down_blocks.0.resnets.0.*",)
-RECIPE = {"per_channel": True, "analog_sites": FIRST_RESNET}
+RECIPE = {"analog_sites": FIRST_RESNET}
 TIMED_IMAGES = 16
 
 
