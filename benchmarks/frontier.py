@@ -44,11 +44,11 @@ def merged_rows(outputs: list[tuple[str, dict]]) -> list[dict]:
         if differ:
             raise SDMError(f"'{path}' was measured otherwise than '{first_path}' ({', '.join(differ)} differ): "
                            "only outputs at the same N, sampler, steps, seeds and extractor share a frontier")
-        for row in data["rows"]:
-            key = (row["label"], row["ckpt"], row["details"])
+        for row in map(_with_code, data["rows"]):
+            key = (row["label"], row["code"], row["ckpt"], row["details"])  # the code: one conversion in two codes
             if key not in seen:
                 seen.add(key)
-                rows.append(_with_code(row))
+                rows.append(row)
     return rows
 
 
