@@ -41,6 +41,11 @@ class StagedBar:
         self.items[stage] -= done
         self._refresh()
 
+    def resize(self, stage: str, items: int) -> None:
+        """`stage` holds `items` in all (a run sized by time learns its step count as it goes)."""
+        self.items[stage] = items
+        self._refresh()
+
     def update(self, n: int = 1) -> None:
         now = time.perf_counter()
         self.done[self.stage] += n

@@ -74,14 +74,18 @@ def test_saved_statistics_are_reused(converted, tiny_pipeline, tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
-def test_fine_tuning_reports_energy_at_the_sampling_steps(tiny_pipeline, tmp_path):
+@pytest.mark.parametrize("length", [["--finetune-steps", 2], ["--finetune-minutes", 0.05]])
+def test_fine_tuning_reports_energy_at_the_sampling_steps(tiny_pipeline, tmp_path, length):
     """--steps 3: the fine-tuning report's energy (before fine-tuning) is the conversion report's, both per
-    image at 3 denoising steps (it once assumed 50 whatever --steps said)."""
+    image at 3 denoising steps (it once assumed 50 whatever --steps said). A run sized in minutes reports
+    the steps it took."""
     out = tmp_path / "tuned"
-    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--num-samples", 0, "--finetune-steps", 2,
+    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--num-samples", 0, *length,
                         "--finetune-batch-size", 4, "--pairs", 16, "--out", out, *FAST])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
+    steps = json.loads((out / "finetune" / "checkpoint" / "state.json").read_text())["step"]
+    assert report["finetune"]["steps"] == steps and (length[0] == "--finetune-minutes" or steps == 2)
     assert report["energy"]["denoising_steps"] == 3
     assert json.loads((out / "finetune" / "report.json").read_text())["energy_denoising_steps"] == 3
     assert report["finetune"]["before"]["energy_mJ_per_image"] == pytest.approx(
@@ -122,6 +126,8 @@ def test_bare_model_directory_notes_the_assumed_schedule(tiny_pipeline, tmp_path
     (["--calib-source", "data"], "--data is needed to calibrate on data"),
     (["--analog-sites", "nowhere.*"], "--analog-sites pattern 'nowhere.*' matches no site"),
     (["--finetune-steps", 1, "--source", "data"], "--data is needed to fine-tune on data"),
+    (["--finetune-minutes", 0], "--finetune-minutes"),
+    (["--finetune-minutes", 1, "--coding", "rate", "--analog", "running"], "fine-tuning trains the exact rate form"),
     (["--ckpt", "./missing"], "not found"),
     (["--neuron", "izhikevich"], "--neuron"),
 ])

@@ -53,6 +53,7 @@ def test_the_default_pool_is_sized_to_the_run():
     assert pool_size(30, 32) == 250            # 240, rounded up to whole 50-step trajectories
     assert pool_size(1, 64) == 64              # never under one batch
     assert pool_size(10**6, 32) == 51_200      # capped
+    assert pool_size(400, 32, reuse=1) == 12_800  # every draw a pair of its own
 
 
 def test_the_analog_twin_is_the_ann_and_its_features_have_no_error(tiny_snn):

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import time
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from convert.finetune.distill import pair_weights
 from convert.finetune.energy_objective import SpikeEnergy
 from convert.report import compute_profile
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE, save_pipeline
+from sdm.diffusion.wall_clock import MEASURED_STEPS, fitted_warmup
 from sdm.errors import SDMError
 from sdm.models.presets import build_unet
 from sdm.snn.coding import SpikeCode
@@ -218,6 +220,20 @@ def test_interrupted_finetuning_resumes_to_the_same_state(tiny, tmp_path):
             == json.loads((tmp_path / "resumed" / "energy_budget.json").read_text()))
 
 
+def test_timed_finetuning_plans_fits_and_reports_its_steps(tiny, tmp_path):
+    """--minutes 0.25 on the tiny model: the loop's fit is recorded, and the report states the steps done."""
+    unet, root = tiny
+    out = tmp_path / "run"
+    settings = FinetuneSettings(**{**TINY, "pairs": None, "save_every": 10_000, "minutes": 0.25})
+    started = time.perf_counter()
+    finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, out, settings, progress=False)
+    seconds = time.perf_counter() - started
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["steps"] == finetuned_steps(out / "snn") > MEASURED_STEPS  # tiny steps: far more than the measured fit
+    assert record["warmup"] == fitted_warmup(TINY["warmup"], record["steps"]) and record["model"]["minutes"] == 0.25
+    assert seconds < 2 * 15 + 5  # planned for 15 s: a loose bound, for slow and shared CPUs
+
+
 def test_cli_writes_a_loadable_snn_and_its_report(tiny, tmp_path):
     _, root = tiny
     out = tmp_path / "out"
@@ -254,6 +270,7 @@ def test_bad_inputs_write_nothing(tiny, tmp_path):
         (["--snn", str(root / "ann" / "unet")], "is not a saved ConvertedUNet"),
         (["--snn", str(root / "snn"), "--teacher", str(tmp_path / "other")], "--teacher has an architecture that differs"),
         (["--snn", str(root / "snn"), "--steps", "0"], "--steps"),
+        (["--snn", str(root / "snn"), "--minutes", "0"], "--minutes"),
         (["--snn", str(root / "snn"), "--energy-budget", "0"], "--energy-budget"),
         (["--snn", str(tmp_path / "running")], "--snn is a running-mode SNN"),
         (["--snn", str(root / "snn"), "--source", "data"], "--data is needed to fine-tune on data"),

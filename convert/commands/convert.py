@@ -70,7 +70,8 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
               help="Add to the report, for every site, the eps error with only that site spiking and its share of "
                    "the spiking compute, ranked.")
 @click.option("--finetune-steps", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Then fine-tune the SNN for this many steps against the ANN (as sdm-finetune; OUT/finetune).")
+              help="Then fine-tune the SNN for this many steps against the ANN (as sdm-finetune; OUT/finetune); "
+                   "--finetune-minutes fine-tunes for a time instead.")
 @options_of(FinetuneSettings, skip=("steps", "data", "seed"), prefix="ft_", flags=FINETUNE_FLAGS)
 @cli.executor_option
 @click.option("--num-samples", type=click.IntRange(min=0), default=16, show_default=True, help="0 skips sampling.")
@@ -85,10 +86,11 @@ def main(ckpt, allow_pickle, stats, sensitivity, finetune_steps, executor, num_s
     config = settings_from(ConversionConfig, options)
     inputs = settings_from(CalibrationInputs, options)
     sampling = settings_from(SamplingSettings, options)
-    if finetune_steps and config.analog_mode != "window":
-        raise SDMError("--finetune-steps trains the exact rate form, which needs --analog window")
     finetune_settings = settings_from(FinetuneSettings, options, prefix="ft_", steps=max(finetune_steps, 1),
                                       data=inputs.data, seed=sampling.seed)
+    finetuning = bool(finetune_steps) or finetune_settings.minutes is not None
+    if finetuning and config.analog_mode != "window":
+        raise SDMError("fine-tuning trains the exact rate form, which needs --analog window")
     device = cli.resolve_device(device)
     loaded = load_model(ckpt, device=device, allow_pickle=allow_pickle)
     ann = loaded.model
@@ -149,7 +151,7 @@ def main(ckpt, allow_pickle, stats, sensitivity, finetune_steps, executor, num_s
         if num_samples:
             beside = _draw_grids(ann, snn, calibration, report, loaded.scheduler_config, sampling, num_samples,
                                  (spread, spread_t), tmp, save_samples)
-        if finetune_steps:
+        if finetuning:
             images = None
             if finetune_settings.source == "data":
                 images = load_dataset(inputs.data, ann.config.sample_size, ann.config.in_channels)
@@ -171,7 +173,7 @@ def main(ckpt, allow_pickle, stats, sensitivity, finetune_steps, executor, num_s
         click.echo(f"energy budget {budget:g}: {len(choice.changes)} site changes took the energy ratio from "
                    f"{choice.start.energy_ratio:.3f} to {choice.end.energy_ratio:.3f} (eps error {choice.start.error:.4f} "
                    f"-> {choice.end.error:.4f}); {'met' if choice.met else 'not met by the conversion alone'}")
-    if finetune_steps:
+    if finetuning:
         summarise(tuned, out / "finetune")
 
 

@@ -16,7 +16,7 @@ from sdm.models.pretrained import load_model
 from sdm.settings import options_of, settings_from
 
 # sdm-convert's spelling of the fine-tuning flags its own options would clash with.
-FINETUNE_FLAGS = {"batch_size": "--finetune-batch-size"}
+FINETUNE_FLAGS = {"batch_size": "--finetune-batch-size", "minutes": "--finetune-minutes"}
 # sdm-finetune's spelling of the sampling flags (its --steps and --seed are the fine-tuning run's): the
 # grid, and the denoising steps per image the energy is reported at.
 SAMPLING_FLAGS = {"steps": "--sample-steps", "seed": "--sample-seed", "batch_size": "--sample-batch-size"}

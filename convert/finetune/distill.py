@@ -34,10 +34,10 @@ MAX_POOL = 51_200         # a default pool never outgrows this many pairs (0.3 G
 TEACHER_BATCH = 64
 
 
-def pool_size(steps: int, batch_size: int) -> int:
-    """The default pool for a run of `steps` batches: each pair drawn about PAIR_REUSE times, in whole
+def pool_size(steps: int, batch_size: int, reuse: float = PAIR_REUSE) -> int:
+    """The default pool for a run of `steps` batches: each pair drawn about `reuse` times, in whole
     trajectories, at least one batch."""
-    draws = math.ceil(steps * batch_size / PAIR_REUSE)
+    draws = math.ceil(steps * batch_size / reuse)
     return max(batch_size, min(MAX_POOL, TRAJECTORY_STEPS * math.ceil(draws / TRAJECTORY_STEPS)))
 
 

@@ -11,7 +11,7 @@ spike count and LSQ's gradient for the thresholds. It runs on the shared trainin
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +31,8 @@ from convert.finetune.settings import FinetuneSettings, check_student
 from convert.model import ConvertedUNet
 from sdm.diffusion.checkpoint import saved_step
 from sdm.diffusion.train_settings import TrainSettings, native_bf16
-from sdm.diffusion.training import CHECKPOINT_DIR, train_diffusion
+from sdm.diffusion.training import CHECKPOINT_DIR, read_run_config, train_diffusion
+from sdm.diffusion.wall_clock import TimeBudget, fitted_warmup
 from sdm.progress import StagedBar
 from sdm.snn.neurons import spiking_neurons
 from sdm.snn.temporal import TemporalMean
@@ -90,6 +91,7 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     teacher's pool and the training steps."""
     from accelerate import PartialState
 
+    started = time.perf_counter()  # a run sized in minutes counts from here
     settings.validate()
     out = Path(out)
     device = settings.device
@@ -99,12 +101,15 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     state = PartialState(cpu=not device.startswith("cuda"))  # as the training loop's Accelerator will see it
     features = FeatureTargets(student) if settings.feature_weight else None
     done = steps_done(out) if resume else 0
-    shown = progress and state.is_main_process  # the trial timings serve the bar's estimate only
-    drawing = shown and not (out / POOL_FILE).is_file()
-    bar = StagedBar("fine-tuning", {"teacher pool": (pool_batches(settings.source, settings.pool),
-                                                     _teacher_cost(teacher) if drawing else 0.0),
-                                    "training": (settings.steps, _step_cost(student, settings, features) if shown else 0.0)},
-                    disable=not shown)
+    drawing = not (out / POOL_FILE).is_file()
+    timed = settings.minutes is not None
+    shown = progress and state.is_main_process  # the trial timings serve the bar's estimate and a timed run's plan
+    teacher_cost = _teacher_cost(teacher) if drawing and (shown or timed) else 0.0
+    step_cost = _step_cost(student, settings, features) if shown or timed else 0.0
+    if timed:
+        settings = _timed_plan(settings, out, done, started, teacher_cost, step_cost)
+    bar = StagedBar("fine-tuning", {"teacher pool": (pool_batches(settings.source, settings.pool), teacher_cost),
+                                    "training": (settings.steps, step_cost)}, disable=not shown)
     pool = cached_pairs(out / POOL_FILE, lambda: teacher_pairs(teacher, scheduler_config, settings.source,
                                                                settings.pool, settings.seed, images, bar))
     probes = torch.linspace(0, len(pool[0]) - 1, ENERGY_PROBES).long()
@@ -125,9 +130,12 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
         if on_step is not None:
             on_step(step, loss)
 
+    clock = (TimeBudget(settings.minutes * 60, started, settings.warmup, on_fit=lambda n: bar.resize("training", n))
+             if timed and not done else None)  # a resumed timed run keeps the plan its record holds
     train = TrainSettings(data=f"{settings.source}:{settings.data or teacher_source}", out=str(out),
                           steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
-                          warmup=settings.warmup, ema_decay=settings.ema_decay, seed=settings.seed, hflip=False,
+                          warmup=fitted_warmup(settings.warmup, settings.steps) if timed else settings.warmup,
+                          ema_decay=settings.ema_decay, seed=settings.seed, hflip=False,
                           save_every=settings.save_every, log_every=10, schedule="cosine", device=device,
                           precision="bf16" if settings.precision == "auto" and native_bf16(device) else settings.precision)
     record = {k: v for k, v in asdict(settings).items() if k not in ("steps", "save_every", "device")}
@@ -138,7 +146,7 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
                         objective=distillation_objective(pool, settings, device, energy, budget, features,
                                                          state.num_processes),
                         param_groups=lambda model: holder["groups"], constrain=keep_thresholds_positive,
-                        save_model=save)
+                        save_model=save, time_budget=clock)
     finally:
         bar.close()
     return ConvertedUNet.from_pretrained(out / "snn")
@@ -151,24 +159,50 @@ def steps_done(out: Path) -> int:
 
 @torch.no_grad()
 def _teacher_cost(teacher: nn.Module) -> float:
-    """Seconds of one teacher evaluation of a pool batch (timed once, for the progress estimate)."""
+    """Seconds of one teacher evaluation of a pool batch, the second of two (the first pays for one-off
+    set-up): the progress estimate, and a timed run's plan."""
     size, channels = int(teacher.config.sample_size), int(teacher.config.in_channels)
     p = next(teacher.parameters())
     x = torch.zeros(TEACHER_BATCH, channels, size, size, dtype=p.dtype, device=p.device)
-    started = time.perf_counter()
-    teacher(x, torch.full((TEACHER_BATCH,), 500, device=p.device), return_dict=False)
+    for _ in range(2):
+        started = time.perf_counter()
+        teacher(x, torch.full((TEACHER_BATCH,), 500, device=p.device), return_dict=False)
     return time.perf_counter() - started
 
 
 def _step_cost(student: ConvertedUNet, settings: FinetuneSettings, features) -> float:
-    """Seconds of one training step, from a forward and backward pass of one batch (progress estimate)."""
+    """Seconds of one training step, from a forward and backward pass of one batch, the second of two
+    (the first pays for one-off set-up): the progress estimate, and a timed run's plan."""
     size, channels = int(student.config.sample_size), int(student.config.in_channels)
     x = torch.zeros(settings.batch_size, channels, size, size, device=settings.device)
     t = torch.full((settings.batch_size,), 500, device=settings.device)
     student.set_executor("rate")
-    started = time.perf_counter()
-    student(x, t, return_dict=False)[0].square().mean().backward()
-    if features is not None:
-        features.twin(x, t, return_dict=False)
-    student.zero_grad(set_to_none=True)
+    for _ in range(2):
+        started = time.perf_counter()
+        student(x, t, return_dict=False)[0].square().mean().backward()
+        if features is not None:
+            features.twin(x, t, return_dict=False)
+        student.zero_grad(set_to_none=True)
     return time.perf_counter() - started
+
+
+def _timed_plan(settings: FinetuneSettings, out: Path, done: int, started: float, teacher_cost: float,
+                step_cost: float) -> FinetuneSettings:
+    """A `--minutes` run's settings with a step count, which sizes its pool: a resumed run's recorded
+    plan, else the most steps whose pool (`teacher_cost` per teacher batch) and training (`step_cost`
+    per step) fit in the time left. The training loop refits the steps from the first steps' speed."""
+    if done:
+        recorded = read_run_config(out) or {}
+        return replace(settings, steps=recorded["steps"], pairs=recorded["model"]["pairs"])
+    seconds = settings.minutes * 60 - (time.perf_counter() - started)
+
+    def cost(steps: int) -> float:
+        return pool_batches(settings.source, replace(settings, steps=steps).pool) * teacher_cost + steps * step_cost
+
+    low, high = 1, 1
+    while cost(high) <= seconds:
+        low, high = high, high * 2
+    while high - low > 1:  # cost grows with the steps: the last that fits lies in [low, high)
+        middle = (low + high) // 2
+        low, high = (middle, high) if cost(middle) <= seconds else (low, middle)
+    return replace(settings, steps=low)

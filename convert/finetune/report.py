@@ -111,7 +111,9 @@ def finetune_report(before: ConvertedUNet, after: ConvertedUNet, teacher: nn.Mod
         budget = {"energy_budget": {"budget": settings.energy_budget, "reached": reached,
                                     "met": reached <= settings.energy_budget,
                                     "final_weight": curve[-1].get("energy_weight") if curve else None}}
-    return {"settings": asdict(settings), "steps": settings.steps, "seconds": round(seconds, 1),
+    steps = steps_done(out)  # a run sized in minutes planned its own
+    return {"settings": {**asdict(settings), "steps": steps}, "steps": steps, "minutes": settings.minutes,
+            "seconds": round(seconds, 1),
             "T": after.T, "energy_denoising_steps": denoising_steps, **result, **budget, "loss_curve": "loss.json", "loss_plot": "loss.png"}
 
 

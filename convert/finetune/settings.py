@@ -9,7 +9,7 @@ import click
 from torch import nn
 
 from calibration.graph import architecture_fingerprint
-from convert.finetune.distill import PAIR_SOURCES, pool_size
+from convert.finetune.distill import PAIR_REUSE, PAIR_SOURCES, pool_size
 from convert.model import ConvertedUNet
 from sdm.diffusion.train_settings import PRECISIONS
 from sdm.errors import ConfigError
@@ -24,6 +24,11 @@ class FinetuneSettings:
     (and `sdm-convert --finetune-*`'s)."""
 
     steps: int = field(default=2000, metadata=option("--steps", "Fine-tuning steps.", type=click.IntRange(min=1)))
+    minutes: float | None = field(default=None, metadata=option(
+        "--minutes", "Fine-tune for this many minutes of wall time instead of a step count (the teacher's pool "
+        "included): as many steps as fit, estimated from trial steps and fixed by the first steps' speed; the "
+        "warm-up and the cosine decay fit them, and the report states the steps done.",
+        type=click.FloatRange(min=0, min_open=True)))
     batch_size: int = field(default=32, metadata=option("--batch-size", "Fine-tuning batch.",
                                                         type=click.IntRange(min=1)))
     lr: float = field(default=3e-4, metadata=option(  # BENCHMARKS.md 8: 3x 1e-4 converges faster
@@ -40,6 +45,10 @@ class FinetuneSettings:
     pairs: int | None = field(default=None, metadata=option(
         "--pairs", "(x_t, t) pairs in the training pool, each labelled with the teacher's eps [default: sized "
         "to the run, each pair drawn about 4 times].", type=click.IntRange(min=1)))
+    pair_reuse: float = field(default=PAIR_REUSE, metadata=option(
+        "--pair-reuse", "Draws of each pool pair over the run, without --pairs: the pool holds the run's draws over "
+        "this (a lower value: more trajectories, at one teacher evaluation per pair).",
+        type=click.FloatRange(min=0, min_open=True)))
     late_share: float = field(default=0.25, metadata=option(
         "--late-share", "Share of each batch drawn from t < 100, the fine-detail steps.",
         type=click.FloatRange(0, 1, max_open=True)))
@@ -69,16 +78,20 @@ class FinetuneSettings:
 
     @property
     def pool(self) -> int:
-        """Pairs in the pool: `pairs`, or the run's draws over `convert.finetune.distill.PAIR_REUSE`."""
-        return self.pairs if self.pairs is not None else pool_size(self.steps, self.batch_size)
+        """Pairs in the pool: `pairs`, or the run's draws over `pair_reuse`."""
+        return self.pairs if self.pairs is not None else pool_size(self.steps, self.batch_size, self.pair_reuse)
 
     def validate(self) -> None:
         if self.steps < 1:
             raise ConfigError("steps", f"must be at least 1, got {self.steps}")
+        if self.minutes is not None and not (self.minutes > 0 and math.isfinite(self.minutes)):
+            raise ConfigError("minutes", f"must be a positive number of minutes, got {self.minutes}")
         if self.batch_size < 1:
             raise ConfigError("batch_size", f"must be at least 1, got {self.batch_size}")
         if self.pool < self.batch_size:
             raise ConfigError("pairs", f"({self.pool}) must be at least the batch size ({self.batch_size})")
+        if not (self.pair_reuse > 0 and math.isfinite(self.pair_reuse)):
+            raise ConfigError("pair_reuse", f"must be a positive number of draws, got {self.pair_reuse}")
         if not self.lr > 0:
             raise ConfigError("lr", f"must be positive, got {self.lr}")
         if not self.threshold_lr >= 0:

@@ -29,6 +29,7 @@ from sdm.diffusion.images import save_grid, to_model_range
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE, save_pipeline
 from sdm.diffusion.sampler import sample
 from sdm.diffusion.train_settings import TrainSettings
+from sdm.diffusion.wall_clock import TimeBudget
 from sdm.errors import ConfigError, SDMError
 from sdm.io import write_json, write_text
 
@@ -129,6 +130,7 @@ def train_diffusion(
     param_groups: Callable[[nn.Module], list[dict]] | None = None,
     constrain: Callable[[nn.Module], None] | None = None,
     save_model: Callable[[nn.Module, Path], None] | None = None,
+    time_budget: TimeBudget | None = None,
 ) -> Path:
     """Train `build_model()` per `settings`; writes a pipeline directory at `settings.out`.
 
@@ -140,6 +142,8 @@ def train_diffusion(
     SNN) pass `objective(model, step, generator) -> (loss, logged scalars)`, drawing their batch from
     the step's generator; `param_groups(model)` gives the optimiser groups (a group's 'lr' is its base
     rate), `constrain(model)` runs after each update, and `save_model(ema, out)` writes the result.
+    With a `time_budget`, `settings.steps` is a plan: the first steps' speed fixes the steps that fit
+    (`sdm.diffusion.wall_clock`), and the run's record says how many.
     """
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
@@ -198,6 +202,8 @@ def train_diffusion(
             save_pipeline(ema, scheduler_config, out)
 
     losses, started = [], time.time() - elapsed  # a resumed run's clock continues from its checkpoint
+    if time_budget is not None:
+        time_budget.start_loop(step)
     bar = tqdm(total=settings.steps, initial=step, desc="train", unit="step",
                disable=not progress or not accelerator.is_main_process)
     while step < settings.steps:
@@ -216,6 +222,9 @@ def train_diffusion(
             constrain(accelerator.unwrap_model(model))
         update_ema(ema, accelerator.unwrap_model(model), ema_decay(step, settings.ema_decay))
         step += 1
+        if time_budget is not None and time_budget.due(step):
+            settings = _fit_to_time(settings, time_budget, record, out, step, accelerator)
+            bar.total = settings.steps
         losses.append({"loss": loss.item(), **scalars})
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]['loss']:.4f}")
@@ -229,6 +238,21 @@ def train_diffusion(
     bar.close()
     accelerator.wait_for_everyone()
     return out
+
+
+def _fit_to_time(settings: TrainSettings, budget: TimeBudget, record: dict, out: Path, step: int,
+                 accelerator) -> TrainSettings:
+    """A timed run's settings fitted after `step` (the main process's count, which every process
+    follows); its record follows them, so that `--resume` continues the same schedule."""
+    from accelerate.utils import broadcast_object_list
+
+    settings = budget.fit(settings, step) if accelerator.is_main_process else settings
+    if accelerator.num_processes > 1:
+        settings = broadcast_object_list([settings])[0]
+    record.update(steps=settings.steps, warmup=settings.warmup)
+    if accelerator.is_main_process:
+        write_json(record, out / CONFIG_FILE)
+    return settings
 
 
 def _logged_step(line: str) -> int | None:

@@ -20,11 +20,12 @@ _DDPM_COMMON = dict(
 )
 
 
-def _grey28(blocks: tuple, layers_per_block: int, norm_num_groups: int) -> dict:
+def _grey28(blocks: tuple, layers_per_block: int, norm_num_groups: int, attention: bool = True) -> dict:
+    middle = "Attn" if attention else ""
     return dict(
-        _DDPM_COMMON, sample_size=28, in_channels=1, out_channels=1, block_out_channels=blocks,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        _DDPM_COMMON, add_attention=attention, sample_size=28, in_channels=1, out_channels=1, block_out_channels=blocks,
+        down_block_types=("DownBlock2D", f"{middle}DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", f"{middle}UpBlock2D", "UpBlock2D"),
         layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
     )
 
@@ -46,6 +47,9 @@ PRESETS: dict[str, dict] = {
     "fmnist-small": _grey28(blocks=(32, 64, 64), layers_per_block=1, norm_num_groups=16),
     # Half as wide: the CPU-sized ANN baseline beside the CPU-sized directly trained SDM.
     "fmnist-cpu": _grey28(blocks=(16, 32, 32), layers_per_block=1, norm_num_groups=4),
+    # Deeper (two ResNets per level), 1.5x the CPU preset's width, no attention at all (the mid-block's
+    # neither): a development DDPM that differs from the others in depth, width and attention.
+    "grey28-deep": _grey28(blocks=(24, 48, 48), layers_per_block=2, norm_num_groups=8, attention=False),
     # Same family, four times wider: for a GPU run.
     "fmnist-medium": _grey28(blocks=(64, 128, 128), layers_per_block=2, norm_num_groups=32),
     # Seconds on a CPU: for tests.

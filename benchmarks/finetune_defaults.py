@@ -1,0 +1,156 @@
+"""Fine-tuning defaults on a development set of DDPMs: one change at a time, FID against wall-clock minutes.
+
+    python -m benchmarks.finetune_defaults --model runs/dev/relu-mnist=../shared/data/mnist_10k.npz \
+        --model runs/dev/silu-fmnist-cpu --model runs/dev/silu-mnist-deep=../shared/data/mnist_10k.npz \
+        --candidates defaults,fp32,lr-third,reuse-1 --minutes 4 --num-samples 500
+
+Each model (made by `examples/dev_models.sh`, never the embedded model alone) is converted the way a new
+user converts it, `sdm-convert`'s defaults at `--T`, in the candidate's code, and fine-tuned for
+`--minutes` of wall time (`sdm-finetune --minutes`: the pool, the plan and the steps all count) with
+`sdm-finetune`'s defaults changed as `CANDIDATES` says, nothing else. Judged by the FID of the
+Fashion-MNIST classifier's features (DDIM-50, seeds 0..N-1) against each model's reference images, as
+a ratio to the model's own ANN, beside energy per image. Finished runs and sample shards are reused
+on a rerun; a run cut short starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import click
+
+from benchmarks.common import plot_fid_curves, provenance, sample_metric, write_table
+from calibration import CalibrationInputs, ConversionConfig, calibrate, prepare
+from calibration.inputs import probe_pairs, spread_subset
+from convert import convert
+from convert.finetune import FinetuneSettings, finetune, finetuned_steps
+from convert.model import ConvertedUNet
+from convert.report import eps_fidelity
+from sdm.commands.options import command
+from sdm.diffusion.data import read_images
+from sdm.io import write_json
+from sdm.metrics.extractors import FMNISTExtractor
+from sdm.models.pretrained import load_model
+from sdm.settings import CommaList
+from sdm.snn.energy import energy_report
+
+DEFAULT_CODE = ConversionConfig.coding
+CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defaults)
+    "defaults": (DEFAULT_CODE, {}),
+    "fp32": (DEFAULT_CODE, {"precision": "fp32"}),
+    "lr-third": (DEFAULT_CODE, {"lr": 1e-4, "threshold_lr": 1e-3}),
+    "reuse-1": (DEFAULT_CODE, {"pair_reuse": 1.0}),
+    "late-0": (DEFAULT_CODE, {"late_share": 0.0}),
+    "batch-16": (DEFAULT_CODE, {"batch_size": 16}),
+    "rate-defaults": ("rate", {}),
+}
+
+
+class _Model:
+    """One development DDPM: its ANN, reference images, scoring and conversion, cached under `work`."""
+
+    def __init__(self, spec: str, T: int, num_samples: int, out: Path):
+        ckpt, _, reference = spec.partition("=")
+        self.loaded = load_model(ckpt)
+        self.name = Path(ckpt).name or ckpt.replace(":", "_")
+        self.reference = read_images(reference) if reference else None
+        self.T, self.num_samples, self.dir = T, num_samples, out / self.name
+        ann, schedule = self.loaded.model, self.loaded.scheduler_config
+        self.probes = probe_pairs(ann, schedule)
+        self.spread = spread_subset(self.probes)
+        self.ann_fid = self.score(ann)[0]
+        self.stats = None
+
+    def score(self, model) -> tuple[float, object]:
+        result, images, _ = sample_metric(model, self.loaded.scheduler_config, self.num_samples, self.dir / "work",
+                                          extractor=FMNISTExtractor(), reference=self.reference)
+        return result.value, images
+
+    def converted(self, code: str) -> Path:
+        """`sdm-convert`'s defaults at T in `code`, saved (calibrated once for both codes)."""
+        directory = self.dir / f"converted-{code}"
+        if not (directory / "config.json").is_file():
+            ann, schedule = self.loaded.model, self.loaded.scheduler_config
+            if self.stats is None:
+                observed = prepare(ann, ConversionConfig(T=self.T))
+                self.stats = calibrate(observed, CalibrationInputs().pairs(ann, schedule, seed=0), progress=False).stats()
+            snn = convert(ann, self.stats.retarget(coding=code))
+            snn.source["ckpt"] = self.loaded.source
+            snn.save_pretrained(directory, scheduler_config=schedule)
+        return directory
+
+    def judge(self, snn: ConvertedUNet) -> dict:
+        ann = self.loaded.model
+        snn.set_executor("rate")
+        fid, _ = self.score(snn)
+        fidelity = eps_fidelity(ann, snn, self.probes)
+        energy = energy_report(snn, *self.spread, denoising_steps=50, ann=ann)
+        return {"FID": f"{fid:.3f}", "ratio to ANN FID": f"{fid / self.ann_fid:.2f}",
+                "eps cosine (t < 100)": f"{fidelity['eps_cosine']:.4f} ({fidelity['eps_cosine_t_lt_100']:.4f})",
+                "energy / image (mJ)": f"{energy['per_image']['energy_mJ']:.3g}",
+                "ratio to ANN energy": f"{energy['energy_ratio_snn_to_ann']:.3f}", "_fid": fid}
+
+
+def _finetuned(model: _Model, name: str, minutes: float) -> tuple[Path, float]:
+    """The candidate's fine-tuned SNN directory and its wall minutes, run once."""
+    code, overrides = CANDIDATES[name]
+    run = model.dir / f"{name}-{minutes:g}min"
+    timing = run / "minutes.json"
+    if not timing.is_file():
+        shutil.rmtree(run, ignore_errors=True)
+        settings = FinetuneSettings(minutes=minutes, save_every=10**9, **overrides)
+        started = time.perf_counter()
+        finetune(model.converted(code), model.loaded.model, model.loaded.scheduler_config, run, settings,
+                 teacher_source=model.loaded.source)
+        write_json({"minutes": (time.perf_counter() - started) / 60}, timing)
+    return run / "snn", json.loads(timing.read_text())["minutes"]
+
+
+def _model_rows(model: _Model, candidates: list[str], minutes: float, out: Path) -> list[dict]:
+    rows = [{"model": model.name, "candidate": "ANN", "code": "", "steps": "", "minutes": "", "FID": f"{model.ann_fid:.3f}",
+             "ratio to ANN FID": "1.00", "eps cosine (t < 100)": "", "energy / image (mJ)": "", "ratio to ANN energy": "1"}]
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for code in dict.fromkeys(CANDIDATES[c][0] for c in candidates):
+        judged = model.judge(ConvertedUNet.from_pretrained(model.converted(code)))
+        rows.append({"model": model.name, "candidate": "converted", "code": code, "steps": 0, "minutes": "0", **judged})
+    start = {row["code"]: row["_fid"] for row in rows[1:]}
+    for name in candidates:
+        snn_dir, spent = _finetuned(model, name, minutes)
+        judged = model.judge(ConvertedUNet.from_pretrained(snn_dir))
+        code = CANDIDATES[name][0]
+        rows.append({"model": model.name, "candidate": name, "code": code, "steps": finetuned_steps(snn_dir),
+                     "minutes": f"{spent:.1f}", **judged})
+        curves[name] = [(0.0, start[code]), (spent, judged["_fid"])]
+    plot_fid_curves(curves, model.ann_fid, out / f"{model.name}.png", xlabel="wall-clock minutes of fine-tuning",
+                    title=f"{model.name}: FID against time (N = {model.num_samples})", target=1.1)
+    return rows
+
+
+@command(help="Fine-tuning defaults, one change at a time, on several DDPMs: FID against wall-clock minutes.")
+@click.option("--model", "models", multiple=True, required=True, help="CKPT or CKPT=REFERENCE_IMAGES; repeat.")
+@click.option("--candidates", type=CommaList(choices=list(CANDIDATES)), default="defaults,fp32,lr-third,reuse-1",
+              show_default=True)
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True)
+@click.option("--T", "T", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--num-samples", type=click.IntRange(min=2), default=500, show_default=True)
+@click.option("--out", type=click.Path(), default="benchmarks/results/finetune_defaults", show_default=True)
+def main(models, candidates, minutes, T, num_samples, out):
+    out = Path(out)
+    meta = provenance(__spec__.name)
+    rows = []
+    for spec in models:
+        rows += _model_rows(_Model(spec, T, num_samples, out), candidates, minutes, out)
+        shown = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
+        text = write_table(shown, out, meta, f"T = {T}, `sdm-convert`'s defaults, `sdm-finetune --minutes {minutes:g}` "
+                           f"with one change each; DDIM-50, seeds 0..{num_samples - 1}; FID of the Fashion-MNIST "
+                           "classifier's features against each model's reference images (not comparable with "
+                           "Inception FID, nor across data sets: compare the ratios to each model's ANN).",
+                           candidates={n: CANDIDATES[n] for n in candidates}, minutes=minutes)
+    click.echo(text)
+
+
+if __name__ == "__main__":
+    main()
