@@ -231,7 +231,7 @@ def test_timed_finetuning_plans_fits_and_reports_its_steps(tiny, tmp_path):
     record = json.loads((out / "train_config.json").read_text())
     assert record["steps"] == finetuned_steps(out / "snn") > MEASURED_STEPS  # tiny steps: far more than the measured fit
     assert record["warmup"] == fitted_warmup(TINY["warmup"], record["steps"]) and record["model"]["minutes"] == 0.25
-    assert seconds < 2 * 15 + 5  # planned for 15 s: a loose bound, for slow and shared CPUs
+    assert 0.7 * 15 < seconds < 2 * 15 + 5  # planned for 15 s: loose bounds, for slow and shared CPUs
 
 
 def test_cli_writes_a_loadable_snn_and_its_report(tiny, tmp_path):

@@ -77,7 +77,8 @@ def main(snn, teacher, allow_pickle, num_samples, out, resume, device, **options
 def summarise(report: dict, out: Path) -> None:
     """One line on what fine-tuning changed."""
     b, a, budget = report["before"], report["after"], report.get("energy_budget")
-    click.echo(f"fine-tuned {report['snn']} for {report['steps']} steps in {report['seconds']:.0f} s: eps cosine {b['eps_cosine']:.4f} "
+    timed = f" (the steps that fit in --minutes {report['minutes']:g})" if report.get("minutes") else ""
+    click.echo(f"fine-tuned {report['snn']} for {report['steps']} steps{timed} in {report['seconds']:.0f} s: eps cosine {b['eps_cosine']:.4f} "
                f"-> {a['eps_cosine']:.4f} (t<100: {b['eps_cosine_t_lt_100']:.4f} -> {a['eps_cosine_t_lt_100']:.4f}), "
                f"firing rate {b['firing_rate']:.3f} -> {a['firing_rate']:.3f}, energy {b['energy_mJ_per_image']:.3g} "
                f"-> {a['energy_mJ_per_image']:.3g} mJ per image ({a['energy_ratio_snn_to_ann']:.3f} of the ANN's"

@@ -132,10 +132,11 @@ def main(ckpt, allow_pickle, codings, Ts, rules, percentiles, neurons, fid_sampl
         raise SDMError(f"--T values must be at least 1, got {Ts}")
     if any(not 0 < p <= 100 for p in percentiles):
         raise SDMError(f"--percentile values must lie in (0, 100], got {percentiles}")
-    if not cells(codings, Ts, rules, percentiles, neurons):
+    todo = cells(codings, Ts, rules, percentiles, neurons)
+    if not todo:
         raise SDMError("--coding weighted runs IF neurons only: add --neuron if or --coding rate")
     base = settings_from(ConversionConfig, options)
-    for cell in cells(codings, Ts, rules, percentiles, neurons):  # every cell checked before any work
+    for cell in todo:  # every cell checked before any work
         _cell_config(base, cell).validate()
     inputs = settings_from(CalibrationInputs, options)
     sampling = settings_from(SamplingSettings, options)
@@ -165,7 +166,6 @@ def main(ckpt, allow_pickle, codings, Ts, rules, percentiles, neurons, fid_sampl
             click.echo(f"note: {note}", err=True)
         reference_images = read_images(options["reference"]) if options["reference"] else None
     rows = []
-    todo = cells(codings, Ts, rules, percentiles, neurons)
     for i, cell in enumerate(todo, 1):
         path = out / "cells" / f"{cell_name(cell)}.json"
         done = _finished(path, fid_samples)

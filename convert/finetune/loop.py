@@ -130,8 +130,8 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
         if on_step is not None:
             on_step(step, loss)
 
-    clock = (TimeBudget(settings.minutes * 60, started, settings.warmup, on_fit=lambda n: bar.resize("training", n))
-             if timed and not done else None)  # a resumed timed run keeps the plan its record holds
+    clock = (TimeBudget(settings.minutes * 60, warmup=settings.warmup, started=started,
+                        on_fit=lambda n: bar.resize("training", n)) if timed and not done else None)  # a resumed timed run keeps the plan its record holds
     train = TrainSettings(data=f"{settings.source}:{settings.data or teacher_source}", out=str(out),
                           steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
                           warmup=fitted_warmup(settings.warmup, settings.steps) if timed else settings.warmup,

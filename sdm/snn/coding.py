@@ -40,14 +40,15 @@ class _PopcountSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, count: torch.Tensor, bits: int) -> torch.Tensor:
-        spikes = popcount(count.detach(), bits)
-        ctx.save_for_backward(count.detach().clamp(min=1), popcount(count.detach().clamp(min=1), bits))
+        count = count.detach()
+        spikes = popcount(count, bits)
+        ctx.save_for_backward(torch.where(count > 0, spikes / count.clamp(min=1), torch.ones_like(count)))
         return spikes
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        count, spikes = ctx.saved_tensors
-        return grad * spikes / count, None
+        (slope,) = ctx.saved_tensors
+        return grad * slope, None
 
 
 def popcount(count: torch.Tensor, bits: int) -> torch.Tensor:
