@@ -6,8 +6,8 @@
 
 Each model (made by `examples/dev_models.sh`, never the embedded model alone) is converted the way a new
 user converts it, `sdm-convert`'s defaults at `--T`, in the candidate's code, and fine-tuned for
-`--minutes` of wall time (`sdm-finetune --minutes`: the pool, the plan and the steps all count) with
-`sdm-finetune`'s defaults changed as `CANDIDATES` says, nothing else. Judged by the FID of the
+`--minutes` of wall time (`sdm-finetune --minutes`: the pool, the plan and the steps all count), or for
+the steps a candidate names, with `sdm-finetune`'s defaults changed as `CANDIDATES` says, nothing else. Judged by the FID of the
 Fashion-MNIST classifier's features (DDIM-50, seeds 0..N-1) against each model's reference images, as
 a ratio to the model's own ANN, beside energy per image. Finished runs and sample shards are reused
 on a rerun; a run cut short starts again.
@@ -46,6 +46,12 @@ CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defa
     "late-0": (DEFAULT_CODE, {"late_share": 0.0}),
     "batch-16": (DEFAULT_CODE, {"batch_size": 16}),
     "rate-defaults": ("rate", {}),
+    # The issue's run (400 steps of 16: a pool of 1,600 pairs, 32 trajectories), then with the earlier
+    # defaults' 12,800-pair pool, then with all the earlier defaults: steps, not minutes.
+    "short": (DEFAULT_CODE, {"steps": 400, "batch_size": 16}),
+    "short-pool": (DEFAULT_CODE, {"steps": 400, "batch_size": 16, "pairs": 12_800}),
+    "short-old": (DEFAULT_CODE, {"steps": 400, "batch_size": 16, "pairs": 12_800, "lr": 1e-4, "threshold_lr": 1e-3,
+                                 "precision": "fp32"}),
 }
 
 
@@ -95,13 +101,15 @@ class _Model:
 
 
 def _finetuned(model: _Model, name: str, minutes: float) -> tuple[Path, float]:
-    """The candidate's fine-tuned SNN directory and its wall minutes, run once."""
+    """The candidate's fine-tuned SNN directory and its wall minutes, run once: for `minutes`, or for the
+    steps the candidate names."""
     code, overrides = CANDIDATES[name]
-    run = model.dir / f"{name}-{minutes:g}min"
+    timed = "steps" not in overrides
+    run = model.dir / (f"{name}-{minutes:g}min" if timed else name)
     timing = run / "minutes.json"
     if not timing.is_file():
         shutil.rmtree(run, ignore_errors=True)
-        settings = FinetuneSettings(minutes=minutes, save_every=10**9, **overrides)
+        settings = FinetuneSettings(minutes=minutes if timed else None, save_every=10**9, **overrides)
         started = time.perf_counter()
         finetune(model.converted(code), model.loaded.model, model.loaded.scheduler_config, run, settings,
                  teacher_source=model.loaded.source)
@@ -140,15 +148,19 @@ def _model_rows(model: _Model, candidates: list[str], minutes: float, out: Path)
 def main(models, candidates, minutes, T, num_samples, out):
     out = Path(out)
     meta = provenance(__spec__.name)
+    note = (f"T = {T}, `sdm-convert`'s defaults, `sdm-finetune --minutes {minutes:g}` (or the candidate's steps) with "
+            f"one change each; DDIM-50, seeds 0..{num_samples - 1}; FID of the Fashion-MNIST classifier's features "
+            "against each model's reference images (not comparable with Inception FID, nor across data sets: "
+            "compare the ratios to each model's ANN).")
     rows = []
     for spec in models:
-        rows += _model_rows(_Model(spec, T, num_samples, out), candidates, minutes, out)
-        shown = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
-        text = write_table(shown, out, meta, f"T = {T}, `sdm-convert`'s defaults, `sdm-finetune --minutes {minutes:g}` "
-                           f"with one change each; DDIM-50, seeds 0..{num_samples - 1}; FID of the Fashion-MNIST "
-                           "classifier's features against each model's reference images (not comparable with "
-                           "Inception FID, nor across data sets: compare the ratios to each model's ANN).",
-                           candidates={n: CANDIDATES[n] for n in candidates}, minutes=minutes)
+        model = _Model(spec, T, num_samples, out)
+        model_rows = [{k: v for k, v in row.items() if not k.startswith("_")}
+                      for row in _model_rows(model, candidates, minutes, out)]
+        write_table(model_rows, model.dir, meta, note, candidates={n: CANDIDATES[n] for n in candidates},
+                    minutes=minutes)
+        rows += model_rows
+        text = write_table(rows, out, meta, note, candidates={n: CANDIDATES[n] for n in candidates}, minutes=minutes)
     click.echo(text)
 
 

@@ -221,17 +221,36 @@ def test_interrupted_finetuning_resumes_to_the_same_state(tiny, tmp_path):
 
 
 def test_timed_finetuning_plans_fits_and_reports_its_steps(tiny, tmp_path):
-    """--minutes 0.25 on the tiny model: the loop's fit is recorded, and the report states the steps done."""
+    """--minutes 0.15 on the tiny model: the loop's fits are recorded, and the report states the steps done."""
     unet, root = tiny
     out = tmp_path / "run"
-    settings = FinetuneSettings(**{**TINY, "pairs": None, "save_every": 10_000, "minutes": 0.25})
+    settings = FinetuneSettings(**{**TINY, "pairs": None, "save_every": 10_000, "minutes": 0.15})
     started = time.perf_counter()
     finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, out, settings, progress=False)
     seconds = time.perf_counter() - started
     record = json.loads((out / "train_config.json").read_text())
     assert record["steps"] == finetuned_steps(out / "snn") > MEASURED_STEPS  # tiny steps: far more than the measured fit
-    assert record["warmup"] == fitted_warmup(TINY["warmup"], record["steps"]) and record["model"]["minutes"] == 0.25
-    assert 0.7 * 15 < seconds < 2 * 15 + 5  # planned for 15 s: loose bounds, for slow and shared CPUs
+    assert record["warmup"] == fitted_warmup(TINY["warmup"], record["steps"]) and record["model"]["minutes"] == 0.15
+    assert 0.7 * 9 < seconds < 2 * 9 + 5  # planned for 9 s: loose bounds, for slow and shared CPUs
+
+
+def test_an_interrupted_timed_run_resumes_its_plan(tiny, tmp_path):
+    """Cut after 25 steps (one fit behind it), resumed: it ends at the steps its record holds, on its warm-up."""
+    unet, root = tiny
+    out = tmp_path / "run"
+    settings = {**TINY, "pairs": None, "save_every": 5, "minutes": 0.15}
+
+    def stop_at(step, loss):
+        if step == 25:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, out, FinetuneSettings(**settings), progress=False,
+                 on_step=stop_at)
+    planned = json.loads((out / "train_config.json").read_text())
+    finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, out, FinetuneSettings(**settings), progress=False, resume=True)
+    assert finetuned_steps(out / "snn") == planned["steps"] > 25
+    assert json.loads((out / "train_config.json").read_text())["warmup"] == planned["warmup"]
 
 
 def test_cli_writes_a_loadable_snn_and_its_report(tiny, tmp_path):

@@ -106,8 +106,9 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     shown = progress and state.is_main_process  # the trial timings serve the bar's estimate and a timed run's plan
     teacher_cost = _teacher_cost(teacher) if drawing and (shown or timed) else 0.0
     step_cost = _step_cost(student, settings, features) if shown or timed else 0.0
+    warmup = settings.warmup
     if timed:
-        settings = _timed_plan(settings, out, done, started, teacher_cost, step_cost)
+        settings, warmup = _timed_plan(settings, out, done, started, teacher_cost, step_cost)
     bar = StagedBar("fine-tuning", {"teacher pool": (pool_batches(settings.source, settings.pool), teacher_cost),
                                     "training": (settings.steps, step_cost)}, disable=not shown)
     pool = cached_pairs(out / POOL_FILE, lambda: teacher_pairs(teacher, scheduler_config, settings.source,
@@ -134,7 +135,7 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
                         on_fit=lambda n: bar.resize("training", n)) if timed and not done else None)  # a resumed timed run keeps the plan its record holds
     train = TrainSettings(data=f"{settings.source}:{settings.data or teacher_source}", out=str(out),
                           steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
-                          warmup=fitted_warmup(settings.warmup, settings.steps) if timed else settings.warmup,
+                          warmup=warmup,
                           ema_decay=settings.ema_decay, seed=settings.seed, hflip=False,
                           save_every=settings.save_every, log_every=10, schedule="cosine", device=device,
                           precision="bf16" if settings.precision == "auto" and native_bf16(device) else settings.precision)
@@ -187,13 +188,13 @@ def _step_cost(student: ConvertedUNet, settings: FinetuneSettings, features) -> 
 
 
 def _timed_plan(settings: FinetuneSettings, out: Path, done: int, started: float, teacher_cost: float,
-                step_cost: float) -> FinetuneSettings:
-    """A `--minutes` run's settings with a step count, which sizes its pool: a resumed run's recorded
-    plan, else the most steps whose pool (`teacher_cost` per teacher batch) and training (`step_cost`
-    per step) fit in the time left. The training loop refits the steps from the first steps' speed."""
+                step_cost: float) -> tuple[FinetuneSettings, int]:
+    """A `--minutes` run's settings with a step count, which sizes its pool, and its warm-up: a resumed
+    run's recorded plan, else the most steps whose pool (`teacher_cost` per teacher batch) and training
+    (`step_cost` per step) fit in the time left. The training loop fits the steps again as it runs."""
     if done:
         recorded = read_run_config(out) or {}
-        return replace(settings, steps=recorded["steps"], pairs=recorded["model"]["pairs"])
+        return replace(settings, steps=recorded["steps"], pairs=recorded["model"]["pairs"]), recorded["warmup"]
     seconds = settings.minutes * 60 - (time.perf_counter() - started)
 
     def cost(steps: int) -> float:
@@ -205,4 +206,4 @@ def _timed_plan(settings: FinetuneSettings, out: Path, done: int, started: float
     while high - low > 1:  # cost grows with the steps: the last that fits lies in [low, high)
         middle = (low + high) // 2
         low, high = (middle, high) if cost(middle) <= seconds else (low, middle)
-    return replace(settings, steps=low)
+    return replace(settings, steps=low), fitted_warmup(settings.warmup, low)

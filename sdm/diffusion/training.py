@@ -246,9 +246,10 @@ def _fit_to_time(settings: TrainSettings, budget: TimeBudget, record: dict, out:
     follows); its record follows them, so that `--resume` continues the same schedule."""
     from accelerate.utils import broadcast_object_list
 
-    settings = budget.fit(settings, step) if accelerator.is_main_process else settings
+    steps = budget.fitted_steps(step) if accelerator.is_main_process else 0
     if accelerator.num_processes > 1:
-        settings = broadcast_object_list([settings])[0]
+        steps = broadcast_object_list([steps])[0]
+    settings = budget.settle(settings, step, steps)
     record.update(steps=settings.steps, warmup=settings.warmup)
     if accelerator.is_main_process:
         write_json(record, out / CONFIG_FILE)
