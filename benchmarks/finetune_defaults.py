@@ -45,6 +45,8 @@ CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defa
     "reuse-1": (DEFAULT_CODE, {"pair_reuse": 1.0}),
     "late-0": (DEFAULT_CODE, {"late_share": 0.0}),
     "batch-16": (DEFAULT_CODE, {"batch_size": 16}),
+    "student-paths": (DEFAULT_CODE, {"source": "student"}),
+    "norms-only": (DEFAULT_CODE, {"train": "norms"}),
     "rate-defaults": ("rate", {}),
     # The issue's run (400 steps of 16: a pool of 1,600 pairs, 32 trajectories), then with the earlier
     # defaults' 12,800-pair pool, then with all the earlier defaults: steps, not minutes.

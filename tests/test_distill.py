@@ -6,7 +6,14 @@ import torch
 
 from calibration import ConversionConfig, calibrate, calibration_pairs, prepare
 from convert import convert
-from convert.finetune.distill import FeatureTargets, pool_batches, pool_size, site_inputs, teacher_pairs
+from convert.finetune.distill import (
+    PAIR_SEED,
+    FeatureTargets,
+    pool_evaluations,
+    pool_size,
+    site_inputs,
+    teacher_pairs,
+)
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
 from sdm.diffusion.sampler import trajectory
 from sdm.models.presets import build_unet
@@ -42,9 +49,32 @@ def test_the_pool_takes_one_teacher_pass_per_pair(tiny_snn):
     finally:
         hook.remove()
     assert len(x) == len(t) == len(eps) == 120
-    assert len(calls) == pool_batches("trajectory", 120) == 50
+    assert (len(calls), 0) == pool_evaluations("trajectory", 120) == (50, 0)
     with torch.no_grad():
         assert torch.allclose(unet(x[:8], t[:8]).sample, eps[:8], atol=1e-5)
+
+
+def test_a_student_pool_walks_the_students_paths_with_the_teachers_labels(tiny_snn):
+    """The student's pool: the inputs of the student's own DDIM paths (not the teacher's), each labelled
+    with the teacher's eps; 3 paths of 50 student steps, then 2 teacher batches of up to 64 to label 120."""
+    unet, snn = tiny_snn
+    teacher_calls, student_calls = [], []
+    hooks = [unet.register_forward_hook(lambda *_: teacher_calls.append(1)),
+             snn.register_forward_hook(lambda *_: student_calls.append(1))]
+    try:
+        with snn.executing("rate"):
+            x, t, eps = teacher_pairs(unet, DDPM_LINEAR_SCHEDULE, "student", 120, seed=0, student=snn)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert (len(teacher_calls), len(student_calls)) == pool_evaluations("student", 120) == (2, 50)
+    with snn.executing("rate"):
+        path_x, path_t, _ = trajectory(snn, DDPM_LINEAR_SCHEDULE, range(PAIR_SEED, PAIR_SEED + 3), steps=50)
+        teacher_x, _, _ = trajectory(unet, DDPM_LINEAR_SCHEDULE, range(PAIR_SEED, PAIR_SEED + 3), steps=50)
+    assert torch.equal(x, path_x[:120]) and torch.equal(t, path_t[:120])
+    assert not torch.allclose(x[60:], teacher_x[60:120])  # the student's paths part from the teacher's
+    with torch.no_grad():
+        assert torch.allclose(unet(x[::7], t[::7]).sample, eps[::7], atol=1e-5)
 
 
 def test_the_default_pool_is_sized_to_the_run():

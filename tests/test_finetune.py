@@ -253,13 +253,15 @@ def test_an_interrupted_timed_run_resumes_its_plan(tiny, tmp_path):
     assert json.loads((out / "train_config.json").read_text())["warmup"] == planned["warmup"]
 
 
-def test_cli_writes_a_loadable_snn_and_its_report(tiny, tmp_path):
+@pytest.mark.parametrize("source", ["trajectory", "student"])
+def test_cli_writes_a_loadable_snn_and_its_report(tiny, tmp_path, source):
     _, root = tiny
     out = tmp_path / "out"
     result = CliRunner().invoke(finetune_cli.main, ["--snn", str(root / "snn"), "--steps", "4", "--pairs", "16",
                                                     "--batch-size", "4", "--num-samples", "2", "--out", str(out),
-                                                    "--energy-budget", "100"])
+                                                    "--energy-budget", "100", "--source", source])
     assert result.exit_code == 0, result.output
+    assert json.loads((out / "train_config.json").read_text())["model"]["source"] == source
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 4 and {"eps_cosine", "firing_rate", "energy_mJ_per_image"} <= set(report["after"])
     budget = report["energy_budget"]  # 100x the ANN's energy: met, and the weight never left zero

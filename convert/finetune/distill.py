@@ -1,8 +1,10 @@
 """What fine-tuning distils: the teacher's pair pool and the objective.
 
-The pool holds (x_t, t, teacher eps) triples, from the teacher's own DDIM paths (data-free) or from real
-images noised at random t; a trajectory's eps comes with the path, so the pool costs one teacher pass
-per pair. The objective is the MSE to the teacher's eps, plus, with a feature weight, the relative
+The pool holds (x_t, t, teacher eps) triples, from the teacher's own DDIM paths (data-free), from the
+student's own DDIM paths labelled by the teacher (data-free: the inputs the SNN meets when it samples,
+where its errors have compounded), or from real images noised at random t. A teacher path's eps comes
+with the path, so that pool costs one teacher pass per pair; the others cost one teacher pass per pair
+to label, and the student's paths one student pass per pair besides. The objective is the MSE to the teacher's eps, plus, with a feature weight, the relative
 error of every spiking site's input against the ANN's value there (`FeatureTargets`), which gives
 each layer its own signal instead of the one that reaches it through the rest of the network, plus
 the energy term of `convert.finetune.energy_objective`.
@@ -26,7 +28,7 @@ from sdm.diffusion.sampler import trajectory
 from sdm.io import atomic_file
 from sdm.snn.modes import keeping_counts
 
-PAIR_SOURCES = SOURCES   # the teacher's trajectories (data-free) or real images noised at random t
+PAIR_SOURCES = (*SOURCES, "student")  # the teacher's or the student's trajectories, or real images noised
 PAIR_SEED = 1 << 21       # trajectory seeds: disjoint from sampling seeds (0..) and probe seeds (1 << 20)
 POOL_FILE = "pairs.safetensors"
 PAIR_REUSE = 4            # draws per pool pair over a run: the default pool is the run's draws / this
@@ -41,25 +43,35 @@ def pool_size(steps: int, batch_size: int, reuse: float = PAIR_REUSE) -> int:
     return max(batch_size, min(MAX_POOL, TRAJECTORY_STEPS * math.ceil(draws / TRAJECTORY_STEPS)))
 
 
-def pool_batches(source: str, pairs: int) -> int:
-    """Teacher evaluations of `TEACHER_BATCH` inputs that making a pool of `pairs` costs (a progress total)."""
-    if source == "data":
-        return math.ceil(pairs / TEACHER_BATCH)
-    return math.ceil(math.ceil(pairs / TRAJECTORY_STEPS) / TEACHER_BATCH) * TRAJECTORY_STEPS
+def pool_evaluations(source: str, pairs: int) -> tuple[int, int]:
+    """(teacher, student) evaluations of `TEACHER_BATCH` inputs that making a pool of `pairs` costs: the
+    progress total, and a timed run's plan."""
+    path_steps = math.ceil(math.ceil(pairs / TRAJECTORY_STEPS) / TEACHER_BATCH) * TRAJECTORY_STEPS
+    labels = math.ceil(pairs / TEACHER_BATCH)
+    return {"trajectory": (path_steps, 0), "data": (labels, 0), "student": (labels, path_steps)}[source]
 
 
 @torch.no_grad()
 def teacher_pairs(teacher: nn.Module, scheduler_config: dict, source: str, pairs: int, seed: int,
-                  images: torch.Tensor | None = None, bar=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_t, t, teacher eps): `pairs` inputs with the teacher's noise prediction on each; `bar` advances
-    once per teacher evaluation (`pool_batches` in all)."""
-    if source == "trajectory":
-        count, first = math.ceil(pairs / TRAJECTORY_STEPS), PAIR_SEED + seed * 100_000
-        paths = [trajectory(teacher, scheduler_config, range(first + start, first + min(start + TEACHER_BATCH, count)),
-                            steps=TRAJECTORY_STEPS, bar=bar)
-                 for start in range(0, count, TEACHER_BATCH)]
-        return tuple(torch.cat(parts)[:pairs] for parts in zip(*paths, strict=True))
-    x, t = noised_pairs(images, scheduler_config, pairs, seed)
+                  images: torch.Tensor | None = None, bar=None,
+                  student: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, t, teacher eps): `pairs` inputs with the teacher's noise prediction on each, from `source`
+    (`images` for data, `student`, in the executor it should sample with, for its paths); `bar` advances
+    once per evaluation (`pool_evaluations` in all)."""
+    if source == "data":
+        x, t = noised_pairs(images, scheduler_config, pairs, seed)
+        return x, t, _labelled(teacher, x, t, bar)
+    walker = teacher if source == "trajectory" else student
+    count, first = math.ceil(pairs / TRAJECTORY_STEPS), PAIR_SEED + seed * 100_000
+    paths = [trajectory(walker, scheduler_config, range(first + start, first + min(start + TEACHER_BATCH, count)),
+                        steps=TRAJECTORY_STEPS, bar=bar)
+             for start in range(0, count, TEACHER_BATCH)]
+    x, t, eps = (torch.cat(parts)[:pairs] for parts in zip(*paths, strict=True))
+    return (x, t, eps) if source == "trajectory" else (x, t, _labelled(teacher, x, t, bar))
+
+
+def _labelled(teacher: nn.Module, x: torch.Tensor, t: torch.Tensor, bar=None) -> torch.Tensor:
+    """The teacher's eps at each (x, t), in batches of `TEACHER_BATCH`, on the CPU."""
     device = next(teacher.parameters()).device
     eps = []
     for i in range(0, len(x), TEACHER_BATCH):
@@ -67,7 +79,7 @@ def teacher_pairs(teacher: nn.Module, scheduler_config: dict, source: str, pairs
                            return_dict=False)[0].float().cpu())
         if bar is not None:
             bar.update(1)
-    return x, t, torch.cat(eps)
+    return torch.cat(eps)
 
 
 def cached_pairs(path: Path, make) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

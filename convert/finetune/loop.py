@@ -23,7 +23,7 @@ from convert.finetune.distill import (
     FeatureTargets,
     cached_pairs,
     distillation_objective,
-    pool_batches,
+    pool_evaluations,
     teacher_pairs,
 )
 from convert.finetune.energy_objective import BudgetController, SpikeEnergy
@@ -104,15 +104,17 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     drawing = not (out / POOL_FILE).is_file()
     timed = settings.minutes is not None
     shown = progress and state.is_main_process  # the trial timings serve the bar's estimate and a timed run's plan
-    teacher_cost = _teacher_cost(teacher) if drawing and (shown or timed) else 0.0
+    pool_cost = _pool_cost(teacher, student, settings.source) if drawing and (shown or timed) else (0.0, 0.0)
     step_cost = _step_cost(student, settings, features) if shown or timed else 0.0
     warmup = settings.warmup
     if timed:
-        settings, warmup = _timed_plan(settings, out, done, started, teacher_cost, step_cost)
-    bar = StagedBar("fine-tuning", {"teacher pool": (pool_batches(settings.source, settings.pool), teacher_cost),
+        settings, warmup = _timed_plan(settings, out, done, started, pool_cost, step_cost)
+    evaluations = sum(pool_evaluations(settings.source, settings.pool))
+    bar = StagedBar("fine-tuning", {"pair pool": (evaluations, _pool_seconds(settings, pool_cost) / evaluations),
                                     "training": (settings.steps, step_cost)}, disable=not shown)
-    pool = cached_pairs(out / POOL_FILE, lambda: teacher_pairs(teacher, scheduler_config, settings.source,
-                                                               settings.pool, settings.seed, images, bar))
+    with student.executing("rate"):
+        pool = cached_pairs(out / POOL_FILE, lambda: teacher_pairs(teacher, scheduler_config, settings.source,
+                                                                   settings.pool, settings.seed, images, bar, student))
     probes = torch.linspace(0, len(pool[0]) - 1, ENERGY_PROBES).long()
     energy = SpikeEnergy(student, teacher, pool[0][probes].to(device), pool[1][probes].to(device))
     budget = BudgetController(settings.energy_penalty, settings.energy_budget, out)
@@ -158,39 +160,58 @@ def steps_done(out: Path) -> int:
     return saved_step(out / CHECKPOINT_DIR)
 
 
-@torch.no_grad()
-def _teacher_cost(teacher: nn.Module) -> float:
-    """Seconds of one teacher evaluation of a pool batch, the second of two (the first pays for one-off
-    set-up): the progress estimate, and a timed run's plan."""
-    size, channels = int(teacher.config.sample_size), int(teacher.config.in_channels)
-    p = next(teacher.parameters())
-    x = torch.zeros(TEACHER_BATCH, channels, size, size, dtype=p.dtype, device=p.device)
+def _second_of_two(call) -> float:
+    """Seconds of `call()`, the second of two calls (the first pays for one-off set-up)."""
     for _ in range(2):
         started = time.perf_counter()
-        teacher(x, torch.full((TEACHER_BATCH,), 500, device=p.device), return_dict=False)
+        call()
     return time.perf_counter() - started
 
 
+@torch.no_grad()
+def _pool_cost(teacher: nn.Module, student: ConvertedUNet, source: str) -> tuple[float, float]:
+    """Seconds of one teacher and of one student evaluation of a pool batch (the student's only where its
+    paths make the pool): the progress estimate, and a timed run's plan."""
+    def evaluation(model: nn.Module) -> float:
+        size, channels = int(model.config.sample_size), int(model.config.in_channels)
+        p = next(model.parameters())
+        x = torch.zeros(TEACHER_BATCH, channels, size, size, dtype=p.dtype, device=p.device)
+        t = torch.full((TEACHER_BATCH,), 500, device=p.device)
+        return _second_of_two(lambda: model(x, t, return_dict=False))
+
+    if source != "student":
+        return evaluation(teacher), 0.0
+    with student.executing("rate"):
+        return evaluation(teacher), evaluation(student)
+
+
+def _pool_seconds(settings: FinetuneSettings, pool_cost: tuple[float, float]) -> float:
+    """Seconds that making the pool of `settings` takes at `pool_cost` per teacher and student batch."""
+    evaluations = pool_evaluations(settings.source, settings.pool)
+    return sum(n * cost for n, cost in zip(evaluations, pool_cost, strict=True))
+
+
 def _step_cost(student: ConvertedUNet, settings: FinetuneSettings, features) -> float:
-    """Seconds of one training step, from a forward and backward pass of one batch, the second of two
-    (the first pays for one-off set-up): the progress estimate, and a timed run's plan."""
+    """Seconds of one training step, from a forward and backward pass of one batch: the progress estimate,
+    and a timed run's plan."""
     size, channels = int(student.config.sample_size), int(student.config.in_channels)
     x = torch.zeros(settings.batch_size, channels, size, size, device=settings.device)
     t = torch.full((settings.batch_size,), 500, device=settings.device)
-    student.set_executor("rate")
-    for _ in range(2):
-        started = time.perf_counter()
+
+    def step() -> None:
         student(x, t, return_dict=False)[0].square().mean().backward()
         if features is not None:
             features.twin(x, t, return_dict=False)
         student.zero_grad(set_to_none=True)
-    return time.perf_counter() - started
+
+    with student.executing("rate"):
+        return _second_of_two(step)
 
 
-def _timed_plan(settings: FinetuneSettings, out: Path, done: int, started: float, teacher_cost: float,
+def _timed_plan(settings: FinetuneSettings, out: Path, done: int, started: float, pool_cost: tuple[float, float],
                 step_cost: float) -> tuple[FinetuneSettings, int]:
     """A `--minutes` run's settings with a step count, which sizes its pool, and its warm-up: a resumed
-    run's recorded plan, else the most steps whose pool (`teacher_cost` per teacher batch) and training
+    run's recorded plan, else the most steps whose pool (`pool_cost` per teacher and student batch) and training
     (`step_cost` per step) fit in the time left. The training loop fits the steps again as it runs."""
     if done:
         recorded = read_run_config(out) or {}
@@ -198,7 +219,7 @@ def _timed_plan(settings: FinetuneSettings, out: Path, done: int, started: float
     seconds = settings.minutes * 60 - (time.perf_counter() - started)
 
     def cost(steps: int) -> float:
-        return pool_batches(settings.source, replace(settings, steps=steps).pool) * teacher_cost + steps * step_cost
+        return _pool_seconds(replace(settings, steps=steps), pool_cost) + steps * step_cost
 
     low, high = 1, 1
     while cost(high) <= seconds:
