@@ -82,8 +82,19 @@ def test_bf16_autocast_on_the_cpu_trains_in_bf16_and_stores_fp32(fake_fmnist, tm
     assert json.loads((tmp_path / "bf16" / "train_config.json").read_text())["precision"] == "bf16"
     weights = load_file(tmp_path / "bf16" / "checkpoint" / "model.safetensors")
     assert {v.dtype for v in weights.values()} == {torch.float32}
-    fp32 = _config(fake_fmnist, tmp_path / "fp32", steps=1)  # the next run in the same process: fp32 again
+    fp32 = _config(fake_fmnist, tmp_path / "fp32", steps=1, precision="fp32")  # the next run in the same process
     assert torch.bfloat16 not in _output_dtypes(lambda: train(fp32, progress=False))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_exactly_where_it_is_native(fake_fmnist, tmp_path, monkeypatch, native):
+    """One meaning of --precision auto for every command: bf16 where the device has bf16 units (here
+    pretended either way), fp32 elsewhere, and the record says which."""
+    monkeypatch.setattr("sdm.diffusion.train_settings.native_bf16", lambda device: native)
+    auto = _config(fake_fmnist, tmp_path / "auto", steps=1)
+    assert (torch.bfloat16 in _output_dtypes(lambda: train(auto, progress=False))) is native
+    record = json.loads((tmp_path / "auto" / "train_config.json").read_text())
+    assert record["precision"] == "auto" and record["autocast"] == ("bf16" if native else "fp32")
 
 
 def test_refuses_to_overwrite_or_mix_runs(fake_fmnist, tmp_path):

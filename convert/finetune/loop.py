@@ -30,7 +30,7 @@ from convert.finetune.energy_objective import BudgetController, SpikeEnergy
 from convert.finetune.settings import FinetuneSettings, check_student
 from convert.model import ConvertedUNet
 from sdm.diffusion.checkpoint import saved_step
-from sdm.diffusion.train_settings import TrainSettings, native_bf16
+from sdm.diffusion.train_settings import TrainSettings
 from sdm.diffusion.training import CHECKPOINT_DIR, read_run_config, train_diffusion
 from sdm.diffusion.wall_clock import TimeBudget, fitted_warmup
 from sdm.progress import StagedBar
@@ -140,7 +140,7 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
                           warmup=warmup,
                           ema_decay=settings.ema_decay, seed=settings.seed, hflip=False,
                           save_every=settings.save_every, log_every=10, schedule="cosine", device=device,
-                          precision="bf16" if settings.precision == "auto" and native_bf16(device) else settings.precision)
+                          precision=settings.precision)
     record = {k: v for k, v in asdict(settings).items() if k not in ("steps", "save_every", "device")}
     record |= {"pairs": settings.pool, "snn": str(snn_dir), "snn_fingerprint": fingerprint, "T": student.T}
     bar.start("training", done)

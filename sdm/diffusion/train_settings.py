@@ -26,6 +26,12 @@ def native_bf16(device: str) -> bool:
     return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
+def autocasts_bf16(precision: str, device: str) -> bool:
+    """Whether a run at `precision` on `device` autocasts to bf16: always for bf16, where it is native
+    for auto (`native_bf16`), never for fp32. The one meaning of `--precision` in every command."""
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))
+
+
 @dataclass
 class TrainSettings:
     """What every diffusion training run is configured by, whatever the model (the fields with options
@@ -54,7 +60,8 @@ class TrainSettings:
     schedule: str = "constant"   # learning rate after warm-up: constant | cosine (decays to zero)
     device: str = "cpu"
     precision: str = field(default="auto", metadata=option(
-        "--precision", "Autocast: auto is bf16 on GPUs and fp32 on CPUs; bf16 on a CPU with bf16 units is faster.",
+        "--precision", "Autocast: auto is bf16 where it is native (GPUs, CPUs with AVX512-BF16 or AMX), else fp32; "
+        "bf16 on a CPU without bf16 units is emulated, slower than fp32.",
         type=click.Choice(PRECISIONS)))
 
     def validate(self) -> None:

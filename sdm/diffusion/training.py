@@ -28,7 +28,7 @@ from sdm.diffusion.ema import ema_decay, make_ema, update_ema
 from sdm.diffusion.images import save_grid, to_model_range
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE, save_pipeline
 from sdm.diffusion.sampler import sample
-from sdm.diffusion.train_settings import TrainSettings
+from sdm.diffusion.train_settings import TrainSettings, autocasts_bf16
 from sdm.diffusion.wall_clock import TimeBudget
 from sdm.errors import ConfigError, SDMError
 from sdm.io import write_json, write_text
@@ -150,12 +150,12 @@ def train_diffusion(
 
     settings.validate()
     out = Path(settings.out)
-    record = {**dataclasses.asdict(settings), "model": model_settings}
+    bf16 = autocasts_bf16(settings.precision, settings.device)
+    record = {**dataclasses.asdict(settings), "model": model_settings, "autocast": "bf16" if bf16 else "fp32"}
     resuming = _check_resume(out, record, resume)
     on_gpu = settings.device.startswith("cuda")
     # Autocast is ours, not accelerate's: its precision is process-wide state that a second run in the
     # same process (a test, a notebook) could not change.
-    bf16 = settings.precision == "bf16" or (settings.precision == "auto" and on_gpu)
     accelerator = Accelerator(cpu=not on_gpu)
     autocast = functools.partial(torch.autocast, "cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=bf16)
     world, rank = accelerator.num_processes, accelerator.process_index
