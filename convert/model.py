@@ -226,18 +226,29 @@ class ConvertedUNet(nn.Module, ConfigMixin):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None, **_) -> ConvertedUNet:
         directory = Path(directory)
-        try:
-            saved = json.loads((directory / "config.json").read_text())
-            model = cls(saved["unet_config"], _saved_conversion(saved), saved["thresholds"], source=saved.get("source"))
-        except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-            raise SDMError(f"'{directory}' is not a saved ConvertedUNet ({type(err).__name__}: {err}); convert "
-                           "again (sdm-convert)") from None
+        saved = _saved_config(directory)
+        model = cls(saved["unet_config"], _saved_conversion(saved), saved["thresholds"], source=saved.get("source"))
         try:
             model.load_state_dict(load_file(directory / WEIGHTS))
         except (OSError, RuntimeError, SafetensorError) as err:
             raise SDMError(f"the weights in '{directory / WEIGHTS}' are unreadable or do not fit its config "
                            f"({reason(err)}); convert again") from None
         return model.to(torch_dtype) if torch_dtype is not None else model
+
+
+def _saved_config(directory: Path) -> dict:
+    """The config.json of a model saved in `directory`, checked for the entries `from_pretrained` reads.
+    Only reading it is guarded: a problem in building the model from it is a bug to show, not a file
+    to convert again."""
+    try:
+        saved = json.loads((directory / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise SDMError(f"'{directory}' is not a saved ConvertedUNet ({reason(err)}); convert again (sdm-convert)") from None
+    missing = [k for k in ("unet_config", "thresholds") if not isinstance(saved, dict) or not isinstance(saved.get(k), dict)]
+    if missing:
+        raise SDMError(f"'{directory}' is not a saved ConvertedUNet (its config.json has no {' or '.join(missing)}); "
+                       "convert again (sdm-convert)")
+    return saved
 
 
 def _saved_conversion(saved: dict) -> ConversionConfig:

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shutil
 import time
 
 import pytest
@@ -329,3 +330,29 @@ def test_input_layer_counted_once_per_window(tiny):
     size, c0 = unet.config.sample_size, unet.config.block_out_channels[0]
     for T in (2, 4):  # conv_in: 1 -> c0 channels, 3x3, the same image at every step
         assert compute_profile(_convert(observed, T=T))["input_layer_macs"] == size * size * c0 * 9
+
+
+@pytest.mark.parametrize("damage", ["garbage", "no thresholds"])
+def test_a_damaged_snn_config_is_one_error_naming_it(tiny, tmp_path, damage):
+    _, root = tiny
+    shutil.copytree(root / "snn", tmp_path / "snn")
+    config = tmp_path / "snn" / "config.json"
+    if damage == "garbage":
+        config.write_bytes(b'{"unet_config": {')
+    else:
+        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "thresholds"}))
+    with pytest.raises(SDMError, match="is not a saved ConvertedUNet" + (" .its config.json has no thresholds"
+                                                                          if damage != "garbage" else "")):
+        ConvertedUNet.from_pretrained(tmp_path / "snn")
+
+
+def test_a_bug_in_building_a_saved_snn_is_not_told_as_a_damaged_file(tiny, monkeypatch):
+    """Only reading the file is guarded: an error while building the graph from a sound file surfaces."""
+    _, root = tiny
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug in the graph pass")
+
+    monkeypatch.setattr("convert.model.unet_graph.conversion_sites", broken)
+    with pytest.raises(KeyError, match="a bug in the graph pass"):
+        ConvertedUNet.from_pretrained(root / "snn")
