@@ -173,6 +173,22 @@ def test_spike_energy_is_the_reports_spike_share(tiny, coding):
     assert energy.fixed_ratio == pytest.approx(report["energy_ratio_snn_to_ann"] - share, rel=1e-6)
 
 
+def test_spikes_of_a_neuron_the_energy_term_does_not_know_are_an_error(tiny):
+    """A site whose neuron is re-created after the energy term was built: its spikes would otherwise
+    cost nothing."""
+    unet, root = tiny
+    snn = ConvertedUNet.from_pretrained(root / "snn")
+    x, t, _ = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 2)
+    energy = SpikeEnergy(snn, unet, x, t)
+    site = snn.spiking_sites()[0]
+    snn.sites()[site].neuron = copy.deepcopy(snn.neurons()[site])
+    snn.set_executor("rate")
+    with torch.no_grad(), keeping_counts(snn) as neurons:
+        snn(x, t)
+        with pytest.raises(SDMError, match="1 neuron.s. spiked that the energy term was not built for"):
+            energy.ratio(neurons, len(x))
+
+
 def _last_log(run):
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()][-1]
 

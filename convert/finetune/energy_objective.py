@@ -38,16 +38,22 @@ class SpikeEnergy:
     def __init__(self, snn, ann, sample: torch.Tensor, timestep: torch.Tensor):
         from convert.report import spike_costs
 
-        costs = spike_costs(snn)
-        neurons = snn.neurons()
-        self.cost = {id(neurons[site]): cost for site, cost in costs.items()}
+        costs, neurons = spike_costs(snn), snn.neurons()
+        # Keyed by the neuron itself, and every spiking site named (0 where its spikes reach no synapse),
+        # so that counts from a neuron this was not built for are an error, not free spikes.
+        self.cost = {neurons[site]: costs.get(site, 0.0) for site in snn.spiking_sites()}
         report = energy_report(snn, sample, timestep, denoising_steps=1, ann=ann)
         self.ann_pj = report["ann"]["macs_per_step"] * E_MAC_PJ
         self.fixed_ratio = report["energy_ratio_snn_to_ann"] - report["spike_energy_ratio_to_ann"]
 
     def ratio(self, neurons, images: int) -> torch.Tensor:
         """From the counts the rate form kept (`sdm.snn.neurons.keeping_counts`) for `images` images."""
-        acs = sum(self.cost.get(id(n), 0.0) * c.sum() for n in neurons for c in n.counts)
+        spiked = [n for n in neurons if n.counts]
+        unknown = [n for n in spiked if n not in self.cost]
+        if unknown:
+            raise SDMError(f"{len(unknown)} neuron(s) spiked that the energy term was not built for (a site re-created "
+                           "or switched to spiking after it): build SpikeEnergy for the model as it is now")
+        acs = sum(self.cost[n] * c.sum() for n in spiked for c in n.counts)
         return acs * E_AC_PJ / (images * self.ann_pj)
 
 
