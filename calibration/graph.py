@@ -40,13 +40,27 @@ _GUARD_TARGETS = {aten._assert_tensor_metadata.default, aten.sym_constrain_range
                   aten._assert_scalar.default}
 
 
+ENCODER_OP = "identity"     # the op of a spike-encoder site: it passes its analog value on, as spikes
+ENCODER_SUFFIX = ":input"   # a spike-encoder site's name: its layer's module path, this, and a count past the first
+
+
+def is_encoder_site(name: str) -> bool:
+    """Whether the site called `name` spike-encodes a synaptic layer's analog input (else an activation)."""
+    return ENCODER_SUFFIX in name
+
+
 @dataclass(frozen=True)
-class ActivationSite:
-    """One call of an activation function: the unit that gets its own neuron and threshold."""
+class ConversionSite:
+    """One place that gets its own neuron and threshold: a call of an activation function, or the analog
+    input of a synaptic layer (a spike encoder)."""
 
     name: str      # e.g. "down_blocks.0.resnets.0.nonlinearity#2": the module and which of its calls
     node: str      # the graph node's name
-    op: str        # silu | relu | gelu
+    op: str        # silu | relu | gelu, or ENCODER_OP
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.op == ENCODER_OP
 
 
 def capture(model: torch.nn.Module, example_batch: int = 2) -> fx.GraphModule:
@@ -104,7 +118,7 @@ def sample_dependent(graph: fx.Graph) -> set[fx.Node]:
     return dependent
 
 
-def activation_sites(module: fx.GraphModule) -> list[ActivationSite]:
+def activation_sites(module: fx.GraphModule) -> list[ConversionSite]:
     """Every activation call that acts on the image path, in graph order, with unique names.
 
     Activations of the timestep embedding depend on t alone; they stay analog (computed once per
@@ -117,7 +131,7 @@ def activation_sites(module: fx.GraphModule) -> list[ActivationSite]:
             base = _site_base(node)
             seen[base] = seen.get(base, 0) + 1
             name = base if seen[base] == 1 else f"{base}.{seen[base] - 1}"
-            sites.append(ActivationSite(name, node.name, ACTIVATIONS[node.target]))
+            sites.append(ConversionSite(name, node.name, ACTIVATIONS[node.target]))
     return sites
 
 
@@ -137,8 +151,8 @@ def moved_values(node: fx.Node) -> list[fx.Node]:
     return [origin]
 
 
-def encoding_sites(module: fx.GraphModule) -> list[ActivationSite]:
-    """Analog inputs of synaptic layers on the image path (op 'identity'): where spike encoders go.
+def encoding_sites(module: fx.GraphModule) -> list[ConversionSite]:
+    """Analog inputs of synaptic layers on the image path (op `ENCODER_OP`): where spike encoders go.
 
     The image itself stays analog (direct encoding, as in most SNNs); inputs that already come from
     activations are spikes after conversion.
@@ -154,19 +168,19 @@ def encoding_sites(module: fx.GraphModule) -> list[ActivationSite]:
             continue
         done.add(source)
         stack = node.meta.get("nn_module_stack") or {}
-        base = f"{list(stack.values())[-1][0] if stack else node.name}:input"
+        base = f"{list(stack.values())[-1][0] if stack else node.name}{ENCODER_SUFFIX}"
         seen[base] = seen.get(base, 0) + 1
-        sites.append(ActivationSite(base if seen[base] == 1 else f"{base}.{seen[base] - 1}", source.name, "identity"))
+        sites.append(ConversionSite(base if seen[base] == 1 else f"{base}.{seen[base] - 1}", source.name, ENCODER_OP))
     return sites
 
 
-def conversion_sites(module: fx.GraphModule, encode_analog: bool = False) -> list[ActivationSite]:
+def conversion_sites(module: fx.GraphModule, encode_analog: bool = False) -> list[ConversionSite]:
     """The sites that become neurons: every activation call, and with `encode_analog` every analog
     input of a synaptic layer."""
     return activation_sites(module) + (encoding_sites(module) if encode_analog else [])
 
 
-def readout_sites(module: fx.GraphModule, sites: list[ActivationSite]) -> list[str]:
+def readout_sites(module: fx.GraphModule, sites: list[ConversionSite]) -> list[str]:
     """The sites whose outputs the last synaptic layer on the image path reads (the output layer)."""
     dependent = sample_dependent(module.graph)
     synaptic = [n for n in module.graph.nodes if n.op == "call_function" and n.target in SYNAPTIC and n in dependent]

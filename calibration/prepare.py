@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from calibration.config import ConversionConfig
 from calibration.graph import (
-    ActivationSite,
+    ConversionSite,
     architecture_fingerprint,
     capture,
     check_sites,
@@ -34,7 +34,7 @@ from sdm.snn.neurons import SpikingNeuron
 class ObservedModel(nn.Module):
     """The model's graph with an `ActivationObserver` after every activation call on the image path."""
 
-    def __init__(self, model: nn.Module, graph: fx.GraphModule, sites: list[ActivationSite], config: ConversionConfig):
+    def __init__(self, model: nn.Module, graph: fx.GraphModule, sites: list[ConversionSite], config: ConversionConfig):
         super().__init__()
         self.graph, self.sites, self.config = graph, sites, config
         self.model_config = dict(model.config)
@@ -75,11 +75,11 @@ def prepare(model: nn.Module, config: ConversionConfig | None = None) -> Observe
     require_ann(model)
     graph = capture(model)
     sites = conversion_sites(graph, config.encodes)
-    if not any(site.op != "identity" for site in sites):
+    if not any(not site.is_encoder for site in sites):
         raise SDMError(f"{type(model).__name__} has no ReLU, SiLU or GELU on its image path: nothing to convert")
     # The config's site patterns must name sites of this model: checked now, before any calibration work.
-    match_sites(list(config.analog_sites), [s.name for s in sites if s.op != "identity"], "analog_sites")
-    match_sites(list(config.encode_sites), [s.name for s in sites if s.op == "identity"], "encode_sites")
+    match_sites(list(config.analog_sites), [s.name for s in sites if not s.is_encoder], "analog_sites")
+    match_sites(list(config.encode_sites), [s.name for s in sites if s.is_encoder], "encode_sites")
     by_node = {s.node: s for s in sites}
     for index, node in enumerate(list(graph.graph.nodes)):
         site = by_node.get(node.name)

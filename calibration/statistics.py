@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from calibration.config import ConversionConfig
+from calibration.graph import is_encoder_site
 from calibration.rules import site_thresholds
 from sdm.errors import ConfigError, SDMError
 from sdm.io import write_json
@@ -41,7 +42,7 @@ class CalibrationStats:
 
     @property
     def encoders_observed(self) -> bool:
-        return any(":input" in name for name in self.sites)
+        return any(is_encoder_site(name) for name in self.sites)
 
     @property
     def per_channel_observed(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import fx, nn
 
 from calibration import CalibrationStats, ConversionConfig, ObservedModel, Thresholds
-from calibration.graph import architecture_fingerprint
+from calibration.graph import architecture_fingerprint, is_encoder_site
 from convert.model import ConvertedUNet
 from sdm.errors import SDMError
 
@@ -43,6 +43,6 @@ def convert(model: ObservedModel | nn.Module, stats: CalibrationStats | Threshol
     source = {"calibration": getattr(stats, "source", {})}
     sites = thresholds.sites
     if not thresholds.config.encodes:  # statistics gathered for encoders as well serve a conversion without them
-        sites = {name: th for name, th in sites.items() if ":input" not in name}
+        sites = {name: th for name, th in sites.items() if not is_encoder_site(name)}
     return ConvertedUNet(dict(float_model.config), thresholds.config, sites, unet=float_model, source=source,
                          captured=captured)

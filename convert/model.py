@@ -56,19 +56,19 @@ class ConvertedUNet(nn.Module, ConfigMixin):
             unet = copy.deepcopy(unet) if unet is not None else UNet2DModel.from_config(unet_config)
             captured = unet_graph.capture(unet)
         sites = unet_graph.conversion_sites(captured, config.encodes)
-        if config.encodes and not any(s.op == "identity" and s.name in thresholds for s in sites):
+        if config.encodes and not any(s.is_encoder and s.name in thresholds for s in sites):
             raise ConfigError("encode_analog", "needs spike-encoder sites in the calibration: calibrate with encoders")
         if config.encode_sites:
             encoders = unet_graph.match_sites(list(config.encode_sites),
-                                              [s.name for s in sites if s.op == "identity"], "encode_sites")
-            sites = [s for s in sites if s.op != "identity" or s.name in encoders]
-            thresholds = {name: th for name, th in thresholds.items() if ":input" not in name or name in encoders}
+                                              [s.name for s in sites if s.is_encoder], "encode_sites")
+            sites = [s for s in sites if not s.is_encoder or s.name in encoders]
+            thresholds = {name: th for name, th in thresholds.items() if not unet_graph.is_encoder_site(name) or name in encoders}
         unet_graph.check_sites(list(thresholds), [s.name for s in sites], "the thresholds")
 
-        def make(site: unet_graph.ActivationSite) -> SpikingNeuron:
+        def make(site: unet_graph.ConversionSite) -> SpikingNeuron:
             th = thresholds[site.name]  # encoders carry the analog stream, which has both signs
             return config.neuron.make(th["threshold"], th["neg_threshold"],
-                                      signed=True if site.op == "identity" else None)
+                                      signed=True if site.is_encoder else None)
 
         kept = unet_graph.match_sites(list(config.analog_sites), [s.name for s in sites])
         if config.readout == "analog":

@@ -28,7 +28,7 @@ from calibration.config import ConversionConfig
 from calibration.graph import (
     ACTIVATIONS,
     SYNAPTIC,
-    ActivationSite,
+    ConversionSite,
     moved_values,
     sample_dependent,
     timestep_activation_count,
@@ -91,8 +91,8 @@ def _feeding(data: fx.Node, value: fx.Node, otherwise: Callable[[fx.Node], fx.No
 
 def spiking_graph(
     captured: fx.GraphModule,
-    sites: list[ActivationSite],
-    make_neuron: Callable[[ActivationSite], SpikingNeuron],
+    sites: list[ConversionSite],
+    make_neuron: Callable[[ConversionSite], SpikingNeuron],
     config: ConversionConfig,
     analog_sites: frozenset[str],
 ) -> tuple[fx.GraphModule, ConversionSummary]:
@@ -106,8 +106,8 @@ def spiking_graph(
     if not sites:
         raise SDMError("the model has no activation call sites on its image path: nothing to convert")
     dependent = sample_dependent(captured.graph)
-    site_of = {s.node: s for s in sites if s.op != "identity"}
-    encoder_of = {s.node: s for s in sites if s.op == "identity"}
+    site_of = {s.node: s for s in sites if not s.is_encoder}
+    encoder_of = {s.node: s for s in sites if s.is_encoder}
     encoded: dict[fx.Node, fx.Node] = {}
     summary = ConversionSummary(timestep_activations=timestep_activation_count(captured))
     captured.add_submodule("repeat_time", RepeatTime(code))
@@ -115,7 +115,7 @@ def spiking_graph(
     captured.add_submodule("neurons", nn.ModuleDict())
     captured.add_submodule("analog", nn.ModuleDict())
 
-    def place(site: ActivationSite, function: Callable, transfer: str) -> str:
+    def place(site: ConversionSite, function: Callable, transfer: str) -> str:
         """Register the site's `SpikingActivation` (analog when the user keeps it so); its module path."""
         key = module_key(site.name)
         if site.name in analog_sites:

@@ -82,8 +82,8 @@ class _Conversions:
         self.measure_args = (probes, spread, denoising_steps, batch_size, ann_macs(ann, *spread))
         self.captured = unet_graph.capture(ann)
         sites = unet_graph.conversion_sites(self.captured, encode_analog=True)
-        self.encoders = [s.name for s in sites if s.op == "identity"]
-        self.activations = [s.name for s in sites if s.op != "identity"]
+        self.encoders = [s.name for s in sites if s.is_encoder]
+        self.activations = [s.name for s in sites if not s.is_encoder]
         readout = unet_graph.readout_sites(self.captured, sites) if self.config.readout == "analog" else []
         self.movable = [name for name in self.activations if name not in readout]
 

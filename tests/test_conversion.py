@@ -10,7 +10,7 @@ from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from calibration import ConversionConfig, NeuronConfig, calibrate, calibration_pairs, prepare, probe_pairs
-from calibration.graph import activation_sites, capture
+from calibration.graph import activation_sites, capture, is_encoder_site
 from convert import ConvertedUNet, UnsupportedOpError, convert
 from convert.report import compute_profile, eps_fidelity
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
@@ -281,7 +281,7 @@ def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates
     observed = calibrate(prepare(unet, ConversionConfig(coding="rate", encode_analog=True, readout="spikes")),
                          calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 16), progress=False)
     snn = convert(observed)
-    encoders = [name for name in snn.summary.neurons if ":input" in name]
+    encoders = [name for name in snn.summary.neurons if is_encoder_site(name)]
     assert "down_blocks.0.downsamplers.0.conv:input" in encoders
     x, t = _inputs()
     layers = snn.layer_activity(x, t)
@@ -298,7 +298,7 @@ def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates
         assert loaded.config["encode_analog"] and torch.equal(loaded(x, t).sample, snn(x, t).sample)
     # Chosen encoders only: the upsampler reads spikes, the other analog inputs are window-accumulated.
     chosen = _convert(observed, encode_analog=False, encode_sites=("*upsamplers*",))
-    assert [name for name in chosen.summary.neurons if ":input" in name] == ["up_blocks.0.upsamplers.0.conv:input"]
+    assert [name for name in chosen.summary.neurons if is_encoder_site(name)] == ["up_blocks.0.upsamplers.0.conv:input"]
     assert "up_blocks.0.upsamplers.0.conv" not in chosen.summary.window_accumulated
     assert "up_blocks.0.resnets.0.conv_shortcut" in chosen.summary.window_accumulated
     assert any(layer.name == "up_blocks.0.upsamplers.0.conv" and layer.spiking_input for layer in chosen.layer_activity(x, t))
@@ -311,7 +311,7 @@ def test_encode_analog_turns_every_synaptic_layer_but_the_first_into_accumulates
     with pytest.raises(SDMError, match="spike-encoder sites"):
         _convert(_calibrated("silu")[1], T=4, encode_sites=("*upsamplers*",))
     plain = _convert(observed, encode_analog=False)  # the same statistics serve a conversion without encoders
-    assert not any(":input" in name for name in plain.summary.neurons)
+    assert not any(is_encoder_site(name) for name in plain.summary.neurons)
     with pytest.raises(SDMError, match="encode_analog needs"):
         _convert(_calibrated("silu")[1], T=4, encode_analog=True)
     errors = []
