@@ -10,6 +10,7 @@ from convert.finetune.distill import (
     PAIR_SEED,
     FeatureTargets,
     pool_evaluations,
+    pool_inputs,
     pool_size,
     site_inputs,
     teacher_pairs,
@@ -68,6 +69,8 @@ def test_a_student_pool_walks_the_students_paths_with_the_teachers_labels(tiny_s
         for hook in hooks:
             hook.remove()
     assert (len(teacher_calls), len(student_calls)) == pool_evaluations("student", 120) == (2, 50)
+    assert pool_inputs("student", 120) == (120, 150) and pool_inputs("trajectory", 120) == (150, 0)
+    assert pool_inputs("data", 120) == (120, 0)
     with snn.executing("rate"):
         path_x, path_t, _ = trajectory(snn, DDPM_LINEAR_SCHEDULE, range(PAIR_SEED, PAIR_SEED + 3), steps=50)
         teacher_x, _, _ = trajectory(unet, DDPM_LINEAR_SCHEDULE, range(PAIR_SEED, PAIR_SEED + 3), steps=50)

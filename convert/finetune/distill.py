@@ -44,11 +44,18 @@ def pool_size(steps: int, batch_size: int, reuse: float = PAIR_REUSE) -> int:
 
 
 def pool_evaluations(source: str, pairs: int) -> tuple[int, int]:
-    """(teacher, student) evaluations of `TEACHER_BATCH` inputs that making a pool of `pairs` costs: the
-    progress total, and a timed run's plan."""
+    """(teacher, student) evaluations, of up to `TEACHER_BATCH` inputs each, that making a pool of `pairs`
+    takes: the progress total."""
     path_steps = math.ceil(math.ceil(pairs / TRAJECTORY_STEPS) / TEACHER_BATCH) * TRAJECTORY_STEPS
     labels = math.ceil(pairs / TEACHER_BATCH)
     return {"trajectory": (path_steps, 0), "data": (labels, 0), "student": (labels, path_steps)}[source]
+
+
+def pool_inputs(source: str, pairs: int) -> tuple[int, int]:
+    """(teacher, student) inputs evaluated to make a pool of `pairs`: what a timed run's plan prices (a
+    small pool's paths share batches of fewer than `TEACHER_BATCH`)."""
+    path_inputs = math.ceil(pairs / TRAJECTORY_STEPS) * TRAJECTORY_STEPS
+    return {"trajectory": (path_inputs, 0), "data": (pairs, 0), "student": (pairs, path_inputs)}[source]
 
 
 @torch.no_grad()

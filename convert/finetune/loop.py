@@ -24,6 +24,7 @@ from convert.finetune.distill import (
     cached_pairs,
     distillation_objective,
     pool_evaluations,
+    pool_inputs,
     teacher_pairs,
 )
 from convert.finetune.energy_objective import BudgetController, SpikeEnergy
@@ -170,14 +171,14 @@ def _second_of_two(call) -> float:
 
 @torch.no_grad()
 def _pool_cost(teacher: nn.Module, student: ConvertedUNet, source: str) -> tuple[float, float]:
-    """Seconds of one teacher and of one student evaluation of a pool batch (the student's only where its
-    paths make the pool): the progress estimate, and a timed run's plan."""
+    """Seconds per input of the teacher and of the student (the student's only where its paths make the
+    pool), timed on a full pool batch: the progress estimate, and a timed run's plan."""
     def evaluation(model: nn.Module) -> float:
         size, channels = int(model.config.sample_size), int(model.config.in_channels)
         p = next(model.parameters())
         x = torch.zeros(TEACHER_BATCH, channels, size, size, dtype=p.dtype, device=p.device)
         t = torch.full((TEACHER_BATCH,), 500, device=p.device)
-        return _second_of_two(lambda: model(x, t, return_dict=False))
+        return _second_of_two(lambda: model(x, t, return_dict=False)) / TEACHER_BATCH
 
     if source != "student":
         return evaluation(teacher), 0.0
@@ -186,9 +187,9 @@ def _pool_cost(teacher: nn.Module, student: ConvertedUNet, source: str) -> tuple
 
 
 def _pool_seconds(settings: FinetuneSettings, pool_cost: tuple[float, float]) -> float:
-    """Seconds that making the pool of `settings` takes at `pool_cost` per teacher and student batch."""
-    evaluations = pool_evaluations(settings.source, settings.pool)
-    return sum(n * cost for n, cost in zip(evaluations, pool_cost, strict=True))
+    """Seconds that making the pool of `settings` takes at `pool_cost` per teacher and student input."""
+    inputs = pool_inputs(settings.source, settings.pool)
+    return sum(n * cost for n, cost in zip(inputs, pool_cost, strict=True))
 
 
 def _step_cost(student: ConvertedUNet, settings: FinetuneSettings, features) -> float:
@@ -211,7 +212,7 @@ def _step_cost(student: ConvertedUNet, settings: FinetuneSettings, features) -> 
 def _timed_plan(settings: FinetuneSettings, out: Path, done: int, started: float, pool_cost: tuple[float, float],
                 step_cost: float) -> tuple[FinetuneSettings, int]:
     """A `--minutes` run's settings with a step count, which sizes its pool, and its warm-up: a resumed
-    run's recorded plan, else the most steps whose pool (`pool_cost` per teacher and student batch) and training
+    run's recorded plan, else the most steps whose pool (`pool_cost` per teacher and student input) and training
     (`step_cost` per step) fit in the time left. The training loop fits the steps again as it runs."""
     if done:
         recorded = read_run_config(out) or {}
