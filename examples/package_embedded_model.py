@@ -29,6 +29,15 @@ from sdm.models.pretrained import EMBEDDED_MODELS, EMBEDDED_NAME, EMBEDDED_SDM_N
 NOT_INCEPTION = "FID-FMNIST is not comparable with Inception FID (see the extractor's card)."
 
 
+def _keep_training_records(run: Path, out: Path) -> None:
+    """The run's settings and log (and those of the run it started from) beside the model card, in
+    `out/training/RUN`: the record of how the shipped weights were made, without the run directory."""
+    config = read_run_config(run) or {}
+    for source in [run] + ([Path(config["init_from"])] if config.get("init_from") else []):
+        for name in ("train_config.json", "log.jsonl"):
+            write_text((source / name).read_text(), out / "training" / source.name / name)
+
+
 def _cpu() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -163,6 +172,7 @@ as many steps, so `sdm-compare` sets the two routes side by side like for like.
 | hardware | CPU only, 2 cores, over several sessions (packaged on {_cpu()}): no GPU was available for this run |
 | weights | EMA weights, fp16 safetensors, {size_mb:.1f} MB |
 | quality | {figure} |
+| training records | `training/`: each stage's settings (`train_config.json`) and loss log (`log.jsonl`) |
 | commands | `{_command('sdm-train', Path(parent_dir), parent['config'], f' --preset {preset} --T {model.T}')}`, then `{_command('sdm-train', run, config, f' --stage tsm --init-from {parent_dir}')}`, then `python examples/package_embedded_model.py --run {run}` |
 
 ![64 samples, DDIM-50, seeds 0..63](sample_grid.png)
@@ -189,6 +199,7 @@ def main(run, quality, out):
     figures = json.loads(Path(quality).read_text()) if quality else None
     card = (_sdm_card if spiking else _ann_card)(run, shipped.model, params, size_mb, figures)
     write_text(card, out / "MODEL_CARD.md")
+    _keep_training_records(run, out)
     click.echo(f"packaged {run} -> {out} ({size_mb:.1f} MB, {params / 1e6:.2f}M parameters)")
 
 
