@@ -56,6 +56,11 @@ class NeuronConfig:
                                   v_init=self.v_init, reset=self.reset, **extra)
 
 
+# Fields that only decide the thresholds calibration sets (a converted model holds the thresholds
+# themselves, so these say how they were found, not how the model computes).
+THRESHOLD_ONLY = ("rule", "percentile", "per_channel")
+
+
 @dataclass(frozen=True)
 class ConversionConfig:
     """A conversion of an ANN into a spiking network over T steps.

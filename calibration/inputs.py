@@ -40,6 +40,12 @@ class CalibrationInputs:
         "--data", "Images for --calib-source data: a .npz, an image folder or a data set name."))
     samples: int = field(default=256, metadata=option("--calib-samples", "Calibration pairs (x_t, t).",
                                                       type=click.IntRange(min=1)))
+    # Calibration's own batch and seed, apart from sampling's: each observer keeps a fixed number of
+    # values per call, so the batch shapes the histograms, and the thresholds must not follow --batch-size.
+    batch_size: int = field(default=64, metadata=option("--calib-batch-size", "Calibration pairs per forward pass.",
+                                                        type=click.IntRange(min=1)))
+    seed: int = field(default=0, metadata=option("--calib-seed", "Seed of the calibration pairs (trajectories or "
+                                                 "noise).", type=click.IntRange(min=0)))
     probes: int = field(default=64, metadata=option(
         "--probes", "Held-out (x_t, t) pairs for the fidelity figures (half at t < 100).", type=click.IntRange(min=2)))
 
@@ -48,12 +54,15 @@ class CalibrationInputs:
             raise ConfigError("source", f"'{self.source}' is unknown: choose one of {', '.join(SOURCES)}")
         if self.source == "data" and not self.data:
             raise ConfigError("data", "is needed to calibrate on data: a .npz, an image folder or a data set name")
-        if self.samples < 1:
-            raise ConfigError("samples", f"must be at least 1, got {self.samples}")
+        for name in ("samples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ConfigError("seed", f"must be >= 0, got {self.seed}")
         if self.probes < 2:
             raise ConfigError("probes", f"must be at least 2, got {self.probes}")
 
-    def pairs(self, model: torch.nn.Module, scheduler_config: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def pairs(self, model: torch.nn.Module, scheduler_config: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The calibration pairs (x_t, t) these settings describe."""
         from sdm.diffusion.data import load_dataset
 
@@ -61,11 +70,12 @@ class CalibrationInputs:
         images = None
         if self.source == "data":
             images = load_dataset(self.data, model.config.sample_size, model.config.in_channels)
-        return calibration_pairs(model, scheduler_config, self.samples, source=self.source, data=images, seed=seed)
+        return calibration_pairs(model, scheduler_config, self.samples, source=self.source, data=images, seed=self.seed)
 
-    def record(self, seed: int) -> dict:
+    def record(self) -> dict:
         """What the statistics file says about its inputs."""
-        return {"source": self.source, "samples": self.samples, "seed": seed, "data": self.data}
+        return {"source": self.source, "samples": self.samples, "seed": self.seed, "batch_size": self.batch_size,
+                "data": self.data}
 
 
 def calibration_pairs(

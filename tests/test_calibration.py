@@ -154,7 +154,7 @@ def test_calibration_inputs_span_t(tiny_unet, fake_fmnist):
         calibration_pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 8, source="data")
     with pytest.raises(SDMError, match="^data is needed to calibrate on data"):
         CalibrationInputs(source="data").validate()
-    x, t = CalibrationInputs(source="data", data=str(fake_fmnist), samples=8).pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 1)
+    x, t = CalibrationInputs(source="data", data=str(fake_fmnist), samples=8, seed=1).pairs(tiny_unet, DDPM_LINEAR_SCHEDULE)
     assert x.shape == (8, 1, 16, 16)
     with pytest.raises(SDMError, match="reserved for probes"):
         calibration_pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 8, seed=PROBE_SEED)

@@ -21,12 +21,12 @@ from sdm.settings import default_of, option, options_of, settings_from
 
 # command -> (settings, parameter-name prefix, fields the command sets itself) it builds from its options
 USES = {
-    "sdm-convert": [(ConversionConfig, "", ()), (NeuronConfig, "", ()), (CalibrationInputs, "", ()),
+    "sdm-convert": [(ConversionConfig, "", ()), (NeuronConfig, "", ()), (CalibrationInputs, "calib_", ()),
                     (SamplingSettings, "", ()), (FinetuneSettings, "ft_", ("steps", "data", "seed"))],
-    "sdm-sweep": [(ConversionConfig, "", ("coding", "T", "rule", "percentile")), (CalibrationInputs, "", ()),
+    "sdm-sweep": [(ConversionConfig, "", ("coding", "T", "rule", "percentile")), (CalibrationInputs, "calib_", ()),
                   (SamplingSettings, "", ())],
     "sdm-compare": [(ConversionConfig, "", ("T",)), (NeuronConfig, "", ()), (SamplingSettings, "", ()),
-                    (CalibrationInputs, "", ("source", "data", "probes"))],
+                    (CalibrationInputs, "calib_", ("source", "data", "probes"))],
     "sdm-finetune": [(FinetuneSettings, "", ()), (SamplingSettings, "sample_", ())],
     "sdm-eval": [(SamplingSettings, "", ())],
     "sdm-sample": [(SamplingSettings, "", ())],
@@ -105,3 +105,14 @@ def test_a_settings_error_names_the_commands_flag():
     assert later.exit_code == 2 and later.stderr.strip() == "Error: --size is 3: the library says no"
     with pytest.raises(ConfigError, match="^size must be even, got 3$"):  # a library user reads the field's name
         Grid(size=3).validate()
+
+
+def test_two_settings_filling_one_parameter_are_refused_where_the_command_is_made():
+    """Without a prefix, Grid's `size` and the command's own `--size` would fill one parameter, and the
+    last option given would silently set both."""
+    with pytest.raises(TypeError, match="several options fill the parameter.s. size"):
+        @command()
+        @options_of(Grid)
+        @click.option("--size", type=int, default=2)
+        def clashing(**options):
+            pass

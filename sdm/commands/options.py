@@ -11,7 +11,16 @@ from sdm.settings import CommaList, flag_for, options_of
 
 
 class Command(click.Command):
-    """A click command whose failures are one line on stderr, never a traceback or a usage dump."""
+    """A click command whose failures are one line on stderr, never a traceback or a usage dump, and whose
+    options each fill their own parameter."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        names = [p.name for p in self.params]
+        shared = sorted({n for n in names if names.count(n) > 1})
+        if shared:  # click would let the last of them overwrite the others' values, silently
+            raise TypeError(f"command {self.name}: several options fill the parameter(s) {', '.join(shared)}; "
+                            "give one of the settings a prefix (options_of(..., prefix=...))")
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
