@@ -20,17 +20,14 @@ from pathlib import Path
 import click
 
 from benchmarks.common import provenance, sample_metric, write_table
-from calibration import CalibrationInputs, ConversionConfig, calibrate, prepare
-from calibration.inputs import probe_pairs, spread_subset
-from convert import convert
+from calibration import ConversionConfig
 from convert.commands import compare
-from convert.report import eps_fidelity
+from convert.workflow import ConversionWorkflow
 from sdm.commands.options import command
 from sdm.diffusion.data import read_images
 from sdm.diffusion.images import save_comparison
 from sdm.metrics.extractors import FMNISTExtractor
 from sdm.models.pretrained import load_model
-from sdm.snn.energy import energy_report
 
 VARIANTS = [(coding, per_channel) for coding in ("rate", "weighted") for per_channel in (False, True)]
 
@@ -44,9 +41,8 @@ def _model_rows(spec: str, num_samples: int, steps: int, out: Path) -> tuple[lis
     name = Path(ckpt).name or ckpt
     work = out / "work" / name
     base = ConversionConfig(T=4, per_channel=True, analog_sites=compare.FIRST_RESNET)
-    stats = calibrate(prepare(ann, base), CalibrationInputs().pairs(ann, schedule, seed=0), progress=False).stats()
-    probes = probe_pairs(ann, schedule)
-    spread = spread_subset(probes)
+    workflow = ConversionWorkflow(ann, schedule, base, progress=False)
+    stats = workflow.calibrate()
     ann_fid, ann_images, _ = sample_metric(ann, schedule, num_samples, work, steps=steps, extractor=extractor,
                                            reference=ref)
     rows = [{"model": name, "code": "ANN", "thresholds": "", "eps cosine (t < 100)": "", "firing rate": "",
@@ -54,10 +50,10 @@ def _model_rows(spec: str, num_samples: int, steps: int, out: Path) -> tuple[lis
              "ratio to ANN FID": "1.00"}]
     grids = [(f"{name} ANN", ann_images[:16])]
     for coding, per_channel in VARIANTS:
-        snn = convert(ann, stats.retarget(coding=coding, per_channel=per_channel))
+        snn = workflow.convert(stats.retarget(coding=coding, per_channel=per_channel))
         snn.set_executor("rate")
-        fidelity = eps_fidelity(ann, snn, probes)
-        energy = energy_report(snn, *spread, denoising_steps=steps, ann=ann)
+        judged = workflow.judge(snn, denoising_steps=steps)
+        fidelity, energy = judged["fidelity"], judged["energy"]
         fid, images, _ = sample_metric(snn, schedule, num_samples, work, steps=steps, extractor=extractor, reference=ref)
         granularity = "per channel" if per_channel else "per site"
         rows.append({"model": name, "code": coding, "thresholds": granularity,

@@ -13,8 +13,9 @@ from pathlib import Path
 import click
 
 from benchmarks.common import provenance, sample_metric, write_table
-from calibration import CalibrationInputs, ConversionConfig, calibrate, prepare
+from calibration import ConversionConfig
 from convert import convert
+from convert.workflow import ConversionWorkflow
 from sdm.commands.options import command
 from sdm.diffusion.images import save_comparison
 from sdm.models.pretrained import load_model
@@ -38,8 +39,7 @@ def main(ckpt, Ts, calib, num_samples, steps, encode_analog, out):
     loaded = load_model(ckpt)
     ann = loaded.model
     base = ConversionConfig(coding=CODING, rule=calib, encode_analog=encode_analog)
-    pairs = CalibrationInputs().pairs(ann, loaded.scheduler_config, seed=0)
-    stats = calibrate(prepare(ann, base), pairs, progress=False).stats()
+    stats = ConversionWorkflow(ann, loaded.scheduler_config, base, progress=False).calibrate()
     ann_fid, ann_images, _ = sample_metric(ann, loaded.scheduler_config, num_samples, out / "work" / "ann", steps=steps)
     rows = [{"model": "ANN", "T": "", "FID-FMNIST": f"{ann_fid.value:.3f}", "ratio to ANN": "1.00"}]
     grids = [("ANN", ann_images[:16])]

@@ -19,10 +19,10 @@ from pathlib import Path
 import click
 
 from benchmarks.common import provenance, write_table
-from calibration import ConversionConfig, calibrate, prepare
-from calibration.inputs import CalibrationInputs, probe_pairs, spread_subset
+from calibration import ConversionConfig
 from convert import convert
 from convert.commands import compare
+from convert.workflow import ConversionWorkflow
 from sdm.commands.options import command
 from sdm.models.pretrained import load_model
 from sdm.snn.energy import energy_report
@@ -55,11 +55,11 @@ def main(steps, out):
     meta = provenance(__spec__.name)
     loaded = load_model(None)
     ann, config = loaded.model, loaded.scheduler_config
-    pairs = CalibrationInputs().pairs(ann, config, seed=0)
     # One calibration per observer kind, encoders observed too; each variant retargets its statistics.
-    stats = {per_channel: calibrate(prepare(ann, ConversionConfig(per_channel=per_channel, encode_analog=True)), pairs,
-                                    progress=False).stats() for per_channel in (False, True)}
-    x, t = spread_subset(probe_pairs(ann, config))
+    workflows = {per_channel: ConversionWorkflow(ann, config, ConversionConfig(per_channel=per_channel), progress=False)
+                 for per_channel in (False, True)}
+    stats = {per_channel: workflow.calibrate(encoders=True) for per_channel, workflow in workflows.items()}
+    x, t = workflows[False].probes.spread
     rows = []
     for label, kwargs in VARIANTS:
         snn = convert(ann, stats[kwargs["per_channel"]].retarget(**{"encode_analog": False, "analog_sites": (), **kwargs}))

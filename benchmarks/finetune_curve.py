@@ -59,7 +59,7 @@ def main(ckpt, variants, lengths, num_samples, ann_fid, runs, out):
             snn_dir = out / variant / "snn"
             if not (snn_dir / "config.json").is_file():
                 if pairs is None:
-                    pairs = CalibrationInputs().pairs(loaded.model, loaded.scheduler_config, seed=0)
+                    pairs = CalibrationInputs().pairs(loaded.model, loaded.scheduler_config)
                 convert_variant(loaded, variant, pairs, snn_dir)
         curves[variant] = []
         for length in sorted(set(lengths)):

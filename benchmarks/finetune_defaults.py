@@ -23,19 +23,16 @@ from pathlib import Path
 import click
 
 from benchmarks.common import plot_fid_curves, provenance, sample_metric, write_table
-from calibration import CalibrationInputs, ConversionConfig, calibrate, prepare
-from calibration.inputs import probe_pairs, spread_subset
-from convert import convert
+from calibration import ConversionConfig
 from convert.finetune import FinetuneSettings, finetune, finetuned_steps
 from convert.model import ConvertedUNet
-from convert.report import eps_fidelity
+from convert.workflow import ConversionWorkflow
 from sdm.commands.options import command
 from sdm.diffusion.data import read_images
 from sdm.io import write_json
 from sdm.metrics.extractors import FMNISTExtractor
 from sdm.models.pretrained import load_model
 from sdm.settings import CommaList
-from sdm.snn.energy import energy_report
 
 DEFAULT_CODE = ConversionConfig.coding
 CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defaults)
@@ -54,7 +51,24 @@ CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defa
     "short-pool": (DEFAULT_CODE, {"steps": 400, "batch_size": 16, "pairs": 12_800}),
     "short-old": (DEFAULT_CODE, {"steps": 400, "batch_size": 16, "pairs": 12_800, "lr": 1e-4, "threshold_lr": 1e-3,
                                  "precision": "fp32"}),
+    # The short run on the student's own paths (labelled by the teacher): steps, not minutes, so that the
+    # comparison with `short` holds on cores shared with other work.
+    "student-short": (DEFAULT_CODE, {"steps": 400, "batch_size": 16, "source": "student"}),
 }
+
+
+def candidate(text: str) -> str:
+    """A candidate's name, or NAME@M to run it for M minutes instead of `--minutes` (the targets' longer runs)."""
+    name, _, minutes = text.partition("@")
+    if name not in CANDIDATES or (minutes and not float(minutes) > 0):
+        raise ValueError(text)
+    return text
+
+
+def _parsed(spec: str, minutes: float) -> tuple[str, float]:
+    """(candidate name, minutes) of a `candidate` spec."""
+    name, _, own = spec.partition("@")
+    return name, float(own) if own else minutes
 
 
 class _Model:
@@ -67,8 +81,7 @@ class _Model:
         self.reference = read_images(reference) if reference else None
         self.T, self.num_samples, self.dir = T, num_samples, out / self.name
         ann, schedule = self.loaded.model, self.loaded.scheduler_config
-        self.probes = probe_pairs(ann, schedule)
-        self.spread = spread_subset(self.probes)
+        self.workflow = ConversionWorkflow(ann, schedule, ConversionConfig(T=T), progress=False)
         self.ann_fid = self.score(ann)[0]
         self.stats = None
 
@@ -81,30 +94,28 @@ class _Model:
         """`sdm-convert`'s defaults at T in `code`, saved (calibrated once for both codes)."""
         directory = self.dir / f"converted-{code}"
         if not (directory / "config.json").is_file():
-            ann, schedule = self.loaded.model, self.loaded.scheduler_config
+            schedule = self.loaded.scheduler_config
             if self.stats is None:
-                observed = prepare(ann, ConversionConfig(T=self.T))
-                self.stats = calibrate(observed, CalibrationInputs().pairs(ann, schedule, seed=0), progress=False).stats()
-            snn = convert(ann, self.stats.retarget(coding=code))
-            snn.source["ckpt"] = self.loaded.source
+                self.stats = self.workflow.calibrate()
+            snn = self.workflow.convert(self.stats.retarget(coding=code), source=self.loaded.source)
             snn.save_pretrained(directory, scheduler_config=schedule)
         return directory
 
     def judge(self, snn: ConvertedUNet) -> dict:
-        ann = self.loaded.model
         snn.set_executor("rate")
         fid, _ = self.score(snn)
-        fidelity = eps_fidelity(ann, snn, self.probes)
-        energy = energy_report(snn, *self.spread, denoising_steps=50, ann=ann)
+        judged = self.workflow.judge(snn, denoising_steps=50)
+        fidelity, energy = judged["fidelity"], judged["energy"]
         return {"FID": f"{fid:.3f}", "ratio to ANN FID": f"{fid / self.ann_fid:.2f}",
                 "eps cosine (t < 100)": f"{fidelity['eps_cosine']:.4f} ({fidelity['eps_cosine_t_lt_100']:.4f})",
                 "energy / image (mJ)": f"{energy['per_image']['energy_mJ']:.3g}",
                 "ratio to ANN energy": f"{energy['energy_ratio_snn_to_ann']:.3f}", "_fid": fid}
 
 
-def _finetuned(model: _Model, name: str, minutes: float) -> tuple[Path, float]:
-    """The candidate's fine-tuned SNN directory and its wall minutes, run once: for `minutes`, or for the
-    steps the candidate names."""
+def _finetuned(model: _Model, spec: str, minutes: float) -> tuple[Path, float]:
+    """The candidate's fine-tuned SNN directory and its wall minutes, run once: for `minutes` (or its own
+    `@M`), or for the steps the candidate names."""
+    name, minutes = _parsed(spec, minutes)
     code, overrides = CANDIDATES[name]
     timed = "steps" not in overrides
     run = model.dir / (f"{name}-{minutes:g}min" if timed else name)
@@ -123,14 +134,14 @@ def _model_rows(model: _Model, candidates: list[str], minutes: float, out: Path)
     rows = [{"model": model.name, "candidate": "ANN", "code": "", "steps": "", "minutes": "", "FID": f"{model.ann_fid:.3f}",
              "ratio to ANN FID": "1.00", "eps cosine (t < 100)": "", "energy / image (mJ)": "", "ratio to ANN energy": "1"}]
     curves: dict[str, list[tuple[float, float]]] = {}
-    for code in dict.fromkeys(CANDIDATES[c][0] for c in candidates):
+    for code in dict.fromkeys(CANDIDATES[_parsed(c, minutes)[0]][0] for c in candidates):
         judged = model.judge(ConvertedUNet.from_pretrained(model.converted(code)))
         rows.append({"model": model.name, "candidate": "converted", "code": code, "steps": 0, "minutes": "0", **judged})
     start = {row["code"]: row["_fid"] for row in rows[1:]}
     for name in candidates:
         snn_dir, spent = _finetuned(model, name, minutes)
         judged = model.judge(ConvertedUNet.from_pretrained(snn_dir))
-        code = CANDIDATES[name][0]
+        code = CANDIDATES[_parsed(name, minutes)[0]][0]
         rows.append({"model": model.name, "candidate": name, "code": code, "steps": finetuned_steps(snn_dir),
                      "minutes": f"{spent:.1f}", **judged})
         curves[name] = [(0.0, start[code]), (spent, judged["_fid"])]
@@ -141,8 +152,8 @@ def _model_rows(model: _Model, candidates: list[str], minutes: float, out: Path)
 
 @command(help="Fine-tuning defaults, one change at a time, on several DDPMs: FID against wall-clock minutes.")
 @click.option("--model", "models", multiple=True, required=True, help="CKPT or CKPT=REFERENCE_IMAGES; repeat.")
-@click.option("--candidates", type=CommaList(choices=list(CANDIDATES)), default="defaults,fp32,lr-third,reuse-1",
-              show_default=True)
+@click.option("--candidates", type=CommaList(candidate), default="defaults,fp32,lr-third,reuse-1", show_default=True,
+              help=f"Of {', '.join(CANDIDATES)}; NAME@M runs one for M minutes instead of --minutes.")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True)
 @click.option("--T", "T", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--num-samples", type=click.IntRange(min=2), default=500, show_default=True)
@@ -159,10 +170,10 @@ def main(models, candidates, minutes, T, num_samples, out):
         model = _Model(spec, T, num_samples, out)
         model_rows = [{k: v for k, v in row.items() if not k.startswith("_")}
                       for row in _model_rows(model, candidates, minutes, out)]
-        write_table(model_rows, model.dir, meta, note, candidates={n: CANDIDATES[n] for n in candidates},
-                    minutes=minutes)
+        described = {n: CANDIDATES[_parsed(n, minutes)[0]] for n in candidates}
+        write_table(model_rows, model.dir, meta, note, candidates=described, minutes=minutes)
         rows += model_rows
-        text = write_table(rows, out, meta, note, candidates={n: CANDIDATES[n] for n in candidates}, minutes=minutes)
+        text = write_table(rows, out, meta, note, candidates=described, minutes=minutes)
     click.echo(text)
 
 

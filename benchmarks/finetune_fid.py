@@ -91,7 +91,7 @@ def main(ckpt, variants, finetune_steps, budgets, num_samples, ann_fid, baseline
     meta = provenance(__spec__.name)
     loaded = load_model(ckpt)
     ann, config = loaded.model, loaded.scheduler_config
-    pairs = CalibrationInputs().pairs(ann, config, seed=0)
+    pairs = CalibrationInputs().pairs(ann, config)
     probes = probe_pairs(ann, config)
     if ann_fid is None:
         ann_fid = sample_metric(ann, config, num_samples, out / "work" / "ann")[0].value

@@ -87,7 +87,7 @@ def main(ckpt, variant, candidates, steps, snapshots, num_samples, ann_fid, out)
     ann, config = loaded.model, loaded.scheduler_config
     snn_dir = out / variant / "snn"
     if not (snn_dir / "config.json").is_file():
-        convert_variant(loaded, variant, CalibrationInputs().pairs(ann, config, seed=0), snn_dir)
+        convert_variant(loaded, variant, CalibrationInputs().pairs(ann, config), snn_dir)
     if ann_fid is None:
         ann_fid = sample_metric(ann, config, num_samples, out / "work" / "ann")[0].value
     probes = probe_pairs(ann, config)

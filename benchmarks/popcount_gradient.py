@@ -23,11 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.common import provenance, write_table
-from calibration import ConversionConfig, calibrate, prepare
-from calibration.inputs import CalibrationInputs, probe_pairs, spread_subset
+from calibration import ConversionConfig
 from convert import convert
 from convert.commands import compare
 from convert.finetune.energy_objective import SpikeEnergy
+from convert.workflow import ConversionWorkflow
 from sdm.commands.options import command
 from sdm.models.pretrained import load_model
 from sdm.snn.modes import keeping_counts
@@ -73,9 +73,9 @@ def main(out):
     meta = provenance(__spec__.name)
     loaded = load_model(None)
     ann, config = loaded.model, loaded.scheduler_config
-    pairs = CalibrationInputs().pairs(ann, config, seed=0)
-    stats = calibrate(prepare(ann, ConversionConfig(**compare.RECIPE)), pairs, progress=False).stats()
-    x, t = spread_subset(probe_pairs(ann, config))
+    workflow = ConversionWorkflow(ann, config, ConversionConfig(**compare.RECIPE), progress=False)
+    stats = workflow.calibrate()
+    x, t = workflow.probes.spread
     summary = []
     for coding in ("rate", "weighted"):
         rows = _site_rows(ann, stats, coding, x, t)

@@ -195,3 +195,22 @@ def test_a_full_disk_while_writing_the_report_names_the_report(tiny_pipeline, tm
     assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1].startswith(
         f"Error: could not write or read '{out / 'report.json'}': No space left on device")
     assert not out.exists()
+
+
+def test_thresholds_follow_the_calibration_inputs_not_the_sampling_flags(converted, tiny_pipeline, tmp_path):
+    """The fixture sampled at --batch-size 16, seed 0: another sampling batch and seed give the same
+    statistics, and sdm-compare's conversion of the same config the same thresholds."""
+    from calibration import CalibrationInputs, ConversionConfig
+    from convert.commands.compare import _conversions
+    from convert.model import ConvertedUNet
+    from sdm.models.pretrained import load_model
+
+    result = _run(cli, ["--ckpt", tiny_pipeline, "--T", 2, "--per-site", "--num-samples", 0, "--out", tmp_path / "b64",
+                        *FAST, "--batch-size", 64, "--seed", 7])
+    assert result.exit_code == 0, result.output
+    stats = [json.loads((d / "calibration_stats.json").read_text()) for d in (converted, tmp_path / "b64")]
+    assert stats[0]["sites"] == stats[1]["sites"]
+    assert {"seed": 0, "batch_size": 64}.items() <= stats[1]["source"].items()
+    compared = _conversions(load_model(tiny_pipeline), [2], ConversionConfig(T=2, per_channel=False),
+                            CalibrationInputs(samples=32, probes=4))[0].model
+    assert compared.current_thresholds() == ConvertedUNet.from_pretrained(converted / "snn").current_thresholds()

@@ -14,15 +14,9 @@ from pathlib import Path
 import click
 import torch
 
-from calibration import (
-    CalibrationInputs,
-    ConversionConfig,
-    calibrate,
-    prepare,
-    require_ann,
-)
-from convert.conversion import convert
+from calibration import CalibrationInputs, ConversionConfig
 from convert.finetune import finetune_budget, finetuned_steps
+from convert.workflow import ConversionWorkflow
 from sdm.commands import options as cli
 from sdm.diffusion.data import read_images
 from sdm.diffusion.images import save_comparison
@@ -96,18 +90,15 @@ def _T_values(text: str) -> list[int]:
     return values
 
 
-def _conversions(ann: LoadedModel, T_values: list[int], config: ConversionConfig, inputs: CalibrationInputs,
-                 seed: int) -> list[LoadedModel]:
-    """The ANN converted by `config` at each T, from one calibration."""
-    require_ann(ann.model, f"--ann '{ann.source}'")
-    observed = prepare(ann.model, config)
-    stats = calibrate(observed, inputs.pairs(ann.model, ann.scheduler_config, seed)).stats(inputs.record(seed))
-    converted = []
-    for T in T_values:
-        snn = convert(ann.model, stats.retarget(T=T))
-        snn.source["ckpt"] = ann.source
-        converted.append(LoadedModel(snn, ann.scheduler_config, ann.path, f"{ann.source} converted at T={T}"))
-    return converted
+def _conversions(ann: LoadedModel, T_values: list[int], config: ConversionConfig,
+                 inputs: CalibrationInputs) -> list[LoadedModel]:
+    """The ANN converted by `config` at each T, from one calibration (sdm-convert's, for the same config)."""
+    workflow = ConversionWorkflow(ann.model, ann.scheduler_config, config, inputs, label=f"--ann '{ann.source}'")
+    if not T_values:
+        return []
+    stats = workflow.calibrate()
+    return [LoadedModel(workflow.convert(stats.retarget(T=T), source=ann.source), ann.scheduler_config, ann.path,
+                        f"{ann.source} converted at T={T}") for T in T_values]
 
 
 def _fine_tuning(snn_dir: str) -> tuple[int, float | None] | None:
@@ -165,6 +156,46 @@ def compare_table(rows: list[dict], metric_names: list[str]) -> str:
     return "\n".join(lines)
 
 
+class _Scoring:
+    """One row of the comparison per model: its samples (from the shared cache), metrics, energy per image
+    and sampling time, all at the same sampling settings."""
+
+    def __init__(self, sampling: SamplingSettings, num_samples: int, work_dir: Path, extractor, metrics, reference_images,
+                 reference: str | None):
+        self.sampling, self.num_samples, self.work_dir = sampling, num_samples, work_dir
+        self.extractor, self.metrics, self.reference_images, self.reference = extractor, metrics, reference_images, reference
+        self.settings = {"sampler": sampling.sampler, "steps": sampling.steps, "batch_size": sampling.batch_size,
+                         "threshold_scale": 1.0}
+
+    def row(self, label: str, loaded: LoadedModel, tuned, executor: str) -> dict:
+        model, seed, steps = loaded.model, self.sampling.seed, self.sampling.steps
+        ran = cli.use_executor(model, executor)
+        paths = sample_sharded(model, loaded.scheduler_config, self.num_samples,
+                               keyed_work_dir(self.work_dir, model, self.settings, seed=seed), settings=self.settings,
+                               seed=seed)
+        images = gather_shards(paths, self.num_samples, seed)
+        results, more = evaluate_quality(images, self.extractor, metrics=self.metrics, reference=self.reference_images,
+                                         reference_name=self.reference)
+        energy = spiking_energy(model, loaded.scheduler_config, self.sampling.sampler, steps)
+        if energy is None:  # an ANN: MACs only
+            size, channels = model.config.sample_size, model.config.in_channels
+            probe = torch.zeros(1, channels, size, size, device=model.device)
+            macs = ann_macs(model, probe, torch.zeros(1, dtype=torch.long, device=model.device))
+            energy_mj, rate = macs * E_MAC_PJ * steps / 1e9, None
+        else:
+            energy_mj, rate = energy["per_image"]["energy_mJ"], energy["mean_input_firing_rate"]
+        details = (_describe(model) + (f", fine-tuned {tuned[0]} steps" if tuned else "")
+                   + (f" under energy budget {tuned[1]:g}" if tuned and tuned[1] else "")
+                   + (f", {ran} executor" if ran else ""))
+        return {"label": label, "code": _code(model), "ckpt": loaded.source, "details": details, "executor": ran,
+                "metrics": {r.metric: f"{r.value:.4g}" + (f" ± {r.std:.2g}" if r.std is not None else "")
+                            for r in results},
+                "results": [r.to_dict() for r in results], "energy_mJ_per_image": energy_mj,
+                "seconds_per_image": _seconds_per_image(model, loaded.scheduler_config, self.settings, seed),
+                "firing_rate": rate, "energy": energy, "notes": loaded.notes + more,
+                "panel": _panel_title(model, tuned) if label == "converted SNN" else label, "images": images}
+
+
 @cli.command(help="Tabulate the ANN, its conversions and a directly trained SDM: sample quality, energy per image, "
               "sampling time and firing rate, in Markdown and JSON, plus their grids side by side. The defaults compare "
               "the two embedded models and the ANN's conversions at T = 4 and 8.")
@@ -172,7 +203,7 @@ def compare_table(rows: list[dict], metric_names: list[str]) -> str:
 @click.option("--convert-T", "convert_T", default="4,8", show_default=True,
               help="Convert the ANN at these T (by the conversion options below); none to skip.")
 @options_of(ConversionConfig, skip=("T",), defaults=RECIPE)
-@options_of(CalibrationInputs, skip=("source", "data", "probes"))  # calibration on the ANN's own trajectories
+@options_of(CalibrationInputs, skip=("source", "data", "probes"), prefix="calib_")  # calibration on the ANN's own trajectories
 @click.option("--converted", multiple=True, help="An existing converted SNN (sdm-convert's OUT/snn, or a fine-tuned "
               "OUT/finetune/snn); repeat for several.")
 @click.option("--direct", default=EMBEDDED_SDM_NAME, show_default=True,
@@ -189,9 +220,9 @@ def compare_table(rows: list[dict], metric_names: list[str]) -> str:
 def main(ann, convert_T, converted, direct, num_samples, metrics, extractor, reference,
          inception_weights, executor, out, work_dir, device, **options):
     config = settings_from(ConversionConfig, options)
-    inputs = settings_from(CalibrationInputs, options)
+    inputs = settings_from(CalibrationInputs, options, prefix="calib_")
     sampling = settings_from(SamplingSettings, options)
-    sampler, steps, seed, batch_size = sampling.sampler, sampling.steps, sampling.seed, sampling.batch_size
+    sampler, steps, seed = sampling.sampler, sampling.steps, sampling.seed
     ann, direct = _optional(ann), _optional(direct)
     T_values = _T_values(convert_T)
     if T_values and ann is None:
@@ -206,45 +237,22 @@ def main(ann, convert_T, converted, direct, num_samples, metrics, extractor, ref
     if ann is not None:
         loaded_ann = load_model(ann, device=device)
         chosen.append(("ANN", loaded_ann, None))
-        chosen += [("converted SNN", snn, None) for snn in _conversions(loaded_ann, T_values, config, inputs, seed)]
+        chosen += [("converted SNN", snn, None) for snn in _conversions(loaded_ann, T_values, config, inputs)]
     chosen += [("converted SNN", load_model(ckpt, device=device), _fine_tuning(ckpt)) for ckpt in converted]
     if direct is not None:
         chosen.append(("SDM (direct)", load_model(direct, device=device), None))
+    scoring = _Scoring(sampling, num_samples, work_dir, feature_extractor, metrics, reference_images, reference)
     rows, grids = [], []
     for label, loaded, tuned in chosen:
-        model = loaded.model
-        ran = cli.use_executor(model, executor)
-        settings = {"sampler": sampler, "steps": steps, "batch_size": batch_size, "threshold_scale": 1.0}
-        paths = sample_sharded(model, loaded.scheduler_config, num_samples,
-                               keyed_work_dir(work_dir, model, settings, seed=seed), settings=settings, seed=seed)
-        images = gather_shards(paths, num_samples, seed)
-        results, more = evaluate_quality(images, feature_extractor, metrics=metrics, reference=reference_images,
-                                         reference_name=reference)
-        energy = spiking_energy(model, loaded.scheduler_config, sampler, steps)
-        if energy is None:  # an ANN: MACs only
-            size, channels = model.config.sample_size, model.config.in_channels
-            probe = torch.zeros(1, channels, size, size, device=device)
-            macs = ann_macs(model, probe, torch.zeros(1, dtype=torch.long, device=device))
-            energy_mj, rate = macs * E_MAC_PJ * steps / 1e9, None
-        else:
-            energy_mj, rate = energy["per_image"]["energy_mJ"], energy["mean_input_firing_rate"]
-        details = (_describe(model) + (f", fine-tuned {tuned[0]} steps" if tuned else "")
-                   + (f" under energy budget {tuned[1]:g}" if tuned and tuned[1] else "")
-                   + (f", {ran} executor" if ran else ""))
-        rows.append({"label": label, "code": _code(model), "ckpt": loaded.source, "details": details, "executor": ran,
-                     "metrics": {r.metric: f"{r.value:.4g}" + (f" ± {r.std:.2g}" if r.std is not None else "")
-                                 for r in results},
-                     "results": [r.to_dict() for r in results], "energy_mJ_per_image": energy_mj,
-                     "seconds_per_image": _seconds_per_image(model, loaded.scheduler_config, settings, seed),
-                     "firing_rate": rate, "energy": energy, "notes": loaded.notes + more,
-                     "panel": _panel_title(model, tuned) if label == "converted SNN" else label})
-        grids.append((rows[-1]["panel"], images[:16]))
+        rows.append(scoring.row(label, loaded, tuned, executor))
+        grids.append((rows[-1]["panel"], rows[-1].pop("images")[:16]))
     metric_names = list(dict.fromkeys(m for row in rows for m in row["metrics"]))
     table = compare_table(rows, metric_names)
     write_json({"num_samples": num_samples, "sampler": sampler, "steps": steps, "seeds": [seed, seed + num_samples - 1],
                 "extractor": feature_extractor.description, "notes": notes, "rows": rows}, out / "compare.json")
     write_text(f"{table}\n\nN = {num_samples}, {sampler}-{steps}, seeds {seed}..{seed + num_samples - 1}; extractor: "
-               f"{feature_extractor.description}. Sampling time: a timed draw of {TIMED_IMAGES} images, batch {batch_size}.\n",
+               f"{feature_extractor.description}. Sampling time: a timed draw of {TIMED_IMAGES} images, batch "
+               f"{sampling.batch_size}.\n",
                out / "compare.md")
     save_comparison(grids, out / "comparison.png")
     if metric_names:

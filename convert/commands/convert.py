@@ -9,22 +9,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from calibration import (
-    CalibrationInputs,
-    ConversionConfig,
-    calibrate,
-    load_stats,
-    prepare,
-    probe_pairs,
-    require_ann,
-    spread_subset,
-)
+from calibration import CalibrationInputs, ConversionConfig, load_stats
 from convert.commands.finetune import FINETUNE_FLAGS, summarise
-from convert.conversion import convert
 from convert.finetune import FinetuneSettings, run_finetune
 from convert.model import ConvertedUNet
-from convert.report import compute_profile, eps_fidelity, site_sensitivity
-from convert.site_choice import choose_sites
+from convert.report import site_sensitivity
+from convert.workflow import ConversionWorkflow
 from sdm.commands import options as cli
 from sdm.diffusion.data import load_dataset
 from sdm.diffusion.images import save_comparison, save_grid, save_npz
@@ -63,7 +53,7 @@ def _analog_ops(snn: ConvertedUNet, profile: dict) -> dict:
               "OUT/snn/ and sample grids of the ANN and the SNN from the same seeds.")
 @cli.ckpt_options
 @options_of(ConversionConfig)
-@options_of(CalibrationInputs)
+@options_of(CalibrationInputs, prefix="calib_")
 @click.option("--stats", type=click.Path(dir_okay=False), default=None,
               help="Reuse saved calibration statistics (calibration_stats.json) instead of calibrating.")
 @click.option("--sensitivity", is_flag=True,
@@ -84,86 +74,95 @@ def main(ckpt, allow_pickle, stats, sensitivity, finetune_steps, executor, num_s
     out = Path(out)
     _check_out(out)
     config = settings_from(ConversionConfig, options)
-    inputs = settings_from(CalibrationInputs, options)
+    inputs = settings_from(CalibrationInputs, options, prefix="calib_")
     sampling = settings_from(SamplingSettings, options)
+    device = cli.resolve_device(device)
     finetune_settings = settings_from(FinetuneSettings, options, prefix="ft_", steps=max(finetune_steps, 1),
-                                      data=inputs.data, seed=sampling.seed)
+                                      data=inputs.data, seed=sampling.seed, device=device)
     finetuning = bool(finetune_steps) or finetune_settings.minutes is not None
     if finetuning and config.analog_mode != "window":
         raise SDMError("fine-tuning trains the exact rate form, which needs --analog window")
-    device = cli.resolve_device(device)
     loaded = load_model(ckpt, device=device, allow_pickle=allow_pickle)
-    ann = loaded.model
-    require_ann(ann, f"'{loaded.source}'")
+    workflow = ConversionWorkflow(loaded.model, loaded.scheduler_config, config, inputs, label=f"'{loaded.source}'")
     for note in loaded.notes:
         click.echo(f"note: {note}", err=True)
-
+    budget = finetune_settings.energy_budget
     with atomic_dir(out) as tmp:
-        probe_set = probe_pairs(ann, loaded.scheduler_config, inputs.probes)
-        spread, spread_t = spread_subset(probe_set)  # a few probes over all t
         started = time.perf_counter()
-        budget = finetune_settings.energy_budget
-        if stats is not None:
-            calibration = _retargeted(load_stats(stats, ann), config, stats)
-        else:  # under a budget, every analog input is observed: any of them may be chosen for spike encoding
-            observed = prepare(ann, config if budget is None else config.replace(encode_analog=True))
-            pairs = inputs.pairs(ann, loaded.scheduler_config, sampling.seed)
-            calibrate(observed, pairs, batch_size=sampling.batch_size)
-            calibration = observed.stats(inputs.record(sampling.seed)).for_config(config)
-        choice = None
-        if budget is not None:
-            if not calibration.encoders_observed:
-                raise SDMError(f"--energy-budget chooses among the analog inputs, but --stats '{stats}' observed "
-                               "none: calibrate again without --stats, or with statistics saved under --encode-analog")
-            choice = choose_sites(ann, calibration, budget, probe_set, (spread, spread_t),
-                                  denoising_steps=sampling.steps, batch_size=sampling.batch_size)
-            calibration = calibration.for_config(choice.config)
-        snn = convert(ann, calibration)
-        snn.source["ckpt"] = _recordable(ckpt, loaded.source)
+        calibration, choice = _statistics(workflow, stats, budget, sampling.steps)
+        snn = workflow.convert(calibration, source=_recordable(ckpt, loaded.source))
         executor = cli.use_executor(snn, executor)
         convert_seconds = time.perf_counter() - started
-
-        fidelity = eps_fidelity(ann, snn, probe_set, batch_size=sampling.batch_size)
-        profile = compute_profile(snn)
-        energy = energy_report(snn, spread.to(ann.device), spread_t.to(ann.device), denoising_steps=sampling.steps,
-                               ann=ann)
+        judged = workflow.judge(snn, denoising_steps=sampling.steps, profile=True)
         calibration.save(tmp / "calibration_stats.json")
         snn.save_pretrained(tmp / "snn", scheduler_config=loaded.scheduler_config)
-        report = {
-            "ckpt": loaded.source, "T": config.T, "conversion": config.to_dict(),
-            "analog_sites": snn.summary.analog_sites,
-            "window_accumulated": snn.summary.window_accumulated,  # analog-input layers run once per window
-            "per_step_analog": snn.summary.per_step_analog,        # analog-input layers multiplying every step
-            "executor": executor,
-            "calibration": {**calibration.source, "sites": len(calibration.sites)},
-            "convert_seconds": round(convert_seconds, 2),
-            **fidelity,
-            "analog_ops": _analog_ops(snn, profile),
-            "compute_per_image_per_denoising_step": profile,
-            "energy": energy,
-            "notes": loaded.notes,
-        }
+        report = _report(loaded, snn, executor, calibration, convert_seconds, judged)
         if choice is not None:
             report["site_choice"] = choice.record()
         if sensitivity:
-            report["sensitivity"] = site_sensitivity(ann, snn, probe_set, batch_size=sampling.batch_size)
-        beside = []  # the other code's panel, for the fine-tuning grid too
-        if num_samples:
-            beside = _draw_grids(ann, snn, calibration, report, loaded.scheduler_config, sampling, num_samples,
-                                 (spread, spread_t), tmp, save_samples)
+            report["sensitivity"] = site_sensitivity(workflow.ann, snn, workflow.probes.pairs)
+        beside = _draw_grids(workflow, snn, calibration, report, sampling, num_samples, tmp, save_samples) \
+            if num_samples else []  # the other code's panel, for the fine-tuning grid too
         if finetuning:
-            images = None
-            if finetune_settings.source == "data":
-                images = load_dataset(inputs.data, ann.config.sample_size, ann.config.in_channels)
-            tuned = run_finetune(tmp / "snn", ann, loaded.scheduler_config, tmp / "finetune", finetune_settings,
-                                 teacher_source=loaded.source, images=images, num_samples=num_samples,
-                                 snn_label=str(out / "snn"), sampling=sampling, probes=inputs.probes, beside=beside)
+            tuned = _finetune(workflow, loaded.source, finetune_settings, tmp, out, sampling, num_samples, beside)
             report["finetune"] = {k: tuned[k] for k in ("steps", "seconds", "before", "after", "energy_budget")
                                   if k in tuned}
         write_json(report, tmp / "report.json")
-        write_text(energy_markdown(energy) + "\n", tmp / "energy.md")
+        write_text(energy_markdown(judged["energy"]) + "\n", tmp / "energy.md")
+    _summarise(loaded.source, config, convert_seconds, judged, out, choice, budget)
+    if finetuning:
+        summarise(tuned, out / "finetune")
+
+
+def _statistics(workflow: ConversionWorkflow, stats: str | None, budget: float | None, denoising_steps: int):
+    """The calibration this conversion uses (saved statistics under `--stats`, else calibrated) and, under
+    an energy budget, the site choice it was retargeted to (else None)."""
+    if stats is not None:
+        calibration = _retargeted(load_stats(stats, workflow.ann), workflow.config, stats)
+    else:  # under a budget, every analog input is observed: any of them may be chosen for spike encoding
+        calibration = workflow.calibrate(encoders=budget is not None)
+    if budget is None:
+        return calibration, None
+    if not calibration.encoders_observed:
+        raise SDMError(f"--energy-budget chooses among the analog inputs, but --stats '{stats}' observed "
+                       "none: calibrate again without --stats, or with statistics saved under --encode-analog")
+    choice = workflow.choose_sites(calibration, budget, denoising_steps=denoising_steps)
+    return calibration.for_config(choice.config), choice
+
+
+def _report(loaded, snn: ConvertedUNet, executor: str, calibration, convert_seconds: float, judged: dict) -> dict:
+    profile = judged["profile"]
+    return {
+        "ckpt": loaded.source, "T": snn.T, "conversion": snn.conversion.to_dict(),
+        "analog_sites": snn.summary.analog_sites,
+        "window_accumulated": snn.summary.window_accumulated,  # analog-input layers run once per window
+        "per_step_analog": snn.summary.per_step_analog,        # analog-input layers multiplying every step
+        "executor": executor,
+        "calibration": {**calibration.source, "sites": len(calibration.sites)},
+        "convert_seconds": round(convert_seconds, 2),
+        **judged["fidelity"],
+        "analog_ops": _analog_ops(snn, profile),
+        "compute_per_image_per_denoising_step": profile,
+        "energy": judged["energy"],
+        "notes": loaded.notes,
+    }
+
+
+def _finetune(workflow: ConversionWorkflow, source: str, settings: FinetuneSettings, tmp: Path, out: Path, sampling,
+              num_samples: int, beside: list) -> dict:
+    images = None
+    if settings.source == "data":
+        ann = workflow.ann
+        images = load_dataset(settings.data, ann.config.sample_size, ann.config.in_channels)
+    return run_finetune(tmp / "snn", workflow.ann, workflow.scheduler_config, tmp / "finetune", settings,
+                        teacher_source=source, images=images, num_samples=num_samples, snn_label=str(out / "snn"),
+                        sampling=sampling, probes=workflow.probes, beside=beside)
+
+
+def _summarise(source: str, config: ConversionConfig, seconds: float, judged: dict, out: Path, choice, budget) -> None:
+    fidelity, profile, energy = judged["fidelity"], judged["profile"], judged["energy"]
     click.echo(
-        f"{loaded.source} -> SNN at T={config.T} ({config.neuron.kind}, {config.rule}) in {convert_seconds:.1f} s: eps "
+        f"{source} -> SNN at T={config.T} ({config.neuron.kind}, {config.rule}) in {seconds:.1f} s: eps "
         f"cosine {fidelity['eps_cosine']:.4f} (t<100: {fidelity['eps_cosine_t_lt_100']:.4f}), rel. MSE "
         f"{fidelity['eps_rel_mse']:.4f}, firing rate {fidelity['firing_rate']:.3f}; analog share "
         f"{profile['analog_share']:.1%}; energy {energy['per_image']['energy_mJ']:.3g} mJ per image "
@@ -173,40 +172,38 @@ def main(ckpt, allow_pickle, stats, sensitivity, finetune_steps, executor, num_s
         click.echo(f"energy budget {budget:g}: {len(choice.changes)} site changes took the energy ratio from "
                    f"{choice.start.energy_ratio:.3f} to {choice.end.energy_ratio:.3f} (eps error {choice.start.error:.4f} "
                    f"-> {choice.end.error:.4f}); {'met' if choice.met else 'not met by the conversion alone'}")
-    if finetuning:
-        summarise(tuned, out / "finetune")
 
 
-def _other_code(ann, calibration, snn: ConvertedUNet) -> ConvertedUNet | None:
+def _other_code(workflow: ConversionWorkflow, calibration, snn: ConvertedUNet) -> ConvertedUNet | None:
     """The same statistics converted in the other spike code, to be seen beside the chosen one; None where
     the chosen settings have no weighted form (LIF neurons, running mode)."""
     other = "rate" if snn.conversion.coding == "weighted" else "weighted"
     try:
-        twin = convert(ann, calibration.for_config(calibration.config.replace(coding=other)))
+        twin = workflow.convert(calibration.for_config(calibration.config.replace(coding=other)))
     except ConfigError:
         return None
     cli.use_executor(twin, snn.executor)
     return twin
 
 
-def _draw_grids(ann, snn: ConvertedUNet, calibration, report: dict, scheduler_config: dict, sampling, num_samples: int,
-                spread: tuple, tmp: Path, save_samples: bool) -> list[tuple[str, np.ndarray]]:
+def _draw_grids(workflow: ConversionWorkflow, snn: ConvertedUNet, calibration, report: dict, sampling, num_samples: int,
+                tmp: Path, save_samples: bool) -> list[tuple[str, np.ndarray]]:
     """Samples of the ANN, the SNN and its twin in the other code from the same seeds: their grids, the
     side-by-side comparison.png titled with each one's energy, and the twin's figures in the report
     (`other_code`). Returns the twin's panel, for the fine-tuning grid."""
-    twin = _other_code(ann, calibration, snn)
-    models = {"ann": ann, "snn": snn} | ({"other_code": twin} if twin is not None else {})
+    twin = _other_code(workflow, calibration, snn)
+    models = {"ann": workflow.ann, "snn": snn} | ({"other_code": twin} if twin is not None else {})
     titles = {"ann": f"ANN {report['energy']['ann']['energy_mJ_per_image']:.3g} mJ",
               "snn": f"SNN {snn.conversion.coding} T={snn.T}, {report['energy']['per_image']['energy_mJ']:.3g} mJ"}
     if twin is not None:
-        energy = energy_report(twin, *(v.to(ann.device) for v in spread), denoising_steps=sampling.steps, ann=ann)
+        energy = energy_report(twin, *workflow.probes.spread, denoising_steps=sampling.steps, ann=workflow.ann)
         report["other_code"] = {"coding": twin.conversion.coding, "energy_mJ_per_image": energy["per_image"]["energy_mJ"],
                                 "energy_ratio_snn_to_ann": energy["energy_ratio_snn_to_ann"]}
         titles["other_code"] = f"SNN {twin.conversion.coding} T={twin.T}, {energy['per_image']['energy_mJ']:.3g} mJ"
     sampled = {}
     for name, model in models.items():
         started = time.perf_counter()
-        sampled[name] = sample(model, scheduler_config, num_samples, **sampling.kwargs())
+        sampled[name] = sample(model, workflow.scheduler_config, num_samples, **sampling.kwargs())
         report[f"{name}_sampling_seconds"] = round(time.perf_counter() - started, 2)
         save_grid(sampled[name][:64], tmp / f"samples_{name}.png", scale=2)
         if save_samples:

@@ -16,19 +16,9 @@ from pathlib import Path
 
 import click
 
-from calibration import (
-    RULES,
-    CalibrationInputs,
-    ConversionConfig,
-    NeuronConfig,
-    calibrate,
-    load_stats,
-    prepare,
-    probe_pairs,
-    require_ann,
-)
+from calibration import RULES, CalibrationInputs, ConversionConfig, NeuronConfig, load_stats
 from convert.conversion import convert
-from convert.report import eps_fidelity
+from convert.workflow import ConversionWorkflow
 from sdm.commands import options as cli
 from sdm.diffusion.data import read_images
 from sdm.diffusion.sampler import SamplingSettings
@@ -119,7 +109,7 @@ def _plot(rows: list[dict], path: Path, metric: str, label: str) -> None:
               show_default=True)
 @click.option("--neuron", "neurons", type=CommaList(str, tuple(NEURONS)), default=NeuronConfig.kind, show_default=True)
 @options_of(ConversionConfig, skip=CELL_FIELDS)
-@options_of(CalibrationInputs)
+@options_of(CalibrationInputs, prefix="calib_")
 @click.option("--fid", "fid_samples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also sample N images per cell and score them (FID, or FID-FMNIST offline).")
 @cli.quality_options(metrics=False)
@@ -138,60 +128,88 @@ def main(ckpt, allow_pickle, codings, Ts, rules, percentiles, neurons, fid_sampl
     base = settings_from(ConversionConfig, options)
     for cell in todo:  # every cell checked before any work
         _cell_config(base, cell).validate()
-    inputs = settings_from(CalibrationInputs, options)
+    inputs = settings_from(CalibrationInputs, options, prefix="calib_")
     sampling = settings_from(SamplingSettings, options)
     device, out = cli.resolve_device(device), Path(out)
     loaded = load_model(ckpt, device=device, allow_pickle=allow_pickle)
-    ann = loaded.model
-    require_ann(ann, f"'{loaded.source}'")
-    stats_path = out / "calibration_stats.json"
-    if stats_path.is_file():  # a rerun: the cells already there must belong to this sweep's conversion
-        stats = load_stats(stats_path, ann)
-        differ = [name for name in base.differences(stats.config) if name not in CELL_FIELDS]
-        if differ:
-            raise SDMError(f"--out '{out}' holds a sweep of another conversion ({', '.join(differ)} differ); "
-                           "choose another --out")
-    else:
-        pairs = inputs.pairs(ann, loaded.scheduler_config, sampling.seed)
-        stats = calibrate(prepare(ann, base), pairs, batch_size=sampling.batch_size).stats(inputs.record(sampling.seed))
-        stats.save(stats_path)
-    probe_set = probe_pairs(ann, loaded.scheduler_config, inputs.probes)
-    feature_extractor = reference_images = None
-    if fid_samples:
-        from sdm.metrics.extractors import make_extractor
-
-        feature_extractor, notes = make_extractor(options["extractor"], weights_path=options["inception_weights"],
-                                                  device=device)
-        for note in notes:
-            click.echo(f"note: {note}", err=True)
-        reference_images = read_images(options["reference"]) if options["reference"] else None
+    workflow = ConversionWorkflow(loaded.model, loaded.scheduler_config, base, inputs, label=f"'{loaded.source}'")
+    stats = _statistics(workflow, out)
+    scorer = _Scorer(options, device, sampling, fid_samples) if fid_samples else None
     rows = []
     for i, cell in enumerate(todo, 1):
         path = out / "cells" / f"{cell_name(cell)}.json"
-        done = _finished(path, fid_samples)
-        if done is not None:
-            rows.append(done)
+        row = _finished(path, fid_samples)
+        if row is not None:
             click.echo(f"[{i}/{len(todo)}] {cell_name(cell)}: done earlier, skipped", err=True)
-            continue
-        snn = convert(ann, stats.for_config(_cell_config(base, cell)))
-        ran = cli.use_executor(snn, executor)
-        fidelity = eps_fidelity(ann, snn, probe_set, batch_size=sampling.batch_size)
-        row = {**cell, "executor": ran, **{k: v for k, v in fidelity.items() if k in COLUMNS}}
-        if fid_samples:
-            from sdm.diffusion.shards import gather_shards, sample_sharded
-            from sdm.metrics.quality import evaluate_quality
-
-            settings = {"sampler": sampling.sampler, "steps": sampling.steps, "batch_size": sampling.batch_size,
-                        "threshold_scale": 1.0}
-            shard_paths = sample_sharded(snn, loaded.scheduler_config, fid_samples, out / "work" / cell_name(cell),
-                                         settings=settings, seed=sampling.seed)
-            result = evaluate_quality(gather_shards(shard_paths, fid_samples, sampling.seed), feature_extractor,
-                                      metrics=("fid",), reference=reference_images,
-                                      reference_name=options["reference"])[0][0]
-            row.update(sample_metric=result.metric, sample_value=round(result.value, 4))
-        write_json(row, path)
+        else:
+            row = _cell_row(workflow, stats.for_config(_cell_config(base, cell)), cell, executor, scorer,
+                            out / "work" / cell_name(cell))
+            write_json(row, path)
+            click.echo(f"[{i}/{len(todo)}] {cell_name(cell)}: eps cosine {row['eps_cosine']:.4f}", err=True)
         rows.append(row)
-        click.echo(f"[{i}/{len(todo)}] {cell_name(cell)}: eps cosine {row['eps_cosine']:.4f}", err=True)
+    _write_tables(rows, out, f"ckpt: {loaded.source}; calibration: {stats.source}; probes: {inputs.probes} spread over "
+                  f"t plus {inputs.probes // 2} at t < 100; analog mode: {base.analog_mode}"
+                  f"{'; analog inputs of synaptic layers spike-encoded' if base.encodes else ''}.")
+    click.echo(f"{len(rows)} cells -> {out}/sweep.md, {out}/sweep.csv, {out}/sweep.png")
+
+
+def _cell_row(workflow: ConversionWorkflow, stats, cell: dict, executor: str, scorer, work_dir: Path) -> dict:
+    """One cell converted and measured: eps fidelity on the probes, and the sample metric with a scorer."""
+    snn = convert(workflow.ann, stats)
+    ran = cli.use_executor(snn, executor)
+    fidelity = workflow.fidelity(snn)
+    row = {**cell, "executor": ran, **{k: v for k, v in fidelity.items() if k in COLUMNS}}
+    if scorer is not None:
+        row.update(scorer.score(snn, workflow.scheduler_config, work_dir))
+    return row
+
+
+def _statistics(workflow: ConversionWorkflow, out: Path):
+    """The sweep's one calibration: saved in `out` on the first run, read back (and checked to belong to
+    this sweep's conversion) on a rerun."""
+    stats_path = out / "calibration_stats.json"
+    if not stats_path.is_file():
+        stats = workflow.calibrate()
+        stats.save(stats_path)
+        return stats
+    stats = load_stats(stats_path, workflow.ann)
+    differ = [name for name in workflow.config.differences(stats.config) if name not in CELL_FIELDS]
+    if differ:
+        raise SDMError(f"--out '{out}' holds a sweep of another conversion ({', '.join(differ)} differ); "
+                       "choose another --out")
+    return stats
+
+
+class _Scorer:
+    """A sample metric of each cell (`--fid N`): N samples drawn in resumable shards, scored against the
+    reference images."""
+
+    def __init__(self, options: dict, device: str, sampling: SamplingSettings, num_samples: int):
+        from sdm.metrics.extractors import make_extractor
+
+        self.extractor, notes = make_extractor(options["extractor"], weights_path=options["inception_weights"],
+                                               device=device)
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+        self.reference_name = options["reference"]
+        self.reference = read_images(self.reference_name) if self.reference_name else None
+        self.sampling, self.num_samples = sampling, num_samples
+
+    def score(self, snn, scheduler_config: dict, work_dir: Path) -> dict:
+        from sdm.diffusion.shards import gather_shards, sample_sharded
+        from sdm.metrics.quality import evaluate_quality
+
+        sampling = self.sampling
+        settings = {"sampler": sampling.sampler, "steps": sampling.steps, "batch_size": sampling.batch_size,
+                    "threshold_scale": 1.0}
+        paths = sample_sharded(snn, scheduler_config, self.num_samples, work_dir, settings=settings, seed=sampling.seed)
+        result = evaluate_quality(gather_shards(paths, self.num_samples, sampling.seed), self.extractor,
+                                  metrics=("fid",), reference=self.reference, reference_name=self.reference_name)[0][0]
+        return {"sample_metric": result.metric, "sample_value": round(result.value, 4)}
+
+
+def _write_tables(rows: list[dict], out: Path, note: str) -> None:
+    """sweep.csv, sweep.md (with `note`) and the plots."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -200,13 +218,10 @@ def main(ckpt, allow_pickle, codings, Ts, rules, percentiles, neurons, fid_sampl
     header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
     body = "".join("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in COLUMNS) + " |\n"
                    for row in rows)
-    write_text(f"{header}{body}\nckpt: {loaded.source}; calibration: {stats.source}; probes: {inputs.probes} spread over t "
-               f"plus {inputs.probes // 2} at t < 100; analog mode: {base.analog_mode}"
-               f"{'; analog inputs of synaptic layers spike-encoded' if base.encodes else ''}.\n", out / "sweep.md")
+    write_text(f"{header}{body}\n{note}\n", out / "sweep.md")
     _plot(rows, out / "sweep.png", "eps_cosine", "eps cosine (SNN vs ANN)")
-    if fid_samples:
+    if "sample_value" in rows[0]:
         _plot(rows, out / "sweep_fid.png", "sample_value", rows[0].get("sample_metric", "FID"))
-    click.echo(f"{len(rows)} cells -> {out}/sweep.md, {out}/sweep.csv, {out}/sweep.png")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from calibration.inputs import CalibrationInputs
 from convert.finetune.loop import finetune, steps_done
 from convert.finetune.settings import FinetuneSettings
 from convert.model import ConvertedUNet
+from convert.workflow import Probes, judge
 from sdm.diffusion.sampler import SAMPLING, SamplingSettings
 from sdm.diffusion.training import read_run_config
 from sdm.io import atomic_file, write_json
@@ -85,22 +85,17 @@ def plot_loss(curve: list[dict], path: Path, budget: float | None = None) -> Non
 
 def finetune_report(before: ConvertedUNet, after: ConvertedUNet, teacher: nn.Module, scheduler_config: dict,
                     out: Path, settings: FinetuneSettings, seconds: float, *, denoising_steps: int,
-                    probes: int = CalibrationInputs.probes) -> dict:
+                    probes: Probes | None = None) -> dict:
     """Fidelity, firing rate and energy before and after (energy per image at `denoising_steps`, the
-    sampling the user asked for), the loss curve (JSON and PNG), time and steps."""
-    from calibration.inputs import probe_pairs, spread_subset
-    from convert.report import eps_fidelity
-    from sdm.snn.energy import energy_report
-
-    probe_set = probe_pairs(teacher, scheduler_config, probes)
-    spread, spread_t = (v.to(teacher.device) for v in spread_subset(probe_set))
+    sampling the user asked for; on `probes`, the default held-out pairs when None), the loss curve
+    (JSON and PNG), time and steps."""
+    probes = probes or Probes.of(teacher, scheduler_config)
     result = {}
     for name, model in (("before", before), ("after", after)):
-        model.to(teacher.device).set_executor("rate")
-        energy = energy_report(model, spread, spread_t, denoising_steps=denoising_steps, ann=teacher)
-        result[name] = {**eps_fidelity(teacher, model, probe_set),
-                        "energy_mJ_per_image": energy["per_image"]["energy_mJ"],
-                        "energy_ratio_snn_to_ann": energy["energy_ratio_snn_to_ann"]}
+        with model.executing("rate"):
+            judged = judge(teacher, model, probes, denoising_steps=denoising_steps)
+        result[name] = {**judged["fidelity"], "energy_mJ_per_image": judged["energy"]["per_image"]["energy_mJ"],
+                        "energy_ratio_snn_to_ann": judged["energy"]["energy_ratio_snn_to_ann"]}
     curve = loss_curve(out)
     write_json(curve, out / "loss.json")
     if curve:
@@ -120,12 +115,12 @@ def finetune_report(before: ConvertedUNet, after: ConvertedUNet, teacher: nn.Mod
 def run_finetune(snn_dir: Path, teacher: nn.Module, scheduler_config: dict, out: Path, settings: FinetuneSettings,
                  *, teacher_source: str, images: torch.Tensor | None = None, resume: bool = False,
                  num_samples: int = 16, sampling: SamplingSettings = SAMPLING, progress: bool = True,
-                 snn_label: str | None = None, probes: int = CalibrationInputs.probes,
+                 snn_label: str | None = None, probes: Probes | None = None,
                  beside: list[tuple[str, np.ndarray]] = ()) -> dict | None:
     """`finetune` plus its report: report.json, loss.json / loss.png and, with `num_samples`, the
     teacher / converted / fine-tuned grid from the same seeds (comparison.png), with the titled grids
     `beside` (drawn from the same seeds) after the converted one. Energy is reported at
-    `sampling.steps` denoising steps, on `probes` held-out pairs. Under several processes the main one reports; the others return None."""
+    `sampling.steps` denoising steps, on `probes` (the default held-out pairs when None). Under several processes the main one reports; the others return None."""
     from accelerate import PartialState
 
     from sdm.diffusion.images import save_comparison
@@ -137,7 +132,8 @@ def run_finetune(snn_dir: Path, teacher: nn.Module, scheduler_config: dict, out:
     seconds = time.perf_counter() - started
     if not PartialState().is_main_process:  # the report is the main process's, once
         return None
-    before = ConvertedUNet.from_pretrained(snn_dir)
+    device = next(teacher.parameters()).device  # the probes are the teacher's: the students join it there
+    before, after = ConvertedUNet.from_pretrained(snn_dir).to(device), after.to(device)
     report = {"snn": snn_label or str(snn_dir), "teacher": teacher_source,
               **finetune_report(before, after, teacher, scheduler_config, out, settings, seconds,
                                 denoising_steps=sampling.steps, probes=probes)}
