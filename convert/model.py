@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import fx, nn
 
 import calibration.graph as unet_graph
-from calibration.config import ConversionConfig
+from calibration.config import THRESHOLD_ONLY, ConversionConfig
+from convert.accounting import layer_activity
 from convert.passes import spiking_graph
 from sdm.errors import ConfigError, SDMError, reason
 from sdm.io import atomic_dir, write_json
@@ -79,6 +80,12 @@ class ConvertedUNet(nn.Module, ConfigMixin):
         self.register_to_config(_class_name=type(self).__name__, sample_size=unet_config["sample_size"],
                                 in_channels=unet_config["in_channels"], out_channels=unet_config["out_channels"],
                                 **config.to_dict(), architecture_fingerprint=unet_graph.architecture_fingerprint(unet_config))
+
+    def output_config(self) -> dict:
+        """The config entries that decide this model's outputs, given its weights and thresholds: the
+        sample cache's key (`sdm.diffusion.shards`), so that a record of how the thresholds were found
+        can change without redrawing samples that would come out the same."""
+        return {k: v for k, v in dict(self.config).items() if not k.startswith("_") and k not in THRESHOLD_ONLY}
 
     @property
     def T(self) -> int:
@@ -143,8 +150,6 @@ class ConvertedUNet(nn.Module, ConfigMixin):
 
     def layer_activity(self, sample: torch.Tensor, timestep: torch.Tensor):
         """Per-layer activity of one forward pass, for `sdm.snn.energy.energy_report`."""
-        from convert.report import layer_activity
-
         return layer_activity(self, sample, timestep)
 
     def reset_state(self) -> None:

@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 
 from calibration import ConversionConfig, calibrate, calibration_pairs, prepare, probe_pairs
 from convert import ConvertedUNet, convert
+from convert.accounting import compute_profile
 from convert.commands import finetune as finetune_cli
 from convert.finetune import FinetuneSettings, finetune, finetuned_steps
 from convert.finetune.distill import pair_weights
 from convert.finetune.energy_objective import SpikeEnergy
-from convert.report import compute_profile
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE, save_pipeline
 from sdm.diffusion.wall_clock import MEASURED_STEPS, fitted_warmup
 from sdm.errors import SDMError

@@ -3,7 +3,7 @@
 A spike costs one accumulate per synapse it reaches, so a spike of a site that feeds a wide 3x3
 convolution at full resolution costs far more than one feeding a narrow layer: a penalty on the mean
 spike count prices them alike. `SpikeEnergy` prices each site's spike count by its fan-out
-(`convert.report.spike_costs`) at 0.9 pJ per accumulate, relative to the ANN's energy per denoising
+(`convert.accounting.spike_costs`) at 0.9 pJ per accumulate, relative to the ANN's energy per denoising
 step: the term is the spikes' share of the SNN / ANN energy ratio, the share fine-tuning can move.
 The rest (analog MACs, window accumulations) does not depend on the spikes and is measured once.
 
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from convert.accounting import spike_costs
 from sdm.errors import SDMError
 from sdm.io import write_json
 from sdm.snn.energy import E_AC_PJ, E_MAC_PJ, energy_report
@@ -36,8 +37,6 @@ class SpikeEnergy:
     """The spikes' share of the SNN / ANN energy ratio, differentiable in the spike counts."""
 
     def __init__(self, snn, ann, sample: torch.Tensor, timestep: torch.Tensor):
-        from convert.report import spike_costs
-
         costs, neurons = spike_costs(snn), snn.neurons()
         # Keyed by the neuron itself, and every spiking site named (0 where its spikes reach no synapse),
         # so that counts from a neuron this was not built for are an error, not free spikes.

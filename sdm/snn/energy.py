@@ -152,6 +152,19 @@ def distinct_steps(x: torch.Tensor, batch: int) -> int:
     return 1 if bool((x == x[:1]).all()) else steps
 
 
+def synaptic_ops(x: torch.Tensor, outputs: int, fan_in: int, batch: int, spiking: bool) -> tuple[float, float]:
+    """(operations, operations per spiking step) per image of a synaptic layer that reads `x` (the T
+    steps folded into its batch of `batch` images) and writes `outputs` values of `fan_in` synapses each.
+    A spiking input is counted at every step; an analog one only at the steps whose values differ
+    (`distinct_steps`: a constant input computes once). The one count behind every energy figure."""
+    ops = outputs * fan_in / batch
+    steps = max(x.shape[0] // batch, 1)
+    per_step = ops / steps
+    if not spiking:
+        ops *= distinct_steps(x, batch) / steps
+    return ops, per_step
+
+
 def record_synaptic_layers(modules: dict[str, nn.Module], run: Callable[[], object], batch: int,
                            role: Callable[[str], str]) -> list[LayerActivity]:
     """Run `run()` with hooks on conv/linear `modules` and account their inputs and operations.
@@ -164,13 +177,9 @@ def record_synaptic_layers(modules: dict[str, nn.Module], run: Callable[[], obje
     def hook(name):
         def record(module, inputs, output):
             x = inputs[0]
-            fan_in = module.weight[0].numel()
-            ops = output.numel() * fan_in / batch
-            steps = max(x.shape[0] // batch, 1)
+            ops, per_step = synaptic_ops(x, output.numel(), module.weight[0].numel(), batch, role(name) == "spiking")
             entry = totals.setdefault(name, [0.0, 0.0, 0.0, 0.0])
-            entry[3] += ops / steps
-            if role(name) != "spiking":
-                ops *= distinct_steps(x, batch) / steps
+            entry[3] += per_step
             entry[0] += ops
             entry[1] += float((x != 0).sum())
             entry[2] += x.numel()
@@ -205,6 +214,31 @@ def ann_macs(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor) -> 
     return counter.get_total_flops() / 2 / sample.shape[0]
 
 
+COUNTING = ("spike accumulates: one per synapse a spike reaches; MACs: one per synapse at every spiking step where a "
+            "layer's analog input changes, so a layer fed the same input at every step (input image, window-mode analog "
+            "output, timestep path) counts once per window; a layer run once per window on its accumulated input "
+            "counts its MACs once, and the accumulation T - 1 accumulates per input value")
+
+
+def _same_graph_macs(layers: list[LayerActivity], T: int) -> float:
+    """The MACs per step of the ANN of the same graph: each synaptic layer's MACs in one spiking step."""
+    return sum(layer.dense_ops / T if layer.macs_per_step is None else layer.macs_per_step
+               for layer in layers if layer.role not in ("nonsynaptic", "accumulation"))
+
+
+def _per_image(layers: list[LayerActivity], acs: float, macs: float, step_pj: float, denoising_steps: int) -> dict:
+    """A step's operations, by kind, over the `denoising_steps` of one image."""
+    by_role = {role: sum(layer.macs for layer in layers if layer.role == role) for role in MAC_ROLES}
+    window = sum(layer.accumulates for layer in layers if layer.role == "accumulation")
+    return {"accumulates": acs * denoising_steps, "macs": macs * denoising_steps,
+            "window_accumulation_acs": window * denoising_steps,
+            "input_layer_macs": by_role["input"] * denoising_steps,
+            "other_analog_macs": (macs - by_role["input"]) * denoising_steps,
+            "timestep_path_macs": by_role["timestep"] * denoising_steps,
+            "attention_macs": by_role["attention"] * denoising_steps,
+            "energy_mJ": step_pj * denoising_steps / 1e9}
+
+
 def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, *, denoising_steps: int,
                   ann: nn.Module | None = None, ann_macs_per_step: float | None = None) -> dict:
     """Per-layer activity and energy per denoising step and per image, beside the ANN's MACs.
@@ -221,46 +255,27 @@ def energy_report(model: nn.Module, sample: torch.Tensor, timestep: torch.Tensor
     acs = sum(layer.accumulates for layer in layers)
     macs = sum(layer.macs for layer in layers)
     step_pj = acs * E_AC_PJ + macs * E_MAC_PJ
-    synaptic = [layer for layer in layers if layer.role not in ("nonsynaptic", "accumulation")]
     if ann_macs_per_step is None and ann is not None:
         ann_macs_per_step = ann_macs(ann, sample, timestep)
-    reference_macs = (ann_macs_per_step if ann_macs_per_step is not None else
-                      sum(layer.dense_ops / T if layer.macs_per_step is None else layer.macs_per_step
-                          for layer in synaptic))
+    reference_macs = ann_macs_per_step if ann_macs_per_step is not None else _same_graph_macs(layers, T)
     spiking_layers = [layer for layer in layers if layer.spiking_input]
     spike_acs = sum(layer.accumulates for layer in spiking_layers)
     spike_pj = spike_acs * E_AC_PJ
     spend = SNNSpend(macs, acs, spike_acs, sum(layer.dense_ops for layer in spiking_layers), T)
     code = SpikeCode(getattr(model.config, "coding", "rate"), T)
     quantised = quantised_ann_reference(reference_macs, 2 * code.levels + 1, spend)
-    by_role = {role: sum(layer.macs for layer in layers if layer.role == role) for role in MAC_ROLES}
     nonsynaptic: dict[str, float] = {}
     for layer in layers:
         if layer.role == "nonsynaptic":
             nonsynaptic[layer.name] = nonsynaptic.get(layer.name, 0.0) + layer.dense_ops * denoising_steps
-
-    def per_image(value: float) -> float:
-        return value * denoising_steps
-
     return {
         "T": T,
         "coding": code.name,
         "code": code.describe(),
         "denoising_steps": denoising_steps,
-        "counting": "spike accumulates: one per synapse a spike reaches; MACs: one per synapse at every spiking "
-                    "step where a layer's analog input changes, so a layer fed the same input at every step "
-                    "(input image, window-mode analog output, timestep path) counts once per window; a layer "
-                    "run once per window on its accumulated input counts its MACs once, and the accumulation "
-                    "T - 1 accumulates per input value",
+        "counting": COUNTING,
         "per_denoising_step": {"accumulates": acs, "macs": macs, "energy_uJ": step_pj / 1e6},
-        "per_image": {"accumulates": per_image(acs), "macs": per_image(macs),
-                      "window_accumulation_acs": per_image(sum(layer.accumulates for layer in layers
-                                                               if layer.role == "accumulation")),
-                      "input_layer_macs": per_image(by_role["input"]),
-                      "other_analog_macs": per_image(macs - by_role["input"]),
-                      "timestep_path_macs": per_image(by_role["timestep"]),
-                      "attention_macs": per_image(by_role["attention"]),
-                      "energy_mJ": step_pj * denoising_steps / 1e9},
+        "per_image": _per_image(layers, acs, macs, step_pj, denoising_steps),
         "analog_nonsynaptic_flops_per_image": nonsynaptic,
         "ann": {"macs_per_step": reference_macs, "energy_uJ_per_step": reference_macs * E_MAC_PJ / 1e6,
                 "energy_mJ_per_image": reference_macs * E_MAC_PJ * denoising_steps / 1e9,
