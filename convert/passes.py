@@ -102,120 +102,168 @@ def spiking_graph(
     'neuron', see `sdm.snn.temporal.SpikingActivation`); the sites named in `analog_sites` (the config's
     patterns resolved, and the readout) stay analog.
     """
-    code, analog_mode, activation = config.code, config.analog_mode, config.activation
     if not sites:
         raise SDMError("the model has no activation call sites on its image path: nothing to convert")
-    dependent = sample_dependent(captured.graph)
-    site_of = {s.node: s for s in sites if not s.is_encoder}
-    encoder_of = {s.node: s for s in sites if s.is_encoder}
-    encoded: dict[fx.Node, fx.Node] = {}
-    summary = ConversionSummary(timestep_activations=timestep_activation_count(captured))
-    captured.add_submodule("repeat_time", RepeatTime(code))
-    captured.add_submodule("window_value", WindowValue(code))
-    captured.add_submodule("neurons", nn.ModuleDict())
-    captured.add_submodule("analog", nn.ModuleDict())
+    return _SpikingPass(captured, sites, make_neuron, config, analog_sites).run()
 
-    def place(site: ConversionSite, function: Callable, transfer: str) -> str:
+
+class _SpikingPass:
+    """One walk of the captured graph, each node dispatched by its kind (`_kind`) to its handler, as
+    PyTorch FX's convert dispatches per node kind. The state: each node's value in the new graph, static
+    (computed once, timestep path) or a sequence (T steps folded into the batch), and which sequence
+    values vary over the steps (`varying`) and which are spikes (`spikes`, what synapses accumulate)."""
+
+    def __init__(self, captured: fx.GraphModule, sites: list[ConversionSite],
+                 make_neuron: Callable[[ConversionSite], SpikingNeuron], config: ConversionConfig,
+                 analog_sites: frozenset[str]):
+        self.captured, self.make_neuron, self.config, self.analog_sites = captured, make_neuron, config, analog_sites
+        self.dependent = sample_dependent(captured.graph)
+        self.site_of = {s.node: s for s in sites if not s.is_encoder}
+        self.encoder_of = {s.node: s for s in sites if s.is_encoder}
+        self.summary = ConversionSummary(timestep_activations=timestep_activation_count(captured))
+        for name, module in (("repeat_time", RepeatTime(config.code)), ("window_value", WindowValue(config.code)),
+                             ("neurons", nn.ModuleDict()), ("analog", nn.ModuleDict())):
+            captured.add_submodule(name, module)
+        self.graph = fx.Graph()
+        self.static: dict[fx.Node, fx.Node] = {}
+        self.sequence: dict[fx.Node, fx.Node] = {}
+        self.repeated: dict[fx.Node, fx.Node] = {}
+        self.encoded: dict[fx.Node, fx.Node] = {}  # an encoder site's value -> its spikes
+        self.varying: set[fx.Node] = set()
+        self.spikes: set[fx.Node] = set()
+        self.first_input = next(n for n in captured.graph.nodes if n.op == "placeholder")
+
+    def run(self) -> tuple[fx.GraphModule, ConversionSummary]:
+        for node in self.captured.graph.nodes:
+            _HANDLERS[self._kind(node)](self, node)
+            if node.name in self.encoder_of and node in self.sequence:  # a spike encoder for the layers it feeds
+                target = self.place(self.encoder_of[node.name], unchanged, "neuron")
+                self.encoded[node] = self.graph.call_module(target, (self.sequence[node],))
+        self.graph.lint()
+        if len(self.summary.analog_sites) == len(self.summary.neurons):
+            raise ConfigError("analog_sites", "keeps every site analog: the pass converted no activation, nothing on "
+                              "the image path became a spiking neuron; narrow it")
+        return fx.GraphModule(self.captured, self.graph), self.summary
+
+    def _kind(self, node: fx.Node) -> str:
+        if node.op in ("placeholder", "output"):
+            return node.op
+        if node not in self.dependent:
+            return "timestep path"
+        if node.target in ACTIVATIONS:
+            return "activation"
+        if touches_batch_dim(node):
+            return "batch op"
+        if node.target in SYNAPTIC and node.args[0] in self.encoded:
+            return "synaptic on encoded spikes"
+        if node.target in SYNAPTIC and node.args[0] in self.varying and not set(moved_values(node.args[0])) <= self.spikes:
+            return "synaptic on a varying analog input"
+        positions = self._positions(node)
+        if is_foldable(node, len(positions), positions):
+            return "foldable"
+        return "running mean" if node.target in RUNNING_MEAN else "unsupported"
+
+    def _positions(self, node: fx.Node) -> set[int]:
+        """The argument positions that carry image-path values."""
+        return {i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a in self.dependent}
+
+    def place(self, site: ConversionSite, function: Callable, transfer: str) -> str:
         """Register the site's `SpikingActivation` (analog when the user keeps it so); its module path."""
         key = module_key(site.name)
-        if site.name in analog_sites:
+        if site.name in self.analog_sites:
             transfer = "analog"
-            summary.analog_sites.append(site.name)
-        captured.neurons[key] = SpikingActivation(make_neuron(site), code, function, analog_mode, transfer)
-        summary.neurons[site.name] = f"neurons.{key}"
+            self.summary.analog_sites.append(site.name)
+        self.captured.neurons[key] = SpikingActivation(self.make_neuron(site), self.config.code, function,
+                                                       self.config.analog_mode, transfer)
+        self.summary.neurons[site.name] = f"neurons.{key}"
         return f"neurons.{key}"
 
-    graph = fx.Graph()
-    static: dict[fx.Node, fx.Node] = {}
-    sequence: dict[fx.Node, fx.Node] = {}
-    repeated: dict[fx.Node, fx.Node] = {}
-    varying: set[fx.Node] = set()  # sequence values that differ from step to step (spikes and their sums)
-    spikes: set[fx.Node] = set()   # sequence values that are spikes (what synaptic layers accumulate)
-    placeholders = [n for n in captured.graph.nodes if n.op == "placeholder"]
-
-    def as_sequence(n: fx.Node) -> fx.Node:
+    def as_sequence(self, n: fx.Node) -> fx.Node:
         """The value of `n` as seen by a sequence op."""
-        if n in sequence:
-            return sequence[n]
-        if n.target is aten.sym_size.int and n.args[0] in sequence and n.args[1] == 0:
-            if n not in repeated:
-                repeated[n] = graph.call_function(aten.sym_size.int, (sequence[n.args[0]], 0))
-            return repeated[n]
+        if n in self.sequence:
+            return self.sequence[n]
+        if n.target is aten.sym_size.int and n.args[0] in self.sequence and n.args[1] == 0:
+            if n not in self.repeated:
+                self.repeated[n] = self.graph.call_function(aten.sym_size.int, (self.sequence[n.args[0]], 0))
+            return self.repeated[n]
         if _has_batch_dim(n):
-            if n not in repeated:
-                repeated[n] = graph.call_module("repeat_time", (static[n],))
-            return repeated[n]
-        return static[n]
+            if n not in self.repeated:
+                self.repeated[n] = self.graph.call_module("repeat_time", (self.static[n],))
+            return self.repeated[n]
+        return self.static[n]
 
-    for node in captured.graph.nodes:
-        if node.op == "placeholder":
-            static[node] = graph.placeholder(node.name)
-            static[node].meta = dict(node.meta)
-            if node is placeholders[0]:
-                sequence[node] = graph.call_module("repeat_time", (static[node],))
-            continue
-        if node.op == "output":
-            out = node.args[0]
-            if not isinstance(out, fx.Node):
-                raise SDMError("the model must return a single tensor")
-            graph.output(graph.call_module("window_value", (as_sequence(out),)) if out in dependent else static[out])
-            continue
-        if node not in dependent:
-            static[node] = graph.node_copy(node, lambda n: static[n])
-            continue
-        positions = {i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a in dependent}
-        if node.target in ACTIVATIONS:
-            site = site_of[node.name]
-            if len(node.args) > 1:
-                raise UnsupportedOpError(f"{node.target} at {_where(node)} has extra positional arguments")
-            transfer = "neuron" if site.op == "relu" else activation
-            target = place(site, functools.partial(node.target, **node.kwargs), transfer)
-            sequence[node] = graph.call_module(target, (as_sequence(node.args[0]),))
-            if site.name not in analog_sites:
-                spikes.add(node)
-            if node in spikes or analog_mode == "running":  # a window-mode analog site outputs its mean's value
-                varying.add(node)
-        elif touches_batch_dim(node):
-            raise UnsupportedOpError(f"{node.target} at {_where(node)} works along the batch dimension, "
-                                     "where spiking steps are folded; it cannot be converted")
-        elif node.target in SYNAPTIC and node.args[0] in encoded:  # reads the encoder's spikes
-            sequence[node] = graph.node_copy(node, _feeding(node.args[0], encoded[node.args[0]], as_sequence))
-            varying.add(node)
-        elif node.target in SYNAPTIC and node.args[0] in varying and not set(moved_values(node.args[0])) <= spikes:
-            if analog_mode == "window":  # once per window, on the accumulated input
-                mean = graph.call_module("window_value", (as_sequence(node.args[0]),))
-                window = graph.node_copy(node, _feeding(node.args[0], mean, as_sequence))
-                sequence[node] = graph.call_module("repeat_time", (window,))
-                summary.window_accumulated.append(layer_name(node))
-            else:
-                sequence[node] = graph.node_copy(node, as_sequence)
-                summary.per_step_analog.append(layer_name(node))
-                varying.add(node)
-        elif is_foldable(node, len(positions), positions):
-            sequence[node] = graph.node_copy(node, as_sequence)
-            if any(a in varying for a in node.all_input_nodes):
-                varying.add(node)
-        elif node.target in RUNNING_MEAN:
-            if any(isinstance(v, fx.Node) and v in dependent for v in node.kwargs.values()):
-                raise UnsupportedOpError(f"{node.target} at {_where(node)} takes a step-varying keyword argument")
-            name = f"{len(captured.analog)}_{node.target.__name__.split('.')[0]}"
-            captured.analog[name] = TemporalMean(node.target, tuple(sorted(positions)), code, analog_mode,
-                                                  name=_where(node))
-            summary.analog_ops[node.target.__name__.split(".")[0]] += 1
-            args = tuple(as_sequence(a) if isinstance(a, fx.Node) else a for a in node.args)
-            kwargs = {k: static[v] if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()}
-            sequence[node] = graph.call_module(f"analog.{name}", args, kwargs)
-            if analog_mode == "running":
-                varying.add(node)
+    def on_placeholder(self, node: fx.Node) -> None:
+        self.static[node] = self.graph.placeholder(node.name)
+        self.static[node].meta = dict(node.meta)
+        if node is self.first_input:  # the image, presented at every step
+            self.sequence[node] = self.graph.call_module("repeat_time", (self.static[node],))
+
+    def on_output(self, node: fx.Node) -> None:
+        out = node.args[0]
+        if not isinstance(out, fx.Node):
+            raise SDMError("the model must return a single tensor")
+        self.graph.output(self.graph.call_module("window_value", (self.as_sequence(out),)) if out in self.dependent
+                          else self.static[out])
+
+    def on_timestep_path(self, node: fx.Node) -> None:
+        self.static[node] = self.graph.node_copy(node, lambda n: self.static[n])
+
+    def on_activation(self, node: fx.Node) -> None:
+        site = self.site_of[node.name]
+        if len(node.args) > 1:
+            raise UnsupportedOpError(f"{node.target} at {_where(node)} has extra positional arguments")
+        transfer = "neuron" if site.op == "relu" else self.config.activation
+        target = self.place(site, functools.partial(node.target, **node.kwargs), transfer)
+        self.sequence[node] = self.graph.call_module(target, (self.as_sequence(node.args[0]),))
+        if site.name not in self.analog_sites:
+            self.spikes.add(node)
+        if node in self.spikes or self.config.analog_mode == "running":  # a window-mode analog site outputs its mean's value
+            self.varying.add(node)
+
+    def on_batch_op(self, node: fx.Node) -> None:
+        raise UnsupportedOpError(f"{node.target} at {_where(node)} works along the batch dimension, "
+                                 "where spiking steps are folded; it cannot be converted")
+
+    def on_synaptic_on_encoded_spikes(self, node: fx.Node) -> None:
+        data = node.args[0]
+        self.sequence[node] = self.graph.node_copy(node, _feeding(data, self.encoded[data], self.as_sequence))
+        self.varying.add(node)
+
+    def on_synaptic_on_a_varying_analog_input(self, node: fx.Node) -> None:
+        if self.config.analog_mode == "window":  # once per window, on the accumulated input
+            mean = self.graph.call_module("window_value", (self.as_sequence(node.args[0]),))
+            window = self.graph.node_copy(node, _feeding(node.args[0], mean, self.as_sequence))
+            self.sequence[node] = self.graph.call_module("repeat_time", (window,))
+            self.summary.window_accumulated.append(layer_name(node))
         else:
-            raise UnsupportedOpError(
-                f"unsupported op {node.target} at {_where(node)}: its meaning over spiking steps is unknown; "
-                "supported ops are listed in convert/ops.py"
-            )
-        if node.name in encoder_of and node in sequence:  # a spike encoder for the synaptic layers it feeds
-            encoded[node] = graph.call_module(place(encoder_of[node.name], unchanged, "neuron"), (sequence[node],))
-    graph.lint()
-    if len(summary.analog_sites) == len(summary.neurons):
-        raise ConfigError("analog_sites", "keeps every site analog: the pass converted no activation, nothing on the "
-                          "image path became a spiking neuron; narrow it")
-    return fx.GraphModule(captured, graph), summary
+            self.sequence[node] = self.graph.node_copy(node, self.as_sequence)
+            self.summary.per_step_analog.append(layer_name(node))
+            self.varying.add(node)
+
+    def on_foldable(self, node: fx.Node) -> None:
+        self.sequence[node] = self.graph.node_copy(node, self.as_sequence)
+        if any(a in self.varying for a in node.all_input_nodes):
+            self.varying.add(node)
+
+    def on_running_mean(self, node: fx.Node) -> None:
+        if any(isinstance(v, fx.Node) and v in self.dependent for v in node.kwargs.values()):
+            raise UnsupportedOpError(f"{node.target} at {_where(node)} takes a step-varying keyword argument")
+        kind = node.target.__name__.split(".")[0]
+        name = f"{len(self.captured.analog)}_{kind}"
+        self.captured.analog[name] = TemporalMean(node.target, tuple(sorted(self._positions(node))), self.config.code,
+                                                  self.config.analog_mode, name=_where(node))
+        self.summary.analog_ops[kind] += 1
+        args = tuple(self.as_sequence(a) if isinstance(a, fx.Node) else a for a in node.args)
+        kwargs = {k: self.static[v] if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()}
+        self.sequence[node] = self.graph.call_module(f"analog.{name}", args, kwargs)
+        if self.config.analog_mode == "running":
+            self.varying.add(node)
+
+    def on_unsupported(self, node: fx.Node) -> None:
+        raise UnsupportedOpError(f"unsupported op {node.target} at {_where(node)}: its meaning over spiking steps is "
+                                 "unknown; supported ops are listed in convert/ops.py")
+
+
+_HANDLERS = {kind: getattr(_SpikingPass, "on_" + kind.replace(" ", "_")) for kind in (
+    "placeholder", "output", "timestep path", "activation", "batch op", "synaptic on encoded spikes",
+    "synaptic on a varying analog input", "foldable", "running mean", "unsupported")}
