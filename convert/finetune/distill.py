@@ -12,6 +12,7 @@ the energy term of `convert.finetune.energy_objective`.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,12 +20,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from calibration.inputs import LATE_T, SOURCES, TRAJECTORY_STEPS, noised_pairs
 from sdm.diffusion.sampler import trajectory
+from sdm.diffusion.shards import weights_fingerprint
 from sdm.io import atomic_file
 from sdm.snn.modes import keeping_counts
 
@@ -89,19 +91,32 @@ def _labelled(teacher: nn.Module, x: torch.Tensor, t: torch.Tensor, bar=None) ->
     return torch.cat(eps)
 
 
-def cached_pairs(path: Path, make) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The pair pool stored at `path` (so a resumed run trains on the same pairs), made once. A pool that
-    cannot be read (a write cut short) is drawn again: it is a function of the teacher and the seed."""
+def pool_key(teacher: nn.Module, student: nn.Module | None, source: str, pairs: int, seed: int,
+             data: str | None) -> dict:
+    """What decides a pool's pairs: the teacher's weights (and the student's, whose paths it may walk),
+    the source and its data, the size and the seed."""
+    return {"teacher": weights_fingerprint(teacher), "student": weights_fingerprint(student) if source == "student" else None,
+            "source": source, "data": data if source == "data" else None, "pairs": pairs, "seed": seed,
+            "trajectory_steps": TRAJECTORY_STEPS}
+
+
+def cached_pairs(path: Path, key: dict, make) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pair pool stored at `path` under `key` (so a resumed run trains on the same pairs), made once.
+    A pool of another key (other settings, another teacher) or one that cannot be read (a write cut
+    short) is drawn again: it is a function of what its key holds."""
+    tag = json.dumps(key, sort_keys=True)
     if path.is_file():
         try:
-            stored = load_file(path)
-            return stored["x"], stored["t"], stored["eps"]
+            with safe_open(path, framework="pt") as stored:
+                if (stored.metadata() or {}).get("key") == tag:
+                    return stored.get_tensor("x"), stored.get_tensor("t"), stored.get_tensor("eps")
         except (OSError, KeyError, ValueError, RuntimeError, SafetensorError):
-            path.unlink()
+            pass
+        path.unlink()
     x, t, eps = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
-        save_file({"x": x.contiguous(), "t": t.contiguous(), "eps": eps.contiguous()}, tmp)
+        save_file({"x": x.contiguous(), "t": t.contiguous(), "eps": eps.contiguous()}, tmp, metadata={"key": tag})
     return x, t, eps
 
 

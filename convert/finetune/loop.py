@@ -25,6 +25,7 @@ from convert.finetune.distill import (
     distillation_objective,
     pool_evaluations,
     pool_inputs,
+    pool_key,
     teacher_pairs,
 )
 from convert.finetune.energy_objective import BudgetController, SpikeEnergy
@@ -98,7 +99,6 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     device = settings.device
     student = ConvertedUNet.from_pretrained(snn_dir).to(device)
     check_student(student, teacher)
-    fingerprint = student.config["architecture_fingerprint"]
     state = PartialState(cpu=not device.startswith("cuda"))  # as the training loop's Accelerator will see it
     features = FeatureTargets(student) if settings.feature_weight else None
     done = steps_done(out) if resume else 0
@@ -113,9 +113,7 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     evaluations = sum(pool_evaluations(settings.source, settings.pool))
     bar = StagedBar("fine-tuning", {"pair pool": (evaluations, _pool_seconds(settings, pool_cost) / evaluations),
                                     "training": (settings.steps, step_cost)}, disable=not shown)
-    with student.executing("rate"):
-        pool = cached_pairs(out / POOL_FILE, lambda: teacher_pairs(teacher, scheduler_config, settings.source,
-                                                                   settings.pool, settings.seed, images, bar, student))
+    pool = _pair_pool(teacher, student, scheduler_config, settings, images, out / POOL_FILE, bar)
     probes = torch.linspace(0, len(pool[0]) - 1, ENERGY_PROBES).long()
     energy = SpikeEnergy(student, teacher, pool[0][probes].to(device), pool[1][probes].to(device))
     budget = BudgetController(settings.energy_penalty, settings.energy_budget, out)
@@ -137,13 +135,13 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     clock = (TimeBudget(settings.minutes * 60, warmup=settings.warmup, started=started,
                         on_fit=lambda n: bar.resize("training", n)) if timed and not done else None)  # a resumed timed run keeps the plan its record holds
     train = TrainSettings(data=f"{settings.source}:{settings.data or teacher_source}", out=str(out),
-                          steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
-                          warmup=warmup,
+                          steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, warmup=warmup,
                           ema_decay=settings.ema_decay, seed=settings.seed, hflip=False,
                           save_every=settings.save_every, log_every=10, schedule="cosine", device=device,
                           precision=settings.precision)
     record = {k: v for k, v in asdict(settings).items() if k not in ("steps", "save_every", "device")}
-    record |= {"pairs": settings.pool, "snn": str(snn_dir), "snn_fingerprint": fingerprint, "T": student.T}
+    record |= {"pairs": settings.pool, "snn": str(snn_dir), "snn_fingerprint": student.config["architecture_fingerprint"],
+               "T": student.T}
     bar.start("training", done)
     try:
         train_diffusion(train, record, build, resume=resume, progress=False, on_step=stepped,
@@ -154,6 +152,16 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     finally:
         bar.close()
     return ConvertedUNet.from_pretrained(out / "snn")
+
+
+def _pair_pool(teacher: nn.Module, student: ConvertedUNet, scheduler_config: dict, settings: FinetuneSettings,
+               images: torch.Tensor | None, path: Path, bar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The run's pair pool: the one stored at `path` under the same key, else drawn (a student walks its
+    paths in its rate form)."""
+    key = pool_key(teacher, student, settings.source, settings.pool, settings.seed, settings.data)
+    with student.executing("rate"):
+        return cached_pairs(path, key, lambda: teacher_pairs(teacher, scheduler_config, settings.source, settings.pool,
+                                                             settings.seed, images, bar, student))
 
 
 def steps_done(out: Path) -> int:
