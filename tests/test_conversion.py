@@ -12,8 +12,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from calibration import ConversionConfig, NeuronConfig, calibrate, calibration_pairs, prepare, probe_pairs
 from calibration.graph import activation_sites, capture, is_encoder_site
 from convert import ConvertedUNet, UnsupportedOpError, convert
-from convert.report import compute_profile, eps_fidelity
+from convert.accounting import compute_profile
+from convert.report import eps_fidelity
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
+from sdm.diffusion.shards import keyed_work_dir
 from sdm.errors import SDMError
 from sdm.models.presets import build_unet, preset_config
 from sdm.snn.neurons import LIFNeuron
@@ -343,3 +345,19 @@ def test_execution_modes_hold_for_their_block_only(silu_model):
     assert len(snn.spiking_sites()) == 16  # 17 sites, the readout's kept analog
     with pytest.raises(SDMError, match="executor 'fast' is unknown"), snn.executing("fast"):
         pass
+
+
+def test_the_sample_cache_keys_what_decides_the_samples(silu_model):
+    """A converted model built with other threshold-finding settings but the same thresholds computes the
+    same outputs, so it keeps the cache; one at another T does not."""
+    unet, observed = silu_model
+    snn = _convert(observed, coding="weighted")
+    settings = {"sampler": "ddim", "steps": 4}
+    same = ConvertedUNet(snn.unet_config, snn.conversion.replace(rule="percentile", percentile=99.0), snn.thresholds,
+                         unet=unet, source={"calibration": {"note": "another record"}})
+    other_T = ConvertedUNet(snn.unet_config, snn.conversion.replace(T=8), snn.thresholds, unet=unet)
+    x, t = _inputs()
+    with torch.no_grad():
+        assert torch.equal(snn(x, t).sample, same(x, t).sample)
+    assert keyed_work_dir("w", same, settings) == keyed_work_dir("w", snn, settings)
+    assert keyed_work_dir("w", other_T, settings) != keyed_work_dir("w", snn, settings)

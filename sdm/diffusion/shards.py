@@ -39,11 +39,15 @@ SHARD_SIZE = 500
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of the model's class, config and every parameter and buffer."""
+    """sha256 of the model's class, the config that decides its outputs and every parameter and buffer:
+    exactly what decides its samples. That config is the model's `output_config()` where it has one (a
+    converted SNN's leaves out how its thresholds were found), else its whole config."""
     digest = hashlib.sha256(type(model).__name__.encode())
-    config = getattr(model, "config", {})
-    digest.update(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}, sort_keys=True,
-                             default=str).encode())
+    if hasattr(model, "output_config"):
+        config = model.output_config()
+    else:
+        config = {k: v for k, v in dict(getattr(model, "config", {})).items() if not k.startswith("_")}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
