@@ -142,11 +142,10 @@ def train_diffusion(
     SNN) pass `objective(model, step, generator) -> (loss, logged scalars)`, drawing their batch from
     the step's generator; `param_groups(model)` gives the optimiser groups (a group's 'lr' is its base
     rate), `constrain(model)` runs after each update, and `save_model(ema, out)` writes the result.
-    With a `time_budget`, `settings.steps` is a plan: the first steps' speed fixes the steps that fit
-    (`sdm.diffusion.wall_clock`), and the run's record says how many.
+    With a `time_budget`, `settings.steps` is a plan: the steps' measured speed fits it again as the run
+    goes (`sdm.diffusion.wall_clock`), and the run's record says how many.
     """
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler
 
     settings.validate()
     out = Path(settings.out)
@@ -158,37 +157,15 @@ def train_diffusion(
     # same process (a test, a notebook) could not change.
     accelerator = Accelerator(cpu=not on_gpu)
     autocast = functools.partial(torch.autocast, "cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=bf16)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if settings.batch_size % world:
-        raise ConfigError("batch_size", f"({settings.batch_size}) must be divisible by the {world} processes")
-
+    if settings.batch_size % accelerator.num_processes:
+        raise ConfigError("batch_size", f"({settings.batch_size}) must be divisible by the "
+                          f"{accelerator.num_processes} processes")
     torch.manual_seed(settings.seed)
     model = build_model()
-    if objective is None:
-        size, channels = int(model.config.sample_size), int(model.config.in_channels)
-        data = load_dataset(settings.data, size, channels, fit=settings.fit)
-        alphas = DDPMScheduler.from_config(dict(DDPM_LINEAR_SCHEDULE)).alphas_cumprod.float()
-
-        def objective(model, step, generator):
-            indices = batch_indices(step, settings.batch_size, len(data), settings.seed)[rank::world]
-            images = to_model_range(data[indices].to(accelerator.device))
-            return diffusion_loss(model, images, alphas, generator, settings.hflip), {}
-
-    groups = param_groups(model) if param_groups is not None else [{"params": list(model.parameters())}]
-    for group in groups:
-        group["base_lr"] = group.get("lr", settings.lr)
-    optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    objective = objective or _ddpm_objective(settings, model, accelerator)
+    optimizer = _optimizer(model, settings, param_groups)
     ema = make_ema(model)
-    step, elapsed = 0, 0.0
-    if resuming:
-        state = load_training_state(out / CHECKPOINT_DIR, model=model, ema=ema, optimizer=optimizer)
-        step, elapsed = state["step"], state.get("seconds", 0.0)
-    elif initialise is not None:
-        initialise(model)
-        ema.load_state_dict(model.state_dict())
-    if step >= settings.steps:
-        raise ConfigError("steps", f"({settings.steps}) is no more than '{out}' is already trained for {step} steps; "
-                          "ask for more to continue")
+    step, elapsed = _starting_point(out, settings, resuming, model, ema, optimizer, initialise)
     model.train()
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
@@ -197,30 +174,15 @@ def train_diffusion(
         write_json(record, out / CONFIG_FILE)
         _drop_log_after(out / "log.jsonl", step)
     scheduler_config = dict(DDPM_LINEAR_SCHEDULE)
-    if save_model is None:
-        def save_model(ema, out):
-            save_pipeline(ema, scheduler_config, out)
-
+    save_model = save_model or functools.partial(_save_ddpm_pipeline, scheduler_config)
     losses, started = [], time.time() - elapsed  # a resumed run's clock continues from its checkpoint
     if time_budget is not None:
         time_budget.start_loop(step)
     bar = tqdm(total=settings.steps, initial=step, desc="train", unit="step",
                disable=not progress or not accelerator.is_main_process)
     while step < settings.steps:
-        factor = settings.lr_factor(step)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
         with autocast():
-            loss, scalars = objective(model, step, _noise_generator(settings.seed, step, rank))
-        if not torch.isfinite(loss):
-            raise SDMError(f"the loss became {loss.item()} at step {step}; lower the learning rate or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        if constrain is not None:
-            constrain(accelerator.unwrap_model(model))
-        update_ema(ema, accelerator.unwrap_model(model), ema_decay(step, settings.ema_decay))
+            loss, scalars = _update(model, optimizer, ema, objective, settings, step, accelerator, constrain)
         step += 1
         if time_budget is not None and time_budget.due(step):
             settings = _fit_to_time(settings, time_budget, record, out, step, accelerator)
@@ -231,13 +193,77 @@ def train_diffusion(
         # every process takes part in the digests' gathering
         digests = _rank_digests(accelerator, accelerator.unwrap_model(model), step) if settings.saves_at(step) else None
         if accelerator.is_main_process:
-            _checkpoint(settings, out, step, accelerator.unwrap_model(model), ema, optimizer, scheduler_config,
-                        losses, started, save_model, digests)
+            _checkpoint(settings, out, step, accelerator.unwrap_model(model), ema, optimizer, scheduler_config, losses,
+                        started, save_model, digests)
         if on_step is not None:
             on_step(step, loss.item())
     bar.close()
     accelerator.wait_for_everyone()
     return out
+
+
+def _ddpm_objective(settings: TrainSettings, model: nn.Module, accelerator) -> Callable:
+    """The default objective: DDPM's noise-prediction loss on `settings.data`, each process its share of
+    the step's batch."""
+    from diffusers import DDPMScheduler
+
+    size, channels = int(model.config.sample_size), int(model.config.in_channels)
+    data = load_dataset(settings.data, size, channels, fit=settings.fit)
+    alphas = DDPMScheduler.from_config(dict(DDPM_LINEAR_SCHEDULE)).alphas_cumprod.float()
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    def objective(model, step, generator):
+        indices = batch_indices(step, settings.batch_size, len(data), settings.seed)[rank::world]
+        images = to_model_range(data[indices].to(accelerator.device))
+        return diffusion_loss(model, images, alphas, generator, settings.hflip), {}
+
+    return objective
+
+
+def _optimizer(model: nn.Module, settings: TrainSettings, param_groups) -> torch.optim.Optimizer:
+    """AdamW over `param_groups(model)` (every parameter when None); each group keeps its base rate."""
+    groups = param_groups(model) if param_groups is not None else [{"params": list(model.parameters())}]
+    for group in groups:
+        group["base_lr"] = group.get("lr", settings.lr)
+    return torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def _starting_point(out: Path, settings: TrainSettings, resuming: bool, model, ema, optimizer, initialise):
+    """(step, seconds trained) to start from: a resumed run's checkpoint (model, EMA and optimiser
+    restored), else 0 after `initialise`."""
+    step, elapsed = 0, 0.0
+    if resuming:
+        state = load_training_state(out / CHECKPOINT_DIR, model=model, ema=ema, optimizer=optimizer)
+        step, elapsed = state["step"], state.get("seconds", 0.0)
+    elif initialise is not None:
+        initialise(model)
+        ema.load_state_dict(model.state_dict())
+    if step >= settings.steps:
+        raise ConfigError("steps", f"({settings.steps}) is no more than '{out}' is already trained for {step} steps; "
+                          "ask for more to continue")
+    return step, elapsed
+
+
+def _update(model, optimizer, ema, objective, settings: TrainSettings, step: int, accelerator, constrain):
+    """One optimiser step at `step`'s learning rate, the constraint and the EMA after it; (loss, scalars)."""
+    factor = settings.lr_factor(step)
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    loss, scalars = objective(model, step, _noise_generator(settings.seed, step, accelerator.process_index))
+    if not torch.isfinite(loss):
+        raise SDMError(f"the loss became {loss.item()} at step {step}; lower the learning rate or check the data")
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
+    optimizer.step()
+    if constrain is not None:
+        constrain(accelerator.unwrap_model(model))
+    update_ema(ema, accelerator.unwrap_model(model), ema_decay(step, settings.ema_decay))
+    return loss, scalars
+
+
+def _save_ddpm_pipeline(scheduler_config: dict, ema: nn.Module, out: Path) -> None:
+    save_pipeline(ema, scheduler_config, out)
 
 
 def _fit_to_time(settings: TrainSettings, budget: TimeBudget, record: dict, out: Path, step: int,

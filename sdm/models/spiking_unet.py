@@ -200,8 +200,23 @@ class SpikingUNet(ModelMixin, ConfigMixin):
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         self.encode = SynapticConv(in_channels, base_channels, 3, T, tsm)
         widths = [base_channels * m for m in channel_mults]
-        self.down = nn.ModuleList()
-        skips, ch = [base_channels], base_channels
+        self.down, skips = self._down_path(widths, base_channels, res_blocks, attention_levels, temb_dim, dropout)
+        ch = widths[-1]
+        self.mid = nn.ModuleList([SpikingResBlock(ch, ch, temb_dim, cfg, dropout), SpikingSelfAttention(ch, cfg),
+                                  SpikingResBlock(ch, ch, temb_dim, cfg, dropout)])
+        self.up = self._up_path(widths, skips, res_blocks, attention_levels, temb_dim, dropout)
+        ch = widths[0]
+        if readout == "analog":
+            self.out_norm = SeqGroupNorm(norm_groups, ch)
+            self.decode = nn.Conv2d(ch, out_channels, 3, padding=1)
+        else:
+            self.out_spike = _neuron(cfg)
+            self.decode = SynapticConv(ch, out_channels, 3, T, tsm)
+
+    def _down_path(self, widths: list[int], ch: int, res_blocks: int, attention_levels: tuple, temb_dim: int,
+                   dropout: float) -> tuple[nn.ModuleList, list[int]]:
+        """The encoder's levels, and the channels of every skip connection they leave for the decoder."""
+        cfg, down, skips = self.config, nn.ModuleList(), [ch]
         for level, width in enumerate(widths):
             blocks = nn.ModuleList()
             for _ in range(res_blocks):
@@ -214,10 +229,13 @@ class SpikingUNet(ModelMixin, ConfigMixin):
             if level < len(widths) - 1:
                 stage["downsample"] = SpikingDown(ch, cfg)
                 skips.append(ch)
-            self.down.append(stage)
-        self.mid = nn.ModuleList([SpikingResBlock(ch, ch, temb_dim, cfg, dropout), SpikingSelfAttention(ch, cfg),
-                                  SpikingResBlock(ch, ch, temb_dim, cfg, dropout)])
-        self.up = nn.ModuleList()
+            down.append(stage)
+        return down, skips
+
+    def _up_path(self, widths: list[int], skips: list[int], res_blocks: int, attention_levels: tuple, temb_dim: int,
+                 dropout: float) -> nn.ModuleList:
+        """The decoder's levels, each block reading one skip connection (taken from the end of `skips`)."""
+        cfg, up, ch = self.config, nn.ModuleList(), widths[-1]
         for level, width in reversed(list(enumerate(widths))):
             blocks = nn.ModuleList()
             for _ in range(res_blocks + 1):
@@ -228,13 +246,8 @@ class SpikingUNet(ModelMixin, ConfigMixin):
             stage = nn.ModuleDict({"blocks": blocks})
             if level > 0:
                 stage["upsample"] = SpikingUp(ch, cfg)
-            self.up.append(stage)
-        if readout == "analog":
-            self.out_norm = SeqGroupNorm(norm_groups, ch)
-            self.decode = nn.Conv2d(ch, out_channels, 3, padding=1)
-        else:
-            self.out_spike = _neuron(cfg)
-            self.decode = SynapticConv(ch, out_channels, 3, T, tsm)
+            up.append(stage)
+        return up
 
     def _blocks(self, blocks: nn.ModuleList, h: torch.Tensor, temb: torch.Tensor, skips: list | None = None,
                 collect: list | None = None) -> torch.Tensor:
