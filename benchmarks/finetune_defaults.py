@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from benchmarks.common import plot_fid_curves, provenance, sample_metric, write_table
 from calibration import ConversionConfig
@@ -54,6 +55,7 @@ CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defa
     # The short run on the student's own paths (labelled by the teacher): steps, not minutes, so that the
     # comparison with `short` holds on cores shared with other work.
     "student-short": (DEFAULT_CODE, {"steps": 400, "batch_size": 16, "source": "student"}),
+    "short-fixed-thresholds": (DEFAULT_CODE, {"steps": 400, "batch_size": 16, "threshold_lr": 0.0}),
 }
 
 
@@ -82,7 +84,7 @@ class _Model:
         self.T, self.num_samples, self.dir = T, num_samples, out / self.name
         ann, schedule = self.loaded.model, self.loaded.scheduler_config
         self.workflow = ConversionWorkflow(ann, schedule, ConversionConfig(T=T), progress=False)
-        self.ann_fid = self.score(ann)[0]
+        self.ann_fid, self.ann_images = self.score(ann)
         self.stats = None
 
     def score(self, model) -> tuple[float, object]:
@@ -103,13 +105,21 @@ class _Model:
 
     def judge(self, snn: ConvertedUNet) -> dict:
         snn.set_executor("rate")
-        fid, _ = self.score(snn)
+        fid, images = self.score(snn)
         judged = self.workflow.judge(snn, denoising_steps=50)
         fidelity, energy = judged["fidelity"], judged["energy"]
         return {"FID": f"{fid:.3f}", "ratio to ANN FID": f"{fid / self.ann_fid:.2f}",
+                "sample MSE to ANN": f"{seedwise_mse(images, self.ann_images):.5f}",
                 "eps cosine (t < 100)": f"{fidelity['eps_cosine']:.4f} ({fidelity['eps_cosine_t_lt_100']:.4f})",
                 "energy / image (mJ)": f"{energy['per_image']['energy_mJ']:.3g}",
                 "ratio to ANN energy": f"{energy['energy_ratio_snn_to_ann']:.3f}", "_fid": fid}
+
+
+def seedwise_mse(images: np.ndarray, ann_images: np.ndarray) -> float:
+    """Mean over seeds of the pixel MSE (in [0, 1]) between an SNN's sample and the ANN's sample of the same
+    seed: how far sampling carries the SNN from the ANN's path, with no feature extractor in between."""
+    difference = images.astype(np.float32) / 255 - ann_images.astype(np.float32) / 255
+    return float(np.mean(difference ** 2))
 
 
 def _finetuned(model: _Model, spec: str, minutes: float) -> tuple[Path, float]:
@@ -132,7 +142,7 @@ def _finetuned(model: _Model, spec: str, minutes: float) -> tuple[Path, float]:
 
 def _model_rows(model: _Model, candidates: list[str], minutes: float, out: Path) -> list[dict]:
     rows = [{"model": model.name, "candidate": "ANN", "code": "", "steps": "", "minutes": "", "FID": f"{model.ann_fid:.3f}",
-             "ratio to ANN FID": "1.00", "eps cosine (t < 100)": "", "energy / image (mJ)": "", "ratio to ANN energy": "1"}]
+             "ratio to ANN FID": "1.00", "sample MSE to ANN": "", "eps cosine (t < 100)": "", "energy / image (mJ)": "", "ratio to ANN energy": "1"}]
     curves: dict[str, list[tuple[float, float]]] = {}
     for code in dict.fromkeys(CANDIDATES[_parsed(c, minutes)[0]][0] for c in candidates):
         judged = model.judge(ConvertedUNet.from_pretrained(model.converted(code)))
@@ -164,7 +174,8 @@ def main(models, candidates, minutes, T, num_samples, out):
     note = (f"T = {T}, `sdm-convert`'s defaults, `sdm-finetune --minutes {minutes:g}` (or the candidate's steps) with "
             f"one change each; DDIM-50, seeds 0..{num_samples - 1}; FID of the Fashion-MNIST classifier's features "
             "against each model's reference images (not comparable with Inception FID, nor across data sets: "
-            "compare the ratios to each model's ANN).")
+            "compare the ratios to each model's ANN). Sample MSE to ANN: the mean pixel MSE between each SNN sample and the "
+            "ANN's sample of the same seed.")
     rows = []
     for spec in models:
         model = _Model(spec, T, num_samples, out)
