@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -36,6 +37,7 @@ from sdm.models.pretrained import load_model
 from sdm.settings import CommaList
 
 DEFAULT_CODE = ConversionConfig.coding
+DENOISING_STEPS = 50  # DDIM steps of the samples that score every run, and of its energy per image
 CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defaults)
     "defaults": (DEFAULT_CODE, {}),
     "fp32": (DEFAULT_CODE, {"precision": "fp32"}),
@@ -46,6 +48,7 @@ CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defa
     "student-paths": (DEFAULT_CODE, {"source": "student"}),
     "norms-only": (DEFAULT_CODE, {"train": "norms"}),
     "rate-defaults": ("rate", {}),
+    "budget": (DEFAULT_CODE, {}),  # budget:R: the sites chosen under the energy budget R, then fine-tuned under it
     # The issue's run (400 steps of 16: a pool of 1,600 pairs, 32 trajectories), then with the earlier
     # defaults' 12,800-pair pool, then with all the earlier defaults: steps, not minutes.
     "short": (DEFAULT_CODE, {"steps": 400, "batch_size": 16}),
@@ -59,18 +62,48 @@ CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defa
 }
 
 
+@dataclass(frozen=True)
+class Run:
+    """One candidate run, as `--candidates` names it: NAME, NAME@M (M minutes instead of `--minutes`: the
+    targets' longer runs) or budget:R[@M] (`sdm-convert --energy-budget R`: the sites chosen under the
+    energy ratio R, then fine-tuned under it)."""
+
+    spec: str
+    name: str
+    minutes: float
+    budget: float | None = None
+
+    @classmethod
+    def parse(cls, spec: str, minutes: float) -> Run:
+        head, _, own = spec.partition("@")
+        name, _, budget = head.partition(":")
+        if name not in CANDIDATES or bool(budget) != (name == "budget") or (own and not float(own) > 0) \
+                or (budget and not float(budget) > 0):
+            raise ValueError(spec)
+        return cls(spec, name, float(own) if own else minutes, float(budget) if budget else None)
+
+    @property
+    def code(self) -> str:
+        return CANDIDATES[self.name][0]
+
+    @property
+    def timed(self) -> bool:
+        return "steps" not in CANDIDATES[self.name][1]
+
+    def settings(self) -> FinetuneSettings:
+        overrides = dict(CANDIDATES[self.name][1], energy_budget=self.budget)
+        return FinetuneSettings(minutes=self.minutes if self.timed else None, save_every=10**9, **overrides)
+
+    @property
+    def directory(self) -> str:
+        label = self.name if self.budget is None else f"{self.name}{self.budget:g}"
+        return f"{label}-{self.minutes:g}min" if self.timed else label
+
+
 def candidate(text: str) -> str:
-    """A candidate's name, or NAME@M to run it for M minutes instead of `--minutes` (the targets' longer runs)."""
-    name, _, minutes = text.partition("@")
-    if name not in CANDIDATES or (minutes and not float(minutes) > 0):
-        raise ValueError(text)
+    """A `Run` spec, checked (its minutes are only read later)."""
+    Run.parse(text, 1.0)
     return text
-
-
-def _parsed(spec: str, minutes: float) -> tuple[str, float]:
-    """(candidate name, minutes) of a `candidate` spec."""
-    name, _, own = spec.partition("@")
-    return name, float(own) if own else minutes
 
 
 class _Model:
@@ -85,28 +118,35 @@ class _Model:
         ann, schedule = self.loaded.model, self.loaded.scheduler_config
         self.workflow = ConversionWorkflow(ann, schedule, ConversionConfig(T=T), progress=False)
         self.ann_fid, self.ann_images = self.score(ann)
-        self.stats = None
+        self.stats = {}
 
     def score(self, model) -> tuple[float, object]:
         result, images, _ = sample_metric(model, self.loaded.scheduler_config, self.num_samples, self.dir / "work",
                                           extractor=FMNISTExtractor(), reference=self.reference)
         return result.value, images
 
-    def converted(self, code: str) -> Path:
-        """`sdm-convert`'s defaults at T in `code`, saved (calibrated once for both codes)."""
-        directory = self.dir / f"converted-{code}"
+    def converted(self, code: str, budget: float | None = None) -> Path:
+        """`sdm-convert`'s defaults at T in `code` (calibrated once for both codes), or, under `budget`, its
+        conversion with `--energy-budget`: the sites chosen to meet it. Saved, and reused."""
+        directory = self.dir / (f"converted-{code}" if budget is None else f"converted-{code}-budget{budget:g}")
         if not (directory / "config.json").is_file():
-            schedule = self.loaded.scheduler_config
-            if self.stats is None:
-                self.stats = self.workflow.calibrate()
-            snn = self.workflow.convert(self.stats.retarget(coding=code), source=self.loaded.source)
-            snn.save_pretrained(directory, scheduler_config=schedule)
+            stats = self._calibrated(encoders=budget is not None).retarget(coding=code)
+            if budget is not None:
+                stats = stats.for_config(self.workflow.choose_sites(stats, budget, denoising_steps=DENOISING_STEPS).config)
+            snn = self.workflow.convert(stats, source=self.loaded.source)
+            snn.save_pretrained(directory, scheduler_config=self.loaded.scheduler_config)
         return directory
+
+    def _calibrated(self, *, encoders: bool):
+        """The ANN's calibration, once (with every analog input observed, for a site choice under a budget)."""
+        if encoders not in self.stats:
+            self.stats[encoders] = self.workflow.calibrate(encoders=encoders)
+        return self.stats[encoders]
 
     def judge(self, snn: ConvertedUNet) -> dict:
         snn.set_executor("rate")
         fid, images = self.score(snn)
-        judged = self.workflow.judge(snn, denoising_steps=50)
+        judged = self.workflow.judge(snn, denoising_steps=DENOISING_STEPS)
         fidelity, energy = judged["fidelity"], judged["energy"]
         return {"FID": f"{fid:.3f}", "ratio to ANN FID": f"{fid / self.ann_fid:.2f}",
                 "sample MSE to ANN": f"{seedwise_mse(images, self.ann_images):.5f}",
@@ -122,39 +162,35 @@ def seedwise_mse(images: np.ndarray, ann_images: np.ndarray) -> float:
     return float(np.mean(difference ** 2))
 
 
-def _finetuned(model: _Model, spec: str, minutes: float) -> tuple[Path, float]:
-    """The candidate's fine-tuned SNN directory and its wall minutes, run once: for `minutes` (or its own
-    `@M`), or for the steps the candidate names."""
-    name, minutes = _parsed(spec, minutes)
-    code, overrides = CANDIDATES[name]
-    timed = "steps" not in overrides
-    run = model.dir / (f"{name}-{minutes:g}min" if timed else name)
-    timing = run / "minutes.json"
+def _finetuned(model: _Model, run: Run) -> tuple[Path, float]:
+    """The run's fine-tuned SNN directory and its wall minutes, fine-tuned once."""
+    directory = model.dir / run.directory
+    timing = directory / "minutes.json"
     if not timing.is_file():
-        shutil.rmtree(run, ignore_errors=True)
-        settings = FinetuneSettings(minutes=minutes if timed else None, save_every=10**9, **overrides)
+        shutil.rmtree(directory, ignore_errors=True)
         started = time.perf_counter()
-        finetune(model.converted(code), model.loaded.model, model.loaded.scheduler_config, run, settings,
-                 teacher_source=model.loaded.source)
+        finetune(model.converted(run.code, run.budget), model.loaded.model, model.loaded.scheduler_config, directory,
+                 run.settings(), teacher_source=model.loaded.source)
         write_json({"minutes": (time.perf_counter() - started) / 60}, timing)
-    return run / "snn", json.loads(timing.read_text())["minutes"]
+    return directory / "snn", json.loads(timing.read_text())["minutes"]
 
 
-def _model_rows(model: _Model, candidates: list[str], minutes: float, out: Path) -> list[dict]:
+def _model_rows(model: _Model, runs: list[Run], out: Path) -> list[dict]:
     rows = [{"model": model.name, "candidate": "ANN", "code": "", "steps": "", "minutes": "", "FID": f"{model.ann_fid:.3f}",
              "ratio to ANN FID": "1.00", "sample MSE to ANN": "", "eps cosine (t < 100)": "", "energy / image (mJ)": "", "ratio to ANN energy": "1"}]
     curves: dict[str, list[tuple[float, float]]] = {}
-    for code in dict.fromkeys(CANDIDATES[_parsed(c, minutes)[0]][0] for c in candidates):
-        judged = model.judge(ConvertedUNet.from_pretrained(model.converted(code)))
-        rows.append({"model": model.name, "candidate": "converted", "code": code, "steps": 0, "minutes": "0", **judged})
-    start = {row["code"]: row["_fid"] for row in rows[1:]}
-    for name in candidates:
-        snn_dir, spent = _finetuned(model, name, minutes)
+    start = {}
+    for code, budget in dict.fromkeys((run.code, run.budget) for run in runs):
+        judged = model.judge(ConvertedUNet.from_pretrained(model.converted(code, budget)))
+        label = "converted" if budget is None else f"converted, budget {budget:g}"
+        rows.append({"model": model.name, "candidate": label, "code": code, "steps": 0, "minutes": "0", **judged})
+        start[code, budget] = judged["_fid"]
+    for run in runs:
+        snn_dir, spent = _finetuned(model, run)
         judged = model.judge(ConvertedUNet.from_pretrained(snn_dir))
-        code = CANDIDATES[_parsed(name, minutes)[0]][0]
-        rows.append({"model": model.name, "candidate": name, "code": code, "steps": finetuned_steps(snn_dir),
+        rows.append({"model": model.name, "candidate": run.spec, "code": run.code, "steps": finetuned_steps(snn_dir),
                      "minutes": f"{spent:.1f}", **judged})
-        curves[name] = [(0.0, start[code]), (spent, judged["_fid"])]
+        curves[run.spec] = [(0.0, start[run.code, run.budget]), (spent, judged["_fid"])]
     plot_fid_curves(curves, model.ann_fid, out / f"{model.name}.png", xlabel="wall-clock minutes of fine-tuning",
                     title=f"{model.name}: FID against time (N = {model.num_samples})", target=1.1)
     return rows
@@ -163,7 +199,7 @@ def _model_rows(model: _Model, candidates: list[str], minutes: float, out: Path)
 @command(help="Fine-tuning defaults, one change at a time, on several DDPMs: FID against wall-clock minutes.")
 @click.option("--model", "models", multiple=True, required=True, help="CKPT or CKPT=REFERENCE_IMAGES; repeat.")
 @click.option("--candidates", type=CommaList(candidate), default="defaults,fp32,lr-third,reuse-1", show_default=True,
-              help=f"Of {', '.join(CANDIDATES)}; NAME@M runs one for M minutes instead of --minutes.")
+              help=f"Of {', '.join(CANDIDATES)}; NAME@M runs one for M minutes instead of --minutes; budget:R converts and fine-tunes under the energy budget R.")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True)
 @click.option("--T", "T", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--num-samples", type=click.IntRange(min=2), default=500, show_default=True)
@@ -176,12 +212,12 @@ def main(models, candidates, minutes, T, num_samples, out):
             "against each model's reference images (not comparable with Inception FID, nor across data sets: "
             "compare the ratios to each model's ANN). Sample MSE to ANN: the mean pixel MSE between each SNN sample and the "
             "ANN's sample of the same seed.")
-    rows = []
+    rows, runs = [], [Run.parse(spec, minutes) for spec in candidates]
     for spec in models:
         model = _Model(spec, T, num_samples, out)
         model_rows = [{k: v for k, v in row.items() if not k.startswith("_")}
-                      for row in _model_rows(model, candidates, minutes, out)]
-        described = {n: CANDIDATES[_parsed(n, minutes)[0]] for n in candidates}
+                      for row in _model_rows(model, runs, out)]
+        described = {run.spec: CANDIDATES[run.name] for run in runs}
         write_table(model_rows, model.dir, meta, note, candidates=described, minutes=minutes)
         rows += model_rows
         text = write_table(rows, out, meta, note, candidates=described, minutes=minutes)
