@@ -44,6 +44,8 @@ CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defa
     "lr-third": (DEFAULT_CODE, {"lr": 1e-4, "threshold_lr": 1e-3}),
     "reuse-1": (DEFAULT_CODE, {"pair_reuse": 1.0}),
     "late-0": (DEFAULT_CODE, {"late_share": 0.0}),
+    "min-snr": (DEFAULT_CODE, {"snr_gamma": 5.0}),
+    "min-snr-late-0": (DEFAULT_CODE, {"snr_gamma": 5.0, "late_share": 0.0}),
     "batch-16": (DEFAULT_CODE, {"batch_size": 16}),
     "student-paths": (DEFAULT_CODE, {"source": "student"}),
     "norms-only": (DEFAULT_CODE, {"train": "norms"}),

@@ -8,15 +8,19 @@ import torch
 
 from calibration import ConversionConfig, calibrate, calibration_pairs, prepare
 from convert import convert
+from convert.finetune import FinetuneSettings
 from convert.finetune.distill import (
     PAIR_SEED,
     FeatureTargets,
+    distillation_objective,
+    min_snr_weights,
     pool_evaluations,
     pool_inputs,
     pool_size,
     site_inputs,
     teacher_pairs,
 )
+from convert.finetune.energy_objective import BudgetController, SpikeEnergy
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
 from sdm.diffusion.sampler import trajectory
 from sdm.models.presets import build_unet
@@ -167,3 +171,36 @@ def test_a_pool_is_reused_only_under_its_own_key(tiny_snn, tmp_path):
                              pool_key(unet, snn, **{**base, "source": "student"}), pool_key(other_teacher, snn, **base)], 2):
         assert cached_pairs(path, key, draw(n))[0][0].item() == n
     assert calls == [0, 2, 3, 4, 5]
+
+
+def test_min_snr_weights_by_hand():
+    """min(SNR, gamma) / SNR from the linear schedule's alpha-bar, cumulated here by hand."""
+    abar, product = [], 1.0
+    for i in range(1000):
+        product *= 1 - (1e-4 + (0.02 - 1e-4) * i / 999)
+        abar.append(product)
+    t = torch.tensor([0, 40, 150, 700])
+    expected = [min(abar[i] / (1 - abar[i]), 2.0) / (abar[i] / (1 - abar[i])) for i in t.tolist()]
+    # rel 1e-3: diffusers builds the betas in float32, which moves 1 - alpha-bar at t = 0 by 2e-4 of itself
+    assert min_snr_weights(t, dict(DDPM_LINEAR_SCHEDULE), 2.0).tolist() == pytest.approx(expected, rel=1e-3)
+    assert expected[-1] == 1.0 and expected[0] < 1e-3  # high noise keeps its weight, the cleanest step loses it
+    assert min_snr_weights(t, dict(DDPM_LINEAR_SCHEDULE), None).tolist() == [1.0] * 4
+
+
+def test_the_snr_weighted_loss_weights_each_pairs_error_and_logs_the_plain_mse(tiny_snn, tmp_path):
+    unet, snn = tiny_snn
+    student = copy.deepcopy(snn)
+    student.set_executor("rate")
+    path = teacher_pairs(unet, DDPM_LINEAR_SCHEDULE, "trajectory", 50, 0)  # one DDIM-50 path, t from 999 to 0
+    x, t, eps = (v[torch.tensor([0, 20, 40, 45, 47, 48, 49, 49])] for v in path)
+    settings = FinetuneSettings(batch_size=8, pairs=8, snr_gamma=1.0, late_share=0.0)
+    objective = distillation_objective((x, t, eps), settings, "cpu", SpikeEnergy(student, unet, x[:2], t[:2]),
+                                       BudgetController(0.0, None, tmp_path), None, dict(DDPM_LINEAR_SCHEDULE))
+    loss, logged = objective(student, 0, torch.Generator().manual_seed(3))
+    idx = torch.multinomial(torch.ones(8), 8, replacement=True, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        errors = (student(x[idx], t[idx], return_dict=False)[0] - eps[idx]).square().flatten(1).mean(1)
+    weights = min_snr_weights(t[idx], dict(DDPM_LINEAR_SCHEDULE), 1.0)
+    assert loss.item() == pytest.approx((weights * errors).mean().item(), rel=1e-5)
+    assert logged["mse"] == pytest.approx(errors.mean().item(), rel=1e-5)
+    assert weights.min() < 0.5  # the draw holds low-noise pairs, so the weighting changes the loss

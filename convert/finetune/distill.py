@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from calibration.inputs import LATE_T, SOURCES, TRAJECTORY_STEPS, noised_pairs
@@ -100,23 +100,29 @@ def pool_key(teacher: nn.Module, student: nn.Module | None, source: str, pairs: 
             "trajectory_steps": TRAJECTORY_STEPS}
 
 
+def pool_stored(path: Path, key: dict) -> bool:
+    """Whether `path` holds a readable pair pool under `key` (its metadata only is read)."""
+    try:
+        with safe_open(path, framework="pt") as stored:
+            return (stored.metadata() or {}).get("key") == json.dumps(key, sort_keys=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError):  # none there, or a write cut short
+        return False
+
+
 def cached_pairs(path: Path, key: dict, make) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The pair pool stored at `path` under `key` (so a resumed run trains on the same pairs), made once.
-    A pool of another key (other settings, another teacher) or one that cannot be read (a write cut
-    short) is drawn again: it is a function of what its key holds."""
-    tag = json.dumps(key, sort_keys=True)
-    if path.is_file():
+    """The pair pool stored at `path` under `key` (so a resumed run trains on the same pairs), made once:
+    a pool is a function of what its key holds, so one under another key is drawn again."""
+    if pool_stored(path, key):
         try:
-            with safe_open(path, framework="pt") as stored:
-                if (stored.metadata() or {}).get("key") == tag:
-                    return stored.get_tensor("x"), stored.get_tensor("t"), stored.get_tensor("eps")
-        except (OSError, KeyError, ValueError, RuntimeError, SafetensorError):
+            return tuple(load_file(path)[name] for name in ("x", "t", "eps"))
+        except (OSError, KeyError, ValueError, RuntimeError, SafetensorError):  # a damaged body: drawn again
             pass
-        path.unlink()
+    path.unlink(missing_ok=True)
     x, t, eps = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
-        save_file({"x": x.contiguous(), "t": t.contiguous(), "eps": eps.contiguous()}, tmp, metadata={"key": tag})
+        save_file({"x": x.contiguous(), "t": t.contiguous(), "eps": eps.contiguous()}, tmp,
+                  metadata={"key": json.dumps(key, sort_keys=True)})
     return x, t, eps
 
 
@@ -164,13 +170,28 @@ class FeatureTargets:
         return torch.stack(errors).mean()
 
 
-def distillation_objective(pool, settings, device: str, energy, budget, features: FeatureTargets | None, world: int = 1):
+def min_snr_weights(t: torch.Tensor, scheduler_config: dict, gamma: float | None) -> torch.Tensor:
+    """min(SNR(t), gamma) / SNR(t) for each t, the Min-SNR-gamma weight of an eps error (all 1 without
+    `gamma`): 1 at high noise, down to gamma / SNR where the signal dominates."""
+    if gamma is None:
+        return torch.ones(len(t))
+    from diffusers import DDPMScheduler
+
+    abar = DDPMScheduler.from_config(scheduler_config).alphas_cumprod.double()[t.long()]
+    snr = abar / (1 - abar)
+    return (snr.clamp(max=gamma) / snr).float()
+
+
+def distillation_objective(pool, settings, device: str, energy, budget, features: FeatureTargets | None,
+                           scheduler_config: dict, world: int = 1):
     """loss(student, step, generator): MSE to the teacher's eps on a weighted draw of pool pairs (this
-    process's share of the batch), plus `settings.feature_weight` times the sites' relative feature error,
-    plus a weight times the spikes' share of the SNN / ANN energy ratio (`SpikeEnergy`): `energy_penalty`,
-    or under an energy budget the weight `budget` adapts."""
+    process's share of the batch; each pair's error weighted by `min_snr_weights` under `settings.snr_gamma`),
+    plus `settings.feature_weight` times the sites' relative feature error, plus a weight times the spikes'
+    share of the SNN / ANN energy ratio (`SpikeEnergy`): `energy_penalty`, or under an energy budget the
+    weight `budget` adapts. The logged `mse` is the unweighted one."""
     x, t, eps = pool
     weights = pair_weights(t, settings.late_share)
+    loss_weights = min_snr_weights(t, scheduler_config, settings.snr_gamma)
     draw = settings.batch_size // world
 
     def objective(student, step, generator):
@@ -183,8 +204,10 @@ def distillation_objective(pool, settings, device: str, energy, budget, features
             spikes = energy.ratio(neurons, len(idx))
             counts = [c for n in neurons for c in n.counts]
         rate = sum(c.sum() for c in counts) / (snn.T * sum(c.numel() for c in counts))
-        mse = F.mse_loss(pred.float(), eps[idx].to(device))
-        loss, logged = mse, {"mse": mse.item()}
+        errors = (pred.float() - eps[idx].to(device)).square().flatten(1).mean(1)
+        mse = errors.mean()
+        loss = mse if settings.snr_gamma is None else (loss_weights[idx].to(device) * errors).mean()
+        logged = {"mse": mse.item()}
         if features is not None:  # made only for a positive feature weight
             feature = features.loss(inputs, xb, tb)
             loss = loss + settings.feature_weight * feature

@@ -26,6 +26,7 @@ from convert.finetune.distill import (
     pool_evaluations,
     pool_inputs,
     pool_key,
+    pool_stored,
     teacher_pairs,
 )
 from convert.finetune.energy_objective import BudgetController, SpikeEnergy
@@ -102,14 +103,10 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     state = PartialState(cpu=not device.startswith("cuda"))  # as the training loop's Accelerator will see it
     features = FeatureTargets(student) if settings.feature_weight else None
     done = steps_done(out) if resume else 0
-    drawing = not (out / POOL_FILE).is_file()
     timed = settings.minutes is not None
-    shown = progress and state.is_main_process  # the trial timings serve the bar's estimate and a timed run's plan
-    pool_cost = _pool_cost(teacher, student, settings.source) if drawing and (shown or timed) else (0.0, 0.0)
-    step_cost = _step_cost(student, settings, features) if shown or timed else 0.0
-    warmup = settings.warmup
-    if timed:
-        settings, warmup = _timed_plan(settings, out, done, started, pool_cost, step_cost)
+    shown = progress and state.is_main_process
+    settings, warmup, pool_cost, step_cost = _planned(teacher, student, settings, features, out, done, started,
+                                                      timed=timed, shown=shown)
     evaluations = sum(pool_evaluations(settings.source, settings.pool))
     bar = StagedBar("fine-tuning", {"pair pool": (evaluations, _pool_seconds(settings, pool_cost) / evaluations),
                                     "training": (settings.steps, step_cost)}, disable=not shown)
@@ -134,19 +131,15 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
 
     clock = (TimeBudget(settings.minutes * 60, warmup=settings.warmup, started=started,
                         on_fit=lambda n: bar.resize("training", n)) if timed and not done else None)  # a resumed timed run keeps the plan its record holds
-    train = TrainSettings(data=f"{settings.source}:{settings.data or teacher_source}", out=str(out),
-                          steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, warmup=warmup,
-                          ema_decay=settings.ema_decay, seed=settings.seed, hflip=False,
-                          save_every=settings.save_every, log_every=10, schedule="cosine", device=device,
-                          precision=settings.precision)
     record = {k: v for k, v in asdict(settings).items() if k not in ("steps", "save_every", "device")}
     record |= {"pairs": settings.pool, "snn": str(snn_dir), "snn_fingerprint": student.config["architecture_fingerprint"],
                "T": student.T}
     bar.start("training", done)
     try:
-        train_diffusion(train, record, build, resume=resume, progress=False, on_step=stepped,
+        train_diffusion(_training_loop_settings(settings, warmup, out, teacher_source), record, build, resume=resume,
+                        progress=False, on_step=stepped,
                         objective=distillation_objective(pool, settings, device, energy, budget, features,
-                                                         state.num_processes),
+                                                         scheduler_config, state.num_processes),
                         param_groups=lambda model: holder["groups"], constrain=keep_thresholds_positive,
                         save_model=save, time_budget=clock)
     finally:
@@ -154,14 +147,45 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     return ConvertedUNet.from_pretrained(out / "snn")
 
 
+def _training_loop_settings(settings: FinetuneSettings, warmup: int, out: Path, teacher_source: str) -> TrainSettings:
+    """What the shared training loop runs: the run's steps, batch, learning rate and warm-up on a cosine
+    decay, its EMA, seed and precision; its data named by the pool's source."""
+    return TrainSettings(data=f"{settings.source}:{settings.data or teacher_source}", out=str(out),
+                         steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, warmup=warmup,
+                         ema_decay=settings.ema_decay, seed=settings.seed, hflip=False,
+                         save_every=settings.save_every, log_every=10, schedule="cosine", device=settings.device,
+                         precision=settings.precision)
+
+
 def _pair_pool(teacher: nn.Module, student: ConvertedUNet, scheduler_config: dict, settings: FinetuneSettings,
                images: torch.Tensor | None, path: Path, bar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The run's pair pool: the one stored at `path` under the same key, else drawn (a student walks its
     paths in its rate form)."""
-    key = pool_key(teacher, student, settings.source, settings.pool, settings.seed, settings.data)
     with student.executing("rate"):
-        return cached_pairs(path, key, lambda: teacher_pairs(teacher, scheduler_config, settings.source, settings.pool,
-                                                             settings.seed, images, bar, student))
+        return cached_pairs(path, _pool_key(teacher, student, settings),
+                            lambda: teacher_pairs(teacher, scheduler_config, settings.source, settings.pool,
+                                                  settings.seed, images, bar, student))
+
+
+def _pool_key(teacher: nn.Module, student: ConvertedUNet, settings: FinetuneSettings) -> dict:
+    return pool_key(teacher, student, settings.source, settings.pool, settings.seed, settings.data)
+
+
+def _planned(teacher: nn.Module, student: ConvertedUNet, settings: FinetuneSettings, features, out: Path, done: int,
+             started: float, *, timed: bool, shown: bool) -> tuple[FinetuneSettings, int, tuple[float, float], float]:
+    """(settings, warm-up, pool cost per teacher and student input, step cost): a timed run's settings carry
+    the steps that fit, or, resumed, the plan its record holds. The costs are timed only where a progress
+    bar or a plan reads them, and the pool's only where it will be drawn (a fresh timed run's pool is sized
+    by its plan, so it is always priced)."""
+    warmup = settings.warmup
+    if timed and done:
+        settings, warmup = _recorded_plan(settings, out)
+    drawing = (timed and not done) or not pool_stored(out / POOL_FILE, _pool_key(teacher, student, settings))
+    pool_cost = _pool_cost(teacher, student, settings.source) if drawing and (shown or timed) else (0.0, 0.0)
+    step_cost = _step_cost(student, settings, features) if shown or timed else 0.0
+    if timed and not done:
+        settings, warmup = _fitted_plan(settings, started, pool_cost, step_cost)
+    return settings, warmup, pool_cost, step_cost
 
 
 def steps_done(out: Path) -> int:
@@ -217,14 +241,17 @@ def _step_cost(student: ConvertedUNet, settings: FinetuneSettings, features) -> 
         return _second_of_two(step)
 
 
-def _timed_plan(settings: FinetuneSettings, out: Path, done: int, started: float, pool_cost: tuple[float, float],
-                step_cost: float) -> tuple[FinetuneSettings, int]:
-    """A `--minutes` run's settings with a step count, which sizes its pool, and its warm-up: a resumed
-    run's recorded plan, else the most steps whose pool (`pool_cost` per teacher and student input) and training
-    (`step_cost` per step) fit in the time left. The training loop fits the steps again as it runs."""
-    if done:
-        recorded = read_run_config(out) or {}
-        return replace(settings, steps=recorded["steps"], pairs=recorded["model"]["pairs"]), recorded["warmup"]
+def _recorded_plan(settings: FinetuneSettings, out: Path) -> tuple[FinetuneSettings, int]:
+    """A resumed timed run's settings and warm-up, as its record holds them."""
+    recorded = read_run_config(out) or {}
+    return replace(settings, steps=recorded["steps"], pairs=recorded["model"]["pairs"]), recorded["warmup"]
+
+
+def _fitted_plan(settings: FinetuneSettings, started: float, pool_cost: tuple[float, float],
+                 step_cost: float) -> tuple[FinetuneSettings, int]:
+    """A `--minutes` run's settings with a step count, which sizes its pool, and its warm-up: the most steps
+    whose pool (`pool_cost` per teacher and student input) and training (`step_cost` per step) fit in the
+    time left. The training loop fits the steps again as it runs."""
     seconds = settings.minutes * 60 - (time.perf_counter() - started)
 
     def cost(steps: int) -> float:

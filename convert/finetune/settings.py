@@ -52,6 +52,11 @@ class FinetuneSettings:
     late_share: float = field(default=0.25, metadata=option(
         "--late-share", "Share of each batch drawn from t < 100, the fine-detail steps.",
         type=click.FloatRange(0, 1, max_open=True)))
+    snr_gamma: float | None = field(default=None, metadata=option(
+        "--snr-gamma", "Weight each pair's eps error by min(SNR, G) / SNR of its t (Min-SNR-gamma, Hang et al. "
+        "2023): the low-noise steps, whose eps errors are largest, stop drowning out the high-noise steps that "
+        "decide what a sample shows [default: off, every pair weighted 1].",
+        type=click.FloatRange(min=0, min_open=True)))
     train: str = field(default="all", metadata=option(
         "--train", "What learns besides the thresholds: nothing more, the norms' affine parameters, or all.",
         type=click.Choice(TRAINABLE)))
@@ -110,6 +115,8 @@ class FinetuneSettings:
             value = getattr(self, name)
             if value < 0 or not math.isfinite(value):
                 raise ConfigError(name, f"must be a finite number >= 0, got {value}")
+        if self.snr_gamma is not None and not (self.snr_gamma > 0 and math.isfinite(self.snr_gamma)):
+            raise ConfigError("snr_gamma", f"must be a positive number, got {self.snr_gamma}")
         if self.energy_budget is not None and not (self.energy_budget > 0 and math.isfinite(self.energy_budget)):
             raise ConfigError("energy_budget", f"must be a positive ratio to the ANN's energy, got {self.energy_budget}")
 
