@@ -134,7 +134,7 @@ class _Model:
         if not (directory / "config.json").is_file():
             stats = self._calibrated(encoders=budget is not None).retarget(coding=code)
             if budget is not None:
-                stats = stats.for_config(self.workflow.choose_sites(stats, budget, denoising_steps=DENOISING_STEPS).config)
+                stats, _ = self.workflow.within_budget(stats, budget, denoising_steps=DENOISING_STEPS)
             snn = self.workflow.convert(stats, source=self.loaded.source)
             snn.save_pretrained(directory, scheduler_config=self.loaded.scheduler_config)
         return directory

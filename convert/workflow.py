@@ -88,11 +88,14 @@ class ConversionWorkflow:
         calibrate(observed, pairs, batch_size=self.inputs.batch_size, progress=self.progress)
         return observed.stats(self.inputs.record()).for_config(self.config)
 
-    def choose_sites(self, stats: CalibrationStats, budget: float, *, denoising_steps: int) -> SiteChoice:
-        """Which activations spike and which analog inputs are spike-encoded to meet `budget` (a ratio to
-        the ANN's energy per image), judged on the probes."""
-        return choose_sites(self.ann, stats, budget, self.probes.pairs, self.probes.spread,
-                            denoising_steps=denoising_steps, batch_size=JUDGE_BATCH, progress=self.progress)
+    def within_budget(self, stats: CalibrationStats, budget: float, *,
+                      denoising_steps: int) -> tuple[CalibrationStats, SiteChoice]:
+        """Which activations spike and which analog inputs are spike-encoded to meet `budget` (a ratio to the
+        ANN's energy per image), judged on the probes: `stats` (calibrated with `encoders`, so that any analog
+        input may be chosen) retargeted to that choice, and the choice itself."""
+        choice = choose_sites(self.ann, stats, budget, self.probes.pairs, self.probes.spread,
+                              denoising_steps=denoising_steps, batch_size=JUDGE_BATCH, progress=self.progress)
+        return stats.for_config(choice.config), choice
 
     def convert(self, stats: CalibrationStats, *, source: str = "") -> ConvertedUNet:
         """The SNN that `stats` describe; `source` records the ANN's checkpoint for later commands."""

@@ -126,8 +126,7 @@ def _statistics(workflow: ConversionWorkflow, stats: str | None, budget: float |
     if not calibration.encoders_observed:
         raise SDMError(f"--energy-budget chooses among the analog inputs, but --stats '{stats}' observed "
                        "none: calibrate again without --stats, or with statistics saved under --encode-analog")
-    choice = workflow.choose_sites(calibration, budget, denoising_steps=denoising_steps)
-    return calibration.for_config(choice.config), choice
+    return workflow.within_budget(calibration, budget, denoising_steps=denoising_steps)
 
 
 def _report(loaded, snn: ConvertedUNet, executor: str, calibration, convert_seconds: float, judged: dict) -> dict:

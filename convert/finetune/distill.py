@@ -100,11 +100,16 @@ def pool_key(teacher: nn.Module, student: nn.Module | None, source: str, pairs: 
             "trajectory_steps": TRAJECTORY_STEPS}
 
 
+def _encoded(key: dict) -> str:
+    """A pool key as its file's metadata holds it (the same key always the same string)."""
+    return json.dumps(key, sort_keys=True)
+
+
 def pool_stored(path: Path, key: dict) -> bool:
     """Whether `path` holds a readable pair pool under `key` (its metadata only is read)."""
     try:
         with safe_open(path, framework="pt") as stored:
-            return (stored.metadata() or {}).get("key") == json.dumps(key, sort_keys=True)
+            return (stored.metadata() or {}).get("key") == _encoded(key)
     except (OSError, ValueError, RuntimeError, SafetensorError):  # none there, or a write cut short
         return False
 
@@ -122,7 +127,7 @@ def cached_pairs(path: Path, key: dict, make) -> tuple[torch.Tensor, torch.Tenso
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         save_file({"x": x.contiguous(), "t": t.contiguous(), "eps": eps.contiguous()}, tmp,
-                  metadata={"key": json.dumps(key, sort_keys=True)})
+                  metadata={"key": _encoded(key)})
     return x, t, eps
 
 
@@ -206,7 +211,7 @@ def distillation_objective(pool, settings, device: str, energy, budget, features
         rate = sum(c.sum() for c in counts) / (snn.T * sum(c.numel() for c in counts))
         errors = (pred.float() - eps[idx].to(device)).square().flatten(1).mean(1)
         mse = errors.mean()
-        loss = mse if settings.snr_gamma is None else (loss_weights[idx].to(device) * errors).mean()
+        loss = (loss_weights[idx].to(device) * errors).mean()
         logged = {"mse": mse.item()}
         if features is not None:  # made only for a positive feature weight
             feature = features.loss(inputs, xb, tb)
