@@ -184,7 +184,7 @@ def test_min_snr_weights_by_hand():
     # rel 1e-3: diffusers builds the betas in float32, which moves 1 - alpha-bar at t = 0 by 2e-4 of itself
     assert min_snr_weights(t, dict(DDPM_LINEAR_SCHEDULE), 2.0).tolist() == pytest.approx(expected, rel=1e-3)
     assert expected[-1] == 1.0 and expected[0] < 1e-3  # high noise keeps its weight, the cleanest step loses it
-    assert min_snr_weights(t, dict(DDPM_LINEAR_SCHEDULE), None).tolist() == [1.0] * 4
+    assert min_snr_weights(t, dict(DDPM_LINEAR_SCHEDULE), 0.0).tolist() == [1.0] * 4
 
 
 def test_the_snr_weighted_loss_weights_each_pairs_error_and_logs_the_plain_mse(tiny_snn, tmp_path):

@@ -175,10 +175,10 @@ class FeatureTargets:
         return torch.stack(errors).mean()
 
 
-def min_snr_weights(t: torch.Tensor, scheduler_config: dict, gamma: float | None) -> torch.Tensor:
-    """min(SNR(t), gamma) / SNR(t) for each t, the Min-SNR-gamma weight of an eps error (all 1 without
-    `gamma`): 1 at high noise, down to gamma / SNR where the signal dominates."""
-    if gamma is None:
+def min_snr_weights(t: torch.Tensor, scheduler_config: dict, gamma: float) -> torch.Tensor:
+    """min(SNR(t), gamma) / SNR(t) for each t, the Min-SNR-gamma weight of an eps error (all 1 for a gamma
+    of 0): 1 at high noise, down to gamma / SNR where the signal dominates."""
+    if not gamma:
         return torch.ones(len(t))
     from diffusers import DDPMScheduler
 
