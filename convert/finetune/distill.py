@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from calibration.inputs import LATE_T, SOURCES, TRAJECTORY_STEPS, noised_pairs
-from sdm.diffusion.sampler import trajectory
+from sdm.diffusion.sampler import make_scheduler, trajectory
 from sdm.diffusion.shards import weights_fingerprint
 from sdm.io import atomic_file
 from sdm.snn.modes import keeping_counts
@@ -180,9 +180,7 @@ def min_snr_weights(t: torch.Tensor, scheduler_config: dict, gamma: float) -> to
     of 0): 1 at high noise, down to gamma / SNR where the signal dominates."""
     if not gamma:
         return torch.ones(len(t))
-    from diffusers import DDPMScheduler
-
-    abar = DDPMScheduler.from_config(scheduler_config).alphas_cumprod.double()[t.long()]
+    abar = make_scheduler("ddpm", scheduler_config).alphas_cumprod.double()[t.long()]
     snr = abar / (1 - abar)
     return (snr.clamp(max=gamma) / snr).float()
 
