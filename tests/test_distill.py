@@ -135,42 +135,35 @@ def test_staged_bar_counts_seconds_of_work(monkeypatch):
     bar.close()
 
 
-def test_an_unreadable_pool_is_drawn_again(tmp_path):
-    """A pool cut short (a killed write, a full disk) is a function of its key: redrawn."""
-    from safetensors.torch import load_file
-
-    from convert.finetune.distill import cached_pairs
+def test_an_unreadable_pool_is_not_reused(tmp_path):
+    """A pool cut short (a killed write, a full disk) reads as none, so the run draws it again; a whole
+    one reads back as it was stored."""
+    from convert.finetune.distill import store_pairs, stored_pairs
 
     path, key = tmp_path / "pairs.safetensors", {"seed": 0}
     pairs = (torch.zeros(2, 1, 4, 4), torch.tensor([1, 2]), torch.ones(2, 1, 4, 4))
-    cached_pairs(path, key, lambda: pairs)
+    assert stored_pairs(path, key) is None
+    store_pairs(path, key, pairs)
+    assert all(torch.equal(a, b) for a, b in zip(stored_pairs(path, key), pairs, strict=True))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    calls = []
-    again = cached_pairs(path, key, lambda: calls.append(1) or pairs)
-    assert calls == [1] and torch.equal(again[2], pairs[2]) and torch.equal(load_file(path)["eps"], pairs[2])
-    assert cached_pairs(path, key, lambda: calls.append(2) or pairs)[1].tolist() == [1, 2] and calls == [1]
+    assert stored_pairs(path, key) is None
 
 
 def test_a_pool_is_reused_only_under_its_own_key(tiny_snn, tmp_path):
-    """Another size, seed, source or teacher draws the pool again; the same settings reuse it."""
-    from convert.finetune.distill import cached_pairs, pool_key
+    """Another size, seed, source or teacher finds no stored pool; the same settings find it."""
+    from convert.finetune.distill import pool_key, store_pairs, stored_pairs
 
     unet, snn = tiny_snn
-    path, calls = tmp_path / "pairs.safetensors", []
-
-    def draw(seed):
-        return lambda: calls.append(seed) or (torch.full((2, 1), float(seed)), torch.tensor([1, 2]), torch.ones(2, 1))
-
+    path = tmp_path / "pairs.safetensors"
     base = dict(source="trajectory", pairs=48, seed=0, data=None)
-    cached_pairs(path, pool_key(unet, snn, **base), draw(0))
-    assert cached_pairs(path, pool_key(unet, snn, **base), draw(1))[0][0].item() == 0 and calls == [0]
+    store_pairs(path, pool_key(unet, snn, **base), (torch.full((2, 1), 7.0), torch.tensor([1, 2]), torch.ones(2, 1)))
+    assert stored_pairs(path, pool_key(unet, snn, **base))[0][0].item() == 7
     other_teacher = copy.deepcopy(unet)
     with torch.no_grad():
         next(other_teacher.parameters()).add_(1e-3)
-    for n, key in enumerate([pool_key(unet, snn, **{**base, "pairs": 32}), pool_key(unet, snn, **{**base, "seed": 1}),
-                             pool_key(unet, snn, **{**base, "source": "student"}), pool_key(other_teacher, snn, **base)], 2):
-        assert cached_pairs(path, key, draw(n))[0][0].item() == n
-    assert calls == [0, 2, 3, 4, 5]
+    for key in [pool_key(unet, snn, **{**base, "pairs": 32}), pool_key(unet, snn, **{**base, "seed": 1}),
+                pool_key(unet, snn, **{**base, "source": "student"}), pool_key(other_teacher, snn, **base)]:
+        assert stored_pairs(path, key) is None
 
 
 def test_min_snr_weights_by_hand():

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from calibration.inputs import LATE_T, SOURCES, TRAJECTORY_STEPS, noised_pairs
@@ -33,6 +33,7 @@ from sdm.snn.modes import keeping_counts
 PAIR_SOURCES = (*SOURCES, "student")  # the teacher's or the student's trajectories, or real images noised
 PAIR_SEED = 1 << 21       # trajectory seeds: disjoint from sampling seeds (0..) and probe seeds (1 << 20)
 POOL_FILE = "pairs.safetensors"
+POOL_TENSORS = ("x", "t", "eps")  # a pool file's tensors: inputs, timesteps, the teacher's eps
 PAIR_REUSE = 4            # draws per pool pair over a run: the default pool is the run's draws / this
 MAX_POOL = 51_200         # a default pool never outgrows this many pairs (0.3 GB at 28 x 28, 1.2 GB at 32 x 32 x 3)
 TEACHER_BATCH = 64
@@ -105,30 +106,25 @@ def _encoded(key: dict) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def pool_stored(path: Path, key: dict) -> bool:
-    """Whether `path` holds a readable pair pool under `key` (its metadata only is read)."""
+def stored_pairs(path: Path, key: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The pair pool stored at `path` under `key`, so a resumed run trains on the same pairs; None where
+    none is there, its write was cut short, or it was drawn under another key (a pool is a function of
+    what its key holds). The metadata is read first, so a pool under another key is never loaded."""
     try:
         with safe_open(path, framework="pt") as stored:
-            return (stored.metadata() or {}).get("key") == _encoded(key)
+            if (stored.metadata() or {}).get("key") != _encoded(key):
+                return None
+            return tuple(stored.get_tensor(name) for name in POOL_TENSORS)
     except (OSError, ValueError, RuntimeError, SafetensorError):  # none there, or a write cut short
-        return False
+        return None
 
 
-def cached_pairs(path: Path, key: dict, make) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The pair pool stored at `path` under `key` (so a resumed run trains on the same pairs), made once:
-    a pool is a function of what its key holds, so one under another key is drawn again."""
-    if pool_stored(path, key):
-        try:
-            return tuple(load_file(path)[name] for name in ("x", "t", "eps"))
-        except (OSError, KeyError, ValueError, RuntimeError, SafetensorError):  # a damaged body: drawn again
-            pass
-    path.unlink(missing_ok=True)
-    x, t, eps = make()
+def store_pairs(path: Path, key: dict, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+    """Write a pair pool under its key, atomically: an interrupted write leaves no pool behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
-        save_file({"x": x.contiguous(), "t": t.contiguous(), "eps": eps.contiguous()}, tmp,
+        save_file({name: tensor.contiguous() for name, tensor in zip(POOL_TENSORS, pairs, strict=True)}, tmp,
                   metadata={"key": _encoded(key)})
-    return x, t, eps
 
 
 def pair_weights(t: torch.Tensor, late_share: float) -> torch.Tensor:

@@ -21,12 +21,12 @@ from convert.finetune.distill import (
     POOL_FILE,
     TEACHER_BATCH,
     FeatureTargets,
-    cached_pairs,
     distillation_objective,
     pool_evaluations,
     pool_inputs,
     pool_key,
-    pool_stored,
+    store_pairs,
+    stored_pairs,
     teacher_pairs,
 )
 from convert.finetune.energy_objective import BudgetController, SpikeEnergy
@@ -105,12 +105,13 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     done = steps_done(out) if resume else 0
     timed = settings.minutes is not None
     shown = progress and state.is_main_process
-    settings, warmup, pool_cost, step_cost = _planned(teacher, student, settings, features, out, done, started,
-                                                      timed=timed, shown=shown)
+    settings, warmup, pool_cost, step_cost, stored = _planned(teacher, student, settings, features, out, done,
+                                                              started, timed=timed, shown=shown)
     evaluations = sum(pool_evaluations(settings.source, settings.pool))
     bar = StagedBar("fine-tuning", {"pair pool": (evaluations, _pool_seconds(settings, pool_cost) / evaluations),
                                     "training": (settings.steps, step_cost)}, disable=not shown)
-    pool = _pair_pool(teacher, student, scheduler_config, settings, images, out / POOL_FILE, bar)
+    pool = stored if stored is not None else _drawn_pool(teacher, student, scheduler_config, settings, images,
+                                                         out / POOL_FILE, bar)
     probes = torch.linspace(0, len(pool[0]) - 1, ENERGY_PROBES).long()
     energy = SpikeEnergy(student, teacher, pool[0][probes].to(device), pool[1][probes].to(device))
     budget = BudgetController(settings.energy_penalty, settings.energy_budget, out)
@@ -157,14 +158,15 @@ def _training_loop_settings(settings: FinetuneSettings, warmup: int, out: Path, 
                          precision=settings.precision)
 
 
-def _pair_pool(teacher: nn.Module, student: ConvertedUNet, scheduler_config: dict, settings: FinetuneSettings,
-               images: torch.Tensor | None, path: Path, bar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The run's pair pool: the one stored at `path` under the same key, else drawn (a student walks its
-    paths in its rate form)."""
+def _drawn_pool(teacher: nn.Module, student: ConvertedUNet, scheduler_config: dict, settings: FinetuneSettings,
+                images: torch.Tensor | None, path: Path, bar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The run's pair pool, drawn (a student walks its paths in its rate form) and stored at `path` under
+    its key, for a resumed run to reuse."""
     with student.executing("rate"):
-        return cached_pairs(path, _pool_key(teacher, student, settings),
-                            lambda: teacher_pairs(teacher, scheduler_config, settings.source, settings.pool,
-                                                  settings.seed, images, bar, student))
+        pairs = teacher_pairs(teacher, scheduler_config, settings.source, settings.pool, settings.seed, images,
+                              bar, student)
+    store_pairs(path, _pool_key(teacher, student, settings), pairs)
+    return pairs
 
 
 def _pool_key(teacher: nn.Module, student: ConvertedUNet, settings: FinetuneSettings) -> dict:
@@ -172,20 +174,23 @@ def _pool_key(teacher: nn.Module, student: ConvertedUNet, settings: FinetuneSett
 
 
 def _planned(teacher: nn.Module, student: ConvertedUNet, settings: FinetuneSettings, features, out: Path, done: int,
-             started: float, *, timed: bool, shown: bool) -> tuple[FinetuneSettings, int, tuple[float, float], float]:
-    """(settings, warm-up, pool cost per teacher and student input, step cost): a timed run's settings carry
-    the steps that fit, or, resumed, the plan its record holds. The costs are timed only where a progress
-    bar or a plan reads them, and the pool's only where it will be drawn (a fresh timed run's pool is sized
-    by its plan, so it is always priced)."""
+             started: float, *, timed: bool, shown: bool) -> tuple[FinetuneSettings, int, tuple[float, float], float,
+                                                                   tuple[torch.Tensor, ...] | None]:
+    """(settings, warm-up, pool cost per teacher and student input, step cost, stored pool): a timed run's
+    settings carry the steps that fit, or, resumed, the plan its record holds. The stored pool is the one
+    at `out` under the run's key, or None where the run draws its own; a fresh timed run always does, as
+    its plan sizes it. The costs are timed only where a progress bar or a plan reads them, and the pool's
+    only where it will be drawn."""
     warmup = settings.warmup
     if timed and done:
         settings, warmup = _recorded_plan(settings, out)
-    drawing = (timed and not done) or not pool_stored(out / POOL_FILE, _pool_key(teacher, student, settings))
-    pool_cost = _pool_cost(teacher, student, settings.source) if drawing and (shown or timed) else (0.0, 0.0)
+    fresh_timed = timed and not done
+    stored = None if fresh_timed else stored_pairs(out / POOL_FILE, _pool_key(teacher, student, settings))
+    pool_cost = _pool_cost(teacher, student, settings.source) if stored is None and (shown or timed) else (0.0, 0.0)
     step_cost = _step_cost(student, settings, features) if shown or timed else 0.0
-    if timed and not done:
+    if fresh_timed:
         settings, warmup = _fitted_plan(settings, started, pool_cost, step_cost)
-    return settings, warmup, pool_cost, step_cost
+    return settings, warmup, pool_cost, step_cost, stored
 
 
 def steps_done(out: Path) -> int:
