@@ -19,7 +19,7 @@ from sdm.commands.options import command
 from sdm.diffusion.data import load_dataset
 from sdm.diffusion.images import save_comparison, to_model_range
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE
-from sdm.diffusion.sampler import sample
+from sdm.diffusion.sampler import make_scheduler, sample
 from sdm.models.pretrained import EMBEDDED_NAME, load_model
 from sdm.settings import CommaList
 
@@ -38,9 +38,7 @@ class HandOver(nn.Module):
 
 @torch.no_grad()
 def eps_mse(model, images: torch.Tensor, t: int, seed: int = 0) -> float:
-    from diffusers import DDPMScheduler
-
-    alpha = DDPMScheduler.from_config(dict(DDPM_LINEAR_SCHEDULE)).alphas_cumprod[t].float()
+    alpha = make_scheduler("ddpm", dict(DDPM_LINEAR_SCHEDULE)).alphas_cumprod[t].float()
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed + t))
     noisy = alpha.sqrt() * images + (1 - alpha).sqrt() * noise
     pred = model(noisy, torch.full((len(images),), t), return_dict=False)[0]

@@ -17,7 +17,7 @@ import click
 import torch
 
 from sdm.diffusion.images import to_model_range
-from sdm.diffusion.sampler import trajectory
+from sdm.diffusion.sampler import make_scheduler, trajectory
 from sdm.errors import ConfigError, SDMError
 from sdm.settings import option
 
@@ -102,9 +102,7 @@ def calibration_pairs(
 
 def noised_pairs(images: torch.Tensor, scheduler_config: dict, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Real uint8 NCHW images noised by the forward process at t ~ U{0..T-1}."""
-    from diffusers import DDPMScheduler
-
-    abar = DDPMScheduler.from_config(scheduler_config).alphas_cumprod
+    abar = make_scheduler("ddpm", scheduler_config).alphas_cumprod
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(len(images), (n,), generator=g)
     t = torch.randint(len(abar), (n,), generator=g)

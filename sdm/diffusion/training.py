@@ -27,7 +27,7 @@ from sdm.diffusion.data import load_dataset
 from sdm.diffusion.ema import ema_decay, make_ema, update_ema
 from sdm.diffusion.images import save_grid, to_model_range
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE, save_pipeline
-from sdm.diffusion.sampler import sample
+from sdm.diffusion.sampler import make_scheduler, sample
 from sdm.diffusion.train_settings import TrainSettings, autocasts_bf16
 from sdm.diffusion.wall_clock import TimeBudget
 from sdm.errors import ConfigError, SDMError
@@ -205,11 +205,9 @@ def train_diffusion(
 def _ddpm_objective(settings: TrainSettings, model: nn.Module, accelerator) -> Callable:
     """The default objective: DDPM's noise-prediction loss on `settings.data`, each process its share of
     the step's batch."""
-    from diffusers import DDPMScheduler
-
     size, channels = int(model.config.sample_size), int(model.config.in_channels)
     data = load_dataset(settings.data, size, channels, fit=settings.fit)
-    alphas = DDPMScheduler.from_config(dict(DDPM_LINEAR_SCHEDULE)).alphas_cumprod.float()
+    alphas = make_scheduler("ddpm", dict(DDPM_LINEAR_SCHEDULE)).alphas_cumprod.float()
     world, rank = accelerator.num_processes, accelerator.process_index
 
     def objective(model, step, generator):
