@@ -116,9 +116,10 @@ class _Model:
     def __init__(self, spec: str, T: int, num_samples: int, out: Path):
         ckpt, _, reference = spec.partition("=")
         self.loaded = load_model(ckpt)
-        self.name = Path(ckpt).name or ckpt.replace(":", "_")
+        self.name = Path(ckpt).name  # as the rows show it: a path's or hub id's last part, or the embedded id
+        self.file_name = self.name.replace(":", "-")  # its directory and plot: some file systems refuse a colon
         self.reference = read_images(reference) if reference else None
-        self.T, self.num_samples, self.dir = T, num_samples, out / self.name
+        self.T, self.num_samples, self.dir = T, num_samples, out / self.file_name
         ann, schedule = self.loaded.model, self.loaded.scheduler_config
         self.workflow = ConversionWorkflow(ann, schedule, ConversionConfig(T=T), progress=False)
         self.ann_fid, self.ann_images = self.score(ann)
@@ -195,7 +196,7 @@ def _model_rows(model: _Model, runs: list[Run], out: Path) -> list[dict]:
         rows.append({"model": model.name, "candidate": run.spec, "code": run.code, "steps": finetuned_steps(snn_dir),
                      "minutes": f"{spent:.1f}", **judged})
         curves[run.spec] = [(0.0, start[run.code, run.budget]), (spent, judged["_fid"])]
-    plot_fid_curves(curves, model.ann_fid, out / f"{model.name}.png", xlabel="wall-clock minutes of fine-tuning",
+    plot_fid_curves(curves, model.ann_fid, out / f"{model.file_name}.png", xlabel="wall-clock minutes of fine-tuning",
                     title=f"{model.name}: FID against time (N = {model.num_samples})", target=1.1)
     return rows
 
