@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The development-set study of issue 30, one job at a time on the 2 cores. Resumable: finished runs and
-# sample shards are reused, so a rerun only redraws what is missing. The models come from
-# examples/dev_models.sh. The deep model (the slowest) runs fewer candidates: lr-third and fp32 were
-# settled on the other two; its remedies (11.4) run steps, not minutes. Each model's table: benchmarks/results/finetune_defaults/MODEL/table.md.
+# The development-set study of issue 30 (BENCHMARKS.md 11), one job at a time on the 2 cores: a timed run
+# shares the cores with nothing else. Resumable: finished runs and sample shards are reused, so a rerun
+# only draws what is missing and rebuilds each model's table. The models come from examples/dev_models.sh.
+# Candidates (see `--help`): `defaults` and `rate-defaults` are today's defaults in the two codes;
+# `eps-loss` and `rate-eps-loss` the earlier ones (plain eps loss); NAME@M runs M minutes instead of 4;
+# NAME:R@M converts and fine-tunes under the energy budget R. The deep model (the slowest) runs fewer
+# candidates: lr-third and fp32 were settled on the other two. Tables: benchmarks/results/finetune_defaults/MODEL/table.md.
 set -euo pipefail
 MNIST=../shared/data/mnist_10k.npz
 RUN=(.venv/bin/python -m benchmarks.finetune_defaults --minutes 4 --num-samples 500)
-"${RUN[@]}" --model runs/dev/relu-mnist=$MNIST --model runs/dev/silu-fmnist-cpu \
-  --candidates defaults,fp32,lr-third,reuse-1,rate-defaults,short,short-pool
+"${RUN[@]}" --model runs/dev/relu-mnist=$MNIST \
+  --candidates defaults,eps-loss,fp32,lr-third,reuse-1,rate-eps-loss,short,short-pool,eps-loss@20,rate-eps-loss@20,defaults@20,defaults:0.4@20,rate-defaults@20
+"${RUN[@]}" --model runs/dev/silu-fmnist-cpu \
+  --candidates eps-loss,fp32,lr-third,reuse-1,rate-eps-loss,short,short-pool,eps-loss@20,eps-loss:0.45@20,defaults@20,rate-defaults@20
 "${RUN[@]}" --model runs/dev/silu-mnist-deep=$MNIST \
-  --candidates defaults,reuse-1,rate-defaults,short,short-pool,norms-only,student-short,short-fixed-thresholds
+  --candidates defaults,eps-loss,reuse-1,rate-eps-loss,short,short-pool,norms-only,student-short,short-fixed-thresholds,late-0,eps-loss@20,defaults@20,rate-defaults,rate-defaults@20,defaults:0.4@20
