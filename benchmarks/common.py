@@ -76,20 +76,24 @@ def plot_fid_curves(curves: dict[str, list[tuple[float, float]]], ann_fid: float
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     from sdm.io import atomic_file
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, points in curves.items():
-        ax.plot([x for x, _ in points], [f for _, f in points], marker="o", label=name)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = plt.get_cmap("tab20").colors  # twenty distinct colours: a model's candidates never share one
+    for i, (name, points) in enumerate(curves.items()):
+        ax.plot([x for x, _ in points], [f for _, f in points], marker="o", label=name, color=colours[i % len(colours)])
     ax.axhline(ann_fid, color="gray", linestyle="--", label="ANN")
     ax.axhline(target * ann_fid, color="gray", linestyle=":", label=f"{target:g} x ANN")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FID-FMNIST")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, never over a curve
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
