@@ -31,6 +31,7 @@ from convert.model import ConvertedUNet
 from convert.workflow import ConversionWorkflow
 from sdm.commands.options import command
 from sdm.diffusion.data import read_images
+from sdm.diffusion.images import save_comparison
 from sdm.io import write_json
 from sdm.metrics.extractors import FMNISTExtractor
 from sdm.models.pretrained import load_model
@@ -38,6 +39,8 @@ from sdm.settings import CommaList
 
 DEFAULT_CODE = ConversionConfig.coding
 DENOISING_STEPS = 50  # DDIM steps of the samples that score every run, and of its energy per image
+GRID_MINUTES = 10.0   # runs this long get a panel in a model's sample grid: the ones the targets read
+GRID_SEEDS = 16       # seeds per panel of that grid (a 4 x 4 grid, the same seeds in the same cells)
 # The plain eps loss of the defaults before BENCHMARKS.md 11.6 (a quarter of each batch from t < 100, every
 # pair weighted 1): the candidates measured against those defaults keep it, so that a rerun repeats them.
 EPS_LOSS = {"late_share": 0.25, "snr_gamma": 0.0}
@@ -157,7 +160,7 @@ class _Model:
                 "sample MSE to ANN": f"{seedwise_mse(images, self.ann_images):.5f}",
                 "eps cosine (t < 100)": f"{fidelity['eps_cosine']:.4f} ({fidelity['eps_cosine_t_lt_100']:.4f})",
                 "energy / image (mJ)": f"{energy['per_image']['energy_mJ']:.3g}",
-                "ratio to ANN energy": f"{energy['energy_ratio_snn_to_ann']:.3f}", "_fid": fid}
+                "ratio to ANN energy": f"{energy['energy_ratio_snn_to_ann']:.3f}", "_fid": fid, "_images": images}
 
 
 def seedwise_mse(images: np.ndarray, ann_images: np.ndarray) -> float:
@@ -184,20 +187,25 @@ def _model_rows(model: _Model, runs: list[Run], out: Path) -> list[dict]:
     rows = [{"model": model.name, "candidate": "ANN", "code": "", "steps": "", "minutes": "", "FID": f"{model.ann_fid:.3f}",
              "ratio to ANN FID": "1.00", "sample MSE to ANN": "", "eps cosine (t < 100)": "", "energy / image (mJ)": "", "ratio to ANN energy": "1"}]
     curves: dict[str, list[tuple[float, float]]] = {}
+    panels = [("ANN", model.ann_images)]
     start = {}
     for code, budget in dict.fromkeys((run.code, run.budget) for run in runs):
         judged = model.judge(ConvertedUNet.from_pretrained(model.converted(code, budget)))
         label = "converted" if budget is None else f"converted, budget {budget:g}"
         rows.append({"model": model.name, "candidate": label, "code": code, "steps": 0, "minutes": "0", **judged})
         start[code, budget] = judged["_fid"]
+        panels.append((f"{label}, {code}", judged["_images"]))
     for run in runs:
         snn_dir, spent = _finetuned(model, run)
         judged = model.judge(ConvertedUNet.from_pretrained(snn_dir))
         rows.append({"model": model.name, "candidate": run.spec, "code": run.code, "steps": finetuned_steps(snn_dir),
                      "minutes": f"{spent:.1f}", **judged})
         curves[run.spec] = [(0.0, start[run.code, run.budget]), (spent, judged["_fid"])]
+        if run.minutes >= GRID_MINUTES:
+            panels.append((run.spec, judged["_images"]))
     plot_fid_curves(curves, model.ann_fid, out / f"{model.file_name}.png", xlabel="wall-clock minutes of fine-tuning",
                     title=f"{model.name}: FID against time (N = {model.num_samples})", target=1.1)
+    save_comparison([(label, images[:GRID_SEEDS]) for label, images in panels], out / f"{model.file_name}-samples.png")
     return rows
 
 
