@@ -272,18 +272,23 @@ def test_an_interrupted_timed_run_resumes_its_plan(tiny, tmp_path):
 
 def test_a_stored_pool_is_priced_unless_its_key_matches(tiny, tmp_path, monkeypatch):
     """The progress estimate prices the teacher's pool where it will be drawn: a stored pool under the run's
-    key is reused and not priced; one under another key (another size) is drawn again, so it is priced."""
+    key is reused, neither drawn nor priced; one under another key (another size) is drawn again, and priced."""
+    from convert.finetune import loop
+
     unet, root = tiny
-    priced = []
-    monkeypatch.setattr("convert.finetune.loop._pool_cost", lambda *args: priced.append(1) or (1e-3, 0.0))
+    priced, drawn = [], []
+    monkeypatch.setattr(loop, "_pool_cost", lambda *args: priced.append(1) or (1e-3, 0.0))
+    draw = loop.teacher_pairs
+    monkeypatch.setattr(loop, "teacher_pairs", lambda *args: drawn.append(1) or draw(*args))
     finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / "first", FinetuneSettings(**TINY), progress=False)
     for name, pairs, expected in (("same", TINY["pairs"], []), ("other", TINY["pairs"] - 8, [1])):
         (tmp_path / name).mkdir()
         shutil.copy(tmp_path / "first" / "pairs.safetensors", tmp_path / name / "pairs.safetensors")
         priced.clear()
+        drawn.clear()
         finetune(root / "snn", unet, DDPM_LINEAR_SCHEDULE, tmp_path / name,
                  FinetuneSettings(**{**TINY, "pairs": pairs}), progress=True)
-        assert priced == expected, name
+        assert priced == expected and drawn == expected, name
 
 
 @pytest.mark.parametrize("source", ["trajectory", "student"])

@@ -105,13 +105,12 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     done = steps_done(out) if resume else 0
     timed = settings.minutes is not None
     shown = progress and state.is_main_process
-    settings, warmup, pool_cost, step_cost, stored = _planned(teacher, student, settings, features, out, done,
-                                                              started, timed=timed, shown=shown)
+    settings, warmup, pool_cost, step_cost, key, stored = _planned(teacher, student, settings, features, out, done,
+                                                                   started, timed=timed, shown=shown)
     evaluations = sum(pool_evaluations(settings.source, settings.pool))
     bar = StagedBar("fine-tuning", {"pair pool": (evaluations, _pool_seconds(settings, pool_cost) / evaluations),
                                     "training": (settings.steps, step_cost)}, disable=not shown)
-    pool = stored if stored is not None else _drawn_pool(teacher, student, scheduler_config, settings, images,
-                                                         out / POOL_FILE, bar)
+    pool = stored or _drawn_pool(teacher, student, scheduler_config, settings, images, out / POOL_FILE, key, bar)
     probes = torch.linspace(0, len(pool[0]) - 1, ENERGY_PROBES).long()
     energy = SpikeEnergy(student, teacher, pool[0][probes].to(device), pool[1][probes].to(device))
     budget = BudgetController(settings.energy_penalty, settings.energy_budget, out)
@@ -159,13 +158,13 @@ def _training_loop_settings(settings: FinetuneSettings, warmup: int, out: Path, 
 
 
 def _drawn_pool(teacher: nn.Module, student: ConvertedUNet, scheduler_config: dict, settings: FinetuneSettings,
-                images: torch.Tensor | None, path: Path, bar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                images: torch.Tensor | None, path: Path, key: dict, bar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The run's pair pool, drawn (a student walks its paths in its rate form) and stored at `path` under
-    its key, for a resumed run to reuse."""
+    `key`, for a resumed run to reuse."""
     with student.executing("rate"):
         pairs = teacher_pairs(teacher, scheduler_config, settings.source, settings.pool, settings.seed, images,
                               bar, student)
-    store_pairs(path, _pool_key(teacher, student, settings), pairs)
+    store_pairs(path, key, pairs)
     return pairs
 
 
@@ -175,22 +174,25 @@ def _pool_key(teacher: nn.Module, student: ConvertedUNet, settings: FinetuneSett
 
 def _planned(teacher: nn.Module, student: ConvertedUNet, settings: FinetuneSettings, features, out: Path, done: int,
              started: float, *, timed: bool, shown: bool) -> tuple[FinetuneSettings, int, tuple[float, float], float,
-                                                                   tuple[torch.Tensor, ...] | None]:
-    """(settings, warm-up, pool cost per teacher and student input, step cost, stored pool): a timed run's
-    settings carry the steps that fit, or, resumed, the plan its record holds. The stored pool is the one
-    at `out` under the run's key, or None where the run draws its own; a fresh timed run always does, as
-    its plan sizes it. The costs are timed only where a progress bar or a plan reads them, and the pool's
-    only where it will be drawn."""
+                                                                   dict, tuple[torch.Tensor, ...] | None]:
+    """(settings, warm-up, pool cost per teacher and student input, step cost, pool key, stored pool): a
+    timed run's settings carry the steps that fit, or, resumed, the plan its record holds. The key (a hash
+    of every teacher weight) is computed once, for the run's final settings. The stored pool is the one at
+    `out` under that key, or None where the run draws its own; a fresh timed run always does, as its plan
+    sizes it. The costs are timed only where a progress bar or a plan reads them, and the pool's only where
+    it will be drawn."""
     warmup = settings.warmup
     if timed and done:
         settings, warmup = _recorded_plan(settings, out)
     fresh_timed = timed and not done
-    stored = None if fresh_timed else stored_pairs(out / POOL_FILE, _pool_key(teacher, student, settings))
+    key = None if fresh_timed else _pool_key(teacher, student, settings)
+    stored = None if fresh_timed else stored_pairs(out / POOL_FILE, key)
     pool_cost = _pool_cost(teacher, student, settings.source) if stored is None and (shown or timed) else (0.0, 0.0)
     step_cost = _step_cost(student, settings, features) if shown or timed else 0.0
     if fresh_timed:
         settings, warmup = _fitted_plan(settings, started, pool_cost, step_cost)
-    return settings, warmup, pool_cost, step_cost, stored
+        key = _pool_key(teacher, student, settings)
+    return settings, warmup, pool_cost, step_cost, key, stored
 
 
 def steps_done(out: Path) -> int:
