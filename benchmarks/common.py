@@ -81,7 +81,8 @@ def plot_fid_curves(curves: dict[str, list[tuple[float, float]]], ann_fid: float
     from sdm.io import atomic_file
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    colours = plt.get_cmap("tab20").colors  # twenty distinct colours: a model's candidates never share one
+    tab20 = plt.get_cmap("tab20").colors
+    colours = tab20[:14] + tab20[16:]  # 18 distinct colours, without the greys of the ANN lines
     for i, (name, points) in enumerate(curves.items()):
         ax.plot([x for x, _ in points], [f for _, f in points], marker="o", label=name, color=colours[i % len(colours)])
     ax.axhline(ann_fid, color="gray", linestyle="--", label="ANN")

@@ -10,7 +10,9 @@ user converts it, `sdm-convert`'s defaults at `--T`, in the candidate's code, an
 the steps a candidate names, with `sdm-finetune`'s defaults changed as `CANDIDATES` says, nothing else. Judged by the FID of the
 Fashion-MNIST classifier's features (DDIM-50, seeds 0..N-1) against each model's reference images, as
 a ratio to the model's own ANN, beside energy per image. Finished runs and sample shards are reused
-on a rerun; a run cut short starts again.
+on a rerun; a run cut short starts again. Per model, under `--out`: `MODEL/table.md`, FID against minutes
+in `MODEL.png`, and `MODEL-samples.png`, the same seeds drawn by the ANN, each conversion and every timed
+run of `GRID_MINUTES` or more.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class _Model:
     def __init__(self, spec: str, T: int, num_samples: int, out: Path):
         ckpt, _, reference = spec.partition("=")
         self.loaded = load_model(ckpt)
-        self.name = Path(ckpt).name  # as the rows show it: a path's or hub id's last part, or the embedded id
+        self.name = Path(ckpt).absolute().name  # as the rows show it: a path's or hub id's last part (`.` too)
         self.file_name = self.name.replace(":", "-")  # its directory and plot: some file systems refuse a colon
         self.reference = read_images(reference) if reference else None
         self.T, self.num_samples, self.dir = T, num_samples, out / self.file_name
@@ -201,7 +203,7 @@ def _model_rows(model: _Model, runs: list[Run], out: Path) -> list[dict]:
         rows.append({"model": model.name, "candidate": run.spec, "code": run.code, "steps": finetuned_steps(snn_dir),
                      "minutes": f"{spent:.1f}", **judged})
         curves[run.spec] = [(0.0, start[run.code, run.budget]), (spent, judged["_fid"])]
-        if run.minutes >= GRID_MINUTES:
+        if run.timed and run.minutes >= GRID_MINUTES:
             panels.append((run.spec, judged["_images"]))
     plot_fid_curves(curves, model.ann_fid, out / f"{model.file_name}.png", xlabel="wall-clock minutes of fine-tuning",
                     title=f"{model.name}: FID against time (N = {model.num_samples})", target=1.1)
