@@ -12,6 +12,6 @@ RUN=(.venv/bin/python -m benchmarks.finetune_defaults --minutes 4 --num-samples 
 "${RUN[@]}" --model runs/dev/relu-mnist=$MNIST \
   --candidates defaults,eps-loss,fp32,lr-third,reuse-1,rate-eps-loss,short,short-pool,eps-loss@20,rate-eps-loss@20,defaults@20,defaults:0.4@20,rate-defaults@20
 "${RUN[@]}" --model runs/dev/silu-fmnist-cpu \
-  --candidates eps-loss,fp32,lr-third,reuse-1,rate-eps-loss,short,short-pool,eps-loss@20,eps-loss:0.45@20,defaults@20,rate-defaults@20,defaults:0.45@20
+  --candidates eps-loss,fp32,lr-third,reuse-1,rate-eps-loss,short,short-pool,eps-loss@20,eps-loss:0.45@20,defaults@20,rate-defaults@20
 "${RUN[@]}" --model runs/dev/silu-mnist-deep=$MNIST \
   --candidates defaults,eps-loss,reuse-1,rate-eps-loss,short,short-pool,norms-only,student-short,short-fixed-thresholds,late-0,eps-loss@20,defaults@20,rate-defaults,rate-defaults@20,defaults:0.4@20
