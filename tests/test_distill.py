@@ -147,6 +147,9 @@ def test_an_unreadable_pool_is_not_reused(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(stored_pairs(path, key), pairs, strict=True))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     assert stored_pairs(path, key) is None
+    redrawn = (torch.full((2, 1, 4, 4), 3.0), torch.tensor([1, 2]), torch.ones(2, 1, 4, 4))
+    store_pairs(path, key, redrawn)  # the redrawn pool replaces the damaged file, and is reused
+    assert all(torch.equal(a, b) for a, b in zip(stored_pairs(path, key), redrawn, strict=True))
 
 
 def test_a_pool_is_reused_only_under_its_own_key(tiny_snn, tmp_path):
