@@ -10,7 +10,8 @@ user converts it, `sdm-convert`'s defaults at `--T`, in the candidate's code, an
 the steps a candidate names, with `sdm-finetune`'s defaults changed as `CANDIDATES` says, nothing else. Judged by the FID of the
 Fashion-MNIST classifier's features (DDIM-50, seeds 0..N-1) against each model's reference images, as
 a ratio to the model's own ANN, beside energy per image. Finished runs and sample shards are reused
-on a rerun; a run cut short starts again. Per model, under `--out`: `MODEL/table.md`, FID against minutes
+on a rerun (`--tables` rescores finished runs at another N without touching their tables); a run cut short
+starts again. Per model, under `--out` (or `--tables`): `MODEL/table.md`, FID against minutes
 in `MODEL.png`, and `MODEL-samples.png`, the same seeds drawn by the ANN, each conversion and every timed
 run of `GRID_MINUTES` or more.
 """
@@ -57,6 +58,7 @@ CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defa
     "late-0": (DEFAULT_CODE, {**EPS_LOSS, "late_share": 0.0}),
     "min-snr": (DEFAULT_CODE, {**EPS_LOSS, "snr_gamma": 5.0}),
     "batch-16": (DEFAULT_CODE, {**EPS_LOSS, "batch_size": 16}),
+    "snr-2": (DEFAULT_CODE, {"snr_gamma": 2.0}),
     "student-paths": (DEFAULT_CODE, {**EPS_LOSS, "source": "student"}),
     "norms-only": (DEFAULT_CODE, {**EPS_LOSS, "train": "norms"}),
     # The issue's run (400 steps of 16: a pool of 1,600 pairs, 32 trajectories), then with the earlier
@@ -218,9 +220,14 @@ def _model_rows(model: _Model, runs: list[Run], out: Path) -> list[dict]:
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True)
 @click.option("--T", "T", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--num-samples", type=click.IntRange(min=2), default=500, show_default=True)
-@click.option("--out", type=click.Path(), default="benchmarks/results/finetune_defaults", show_default=True)
-def main(models, candidates, minutes, T, num_samples, out):
+@click.option("--out", type=click.Path(), default="benchmarks/results/finetune_defaults", show_default=True,
+              help="Where the runs, sample shards, tables and plots go.")
+@click.option("--tables", type=click.Path(), default=None,
+              help="Where the tables and plots go instead (the runs and shards stay under --out): a rescoring of "
+                   "some runs at another --num-samples, reusing the runs and the shards drawn so far.")
+def main(models, candidates, minutes, T, num_samples, out, tables):
     out = Path(out)
+    tables = Path(tables) if tables else out
     meta = provenance(__spec__.name)
     note = (f"T = {T}, `sdm-convert`'s defaults, `sdm-finetune --minutes {minutes:g}` (or the candidate's steps) with "
             f"one change each; DDIM-50, seeds 0..{num_samples - 1}; FID of the Fashion-MNIST classifier's features "
@@ -231,11 +238,11 @@ def main(models, candidates, minutes, T, num_samples, out):
     for spec in models:
         model = _Model(spec, T, num_samples, out)
         model_rows = [{k: v for k, v in row.items() if not k.startswith("_")}
-                      for row in _model_rows(model, runs, out)]
+                      for row in _model_rows(model, runs, tables)]
         described = {run.spec: CANDIDATES[run.name] for run in runs}
-        write_table(model_rows, model.dir, meta, note, candidates=described, minutes=minutes)
+        write_table(model_rows, tables / model.file_name, meta, note, candidates=described, minutes=minutes)
         rows += model_rows
-        text = write_table(rows, out, meta, note, candidates=described, minutes=minutes)
+        text = write_table(rows, tables, meta, note, candidates=described, minutes=minutes)
     click.echo(text)
 
 
