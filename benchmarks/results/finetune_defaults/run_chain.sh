@@ -5,13 +5,21 @@
 # Candidates (see `--help`): `defaults` and `rate-defaults` are today's defaults in the two codes;
 # `eps-loss` and `rate-eps-loss` the earlier ones (plain eps loss); NAME@M runs M minutes instead of 4;
 # NAME:R@M converts and fine-tunes under the energy budget R. The deep model (the slowest) runs fewer
-# candidates: lr-third and fp32 were settled on the other two. Tables: benchmarks/results/finetune_defaults/MODEL/table.md.
+# candidates: lr-third and fp32 were settled on the other two; snr-2 (Min-SNR gamma 2) was tried on it
+# alone. Tables: benchmarks/results/finetune_defaults/MODEL/table.md.
 set -euo pipefail
 MNIST=../shared/data/mnist_10k.npz
 RUN=(.venv/bin/python -m benchmarks.finetune_defaults --minutes 4 --num-samples 500)
 "${RUN[@]}" --model runs/dev/relu-mnist=$MNIST \
   --candidates defaults,eps-loss,fp32,lr-third,reuse-1,rate-eps-loss,short,short-pool,eps-loss@20,rate-eps-loss@20,defaults@20,defaults:0.4@20,rate-defaults@20
 "${RUN[@]}" --model runs/dev/silu-fmnist-cpu \
-  --candidates eps-loss,fp32,lr-third,reuse-1,rate-eps-loss,short,short-pool,eps-loss@20,eps-loss:0.45@20,defaults@20,rate-defaults@20
+  --candidates eps-loss,fp32,lr-third,reuse-1,rate-eps-loss,short,short-pool,eps-loss@20,eps-loss:0.45@20,defaults@20,rate-defaults@20,defaults:0.45@20
 "${RUN[@]}" --model runs/dev/silu-mnist-deep=$MNIST \
-  --candidates defaults,eps-loss,reuse-1,rate-eps-loss,short,short-pool,norms-only,student-short,short-fixed-thresholds,late-0,eps-loss@20,defaults@20,rate-defaults,rate-defaults@20,defaults:0.4@20
+  --candidates defaults,eps-loss,reuse-1,rate-eps-loss,short,short-pool,norms-only,student-short,short-fixed-thresholds,late-0,eps-loss@20,defaults@20,rate-defaults,rate-defaults@20,defaults:0.4@20,snr-2@20
+# The targets' runs rescored at N = 2000 (tables in benchmarks/results/finetune_defaults_n2000/): the runs
+# above and their first 500 samples are reused, so only samples 500..1999 are drawn.
+RESCORE=(.venv/bin/python -m benchmarks.finetune_defaults --minutes 4 --num-samples 2000
+         --tables benchmarks/results/finetune_defaults_n2000)
+"${RESCORE[@]}" --model runs/dev/silu-mnist-deep=$MNIST --candidates defaults@20,rate-defaults@20,defaults:0.4@20,snr-2@20
+"${RESCORE[@]}" --model runs/dev/relu-mnist=$MNIST --candidates defaults@20,rate-defaults@20,defaults:0.4@20
+"${RESCORE[@]}" --model runs/dev/silu-fmnist-cpu --candidates defaults@20,rate-defaults@20,defaults:0.45@20
