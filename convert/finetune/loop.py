@@ -11,7 +11,7 @@ spike count and LSQ's gradient for the thresholds. It runs on the shared trainin
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -105,12 +105,12 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
     done = steps_done(out) if resume else 0
     timed = settings.minutes is not None
     shown = progress and state.is_main_process
-    settings, warmup, pool_cost, step_cost, key, stored = _planned(teacher, student, settings, features, out, done,
-                                                                   started, timed=timed, shown=shown)
+    plan = _planned(teacher, student, settings, features, out, done, started, timed=timed, shown=shown)
+    settings = plan.settings
     evaluations = sum(pool_evaluations(settings.source, settings.pool))
-    bar = StagedBar("fine-tuning", {"pair pool": (evaluations, _pool_seconds(settings, pool_cost) / evaluations),
-                                    "training": (settings.steps, step_cost)}, disable=not shown)
-    pool = stored or _drawn_pool(teacher, student, scheduler_config, settings, images, out / POOL_FILE, key, bar)
+    bar = StagedBar("fine-tuning", {"pair pool": (evaluations, _pool_seconds(settings, plan.pool_cost) / evaluations),
+                                    "training": (settings.steps, plan.step_cost)}, disable=not shown)
+    pool = plan.stored or _drawn_pool(teacher, student, scheduler_config, settings, images, out / POOL_FILE, plan.key, bar)
     probes = torch.linspace(0, len(pool[0]) - 1, ENERGY_PROBES).long()
     energy = SpikeEnergy(student, teacher, pool[0][probes].to(device), pool[1][probes].to(device))
     budget = BudgetController(settings.energy_penalty, settings.energy_budget, out)
@@ -136,7 +136,7 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
                "T": student.T}
     bar.start("training", done)
     try:
-        train_diffusion(_training_loop_settings(settings, warmup, out, teacher_source), record, build, resume=resume,
+        train_diffusion(_training_loop_settings(settings, plan.warmup, out, teacher_source), record, build, resume=resume,
                         progress=False, on_step=stepped,
                         objective=distillation_objective(pool, settings, device, energy, budget, features,
                                                          scheduler_config, state.num_processes),
@@ -172,15 +172,26 @@ def _pool_key(teacher: nn.Module, student: ConvertedUNet, settings: FinetuneSett
     return pool_key(teacher, student, settings.source, settings.pool, settings.seed, settings.data)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a run will do, decided before its pool is drawn: its settings (a timed run's with the steps that
+    fit), its warm-up, the measured seconds per pool input (teacher, student) and per training step, and its
+    pool's key with the pool stored under it (None where the run draws its own)."""
+
+    settings: FinetuneSettings
+    warmup: int
+    pool_cost: tuple[float, float]
+    step_cost: float
+    key: dict
+    stored: tuple[torch.Tensor, ...] | None
+
+
 def _planned(teacher: nn.Module, student: ConvertedUNet, settings: FinetuneSettings, features, out: Path, done: int,
-             started: float, *, timed: bool, shown: bool) -> tuple[FinetuneSettings, int, tuple[float, float], float,
-                                                                   dict, tuple[torch.Tensor, ...] | None]:
-    """(settings, warm-up, pool cost per teacher and student input, step cost, pool key, stored pool): a
-    timed run's settings carry the steps that fit, or, resumed, the plan its record holds. The key (a hash
-    of every teacher weight) is computed once, for the run's final settings. The stored pool is the one at
-    `out` under that key, or None where the run draws its own; a fresh timed run always does, as its plan
-    sizes it. The costs are timed only where a progress bar or a plan reads them, and the pool's only where
-    it will be drawn."""
+             started: float, *, timed: bool, shown: bool) -> _Plan:
+    """The run's plan: a timed run's settings carry the steps that fit or, resumed, the plan its record holds.
+    The key (a hash of every teacher weight) is computed once, for the run's final settings. The stored pool
+    is the one at `out` under that key; a fresh timed run always draws its own, as its plan sizes it. The
+    costs are timed only where a progress bar or a plan reads them, and the pool's only where it will be drawn."""
     warmup = settings.warmup
     if timed and done:
         settings, warmup = _recorded_plan(settings, out)
@@ -192,7 +203,7 @@ def _planned(teacher: nn.Module, student: ConvertedUNet, settings: FinetuneSetti
     if fresh_timed:
         settings, warmup = _fitted_plan(settings, started, pool_cost, step_cost)
         key = _pool_key(teacher, student, settings)
-    return settings, warmup, pool_cost, step_cost, key, stored
+    return _Plan(settings, warmup, pool_cost, step_cost, key, stored)
 
 
 def steps_done(out: Path) -> int:

@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,9 @@ from sdm.diffusion.train_settings import TrainSettings, autocasts_bf16
 from sdm.diffusion.wall_clock import TimeBudget
 from sdm.errors import ConfigError, SDMError
 from sdm.io import write_json, write_text
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 CHECKPOINT_DIR = "checkpoint"
 CONFIG_FILE = "train_config.json"
@@ -145,21 +149,12 @@ def train_diffusion(
     With a `time_budget`, `settings.steps` is a plan: the steps' measured speed fits it again as the run
     goes (`sdm.diffusion.wall_clock`), and the run's record says how many.
     """
-    from accelerate import Accelerator
-
     settings.validate()
     out = Path(settings.out)
     bf16 = autocasts_bf16(settings.precision, settings.device)
     record = {**dataclasses.asdict(settings), "model": model_settings, "autocast": "bf16" if bf16 else "fp32"}
     resuming = _check_resume(out, record, resume)
-    on_gpu = settings.device.startswith("cuda")
-    # Autocast is ours, not accelerate's: its precision is process-wide state that a second run in the
-    # same process (a test, a notebook) could not change.
-    accelerator = Accelerator(cpu=not on_gpu)
-    autocast = functools.partial(torch.autocast, "cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=bf16)
-    if settings.batch_size % accelerator.num_processes:
-        raise ConfigError("batch_size", f"({settings.batch_size}) must be divisible by the "
-                          f"{accelerator.num_processes} processes")
+    accelerator, autocast = _accelerated(settings, bf16)
     torch.manual_seed(settings.seed)
     model = build_model()
     objective = objective or _ddpm_objective(settings, model, accelerator)
@@ -173,16 +168,55 @@ def train_diffusion(
         out.mkdir(parents=True, exist_ok=True)
         write_json(record, out / CONFIG_FILE)
         _drop_log_after(out / "log.jsonl", step)
-    scheduler_config = dict(DDPM_LINEAR_SCHEDULE)
-    save_model = save_model or functools.partial(_save_ddpm_pipeline, scheduler_config)
+    trainee = _Trainee(model, optimizer, ema, objective, constrain, accelerator, autocast)
+    save_model = save_model or functools.partial(_save_ddpm_pipeline, dict(DDPM_LINEAR_SCHEDULE))
+    _train_steps(trainee, settings, record, out, step, elapsed, save_model, time_budget=time_budget,
+                 progress=progress, on_step=on_step)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trainee:
+    """What every step of a run uses: the accelerated model and optimiser, the EMA, the objective and the
+    constraint after each update, and the process's accelerator and autocast."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: nn.Module
+    objective: Callable[[nn.Module, int, torch.Generator], tuple[torch.Tensor, dict]]
+    constrain: Callable[[nn.Module], None] | None
+    accelerator: Accelerator
+    autocast: Callable[[], torch.autocast]
+
+
+def _accelerated(settings: TrainSettings, bf16: bool):
+    """The run's `Accelerator` and autocast context. Autocast is ours, not accelerate's: its precision is
+    process-wide state that a second run in the same process (a test, a notebook) could not change."""
+    from accelerate import Accelerator
+
+    on_gpu = settings.device.startswith("cuda")
+    accelerator = Accelerator(cpu=not on_gpu)
+    autocast = functools.partial(torch.autocast, "cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=bf16)
+    if settings.batch_size % accelerator.num_processes:
+        raise ConfigError("batch_size", f"({settings.batch_size}) must be divisible by the "
+                          f"{accelerator.num_processes} processes")
+    return accelerator, autocast
+
+
+def _train_steps(trainee: _Trainee, settings: TrainSettings, record: dict, out: Path, step: int, elapsed: float,
+                 save_model: Callable[[nn.Module, Path], None], *, time_budget: TimeBudget | None, progress: bool,
+                 on_step: Callable[[int, float], None] | None) -> None:
+    """The steps from `step` to the run's end (a timed run's end fitted again as it goes): each update, then
+    its log, checkpoint and `on_step`."""
+    accelerator = trainee.accelerator
     losses, started = [], time.time() - elapsed  # a resumed run's clock continues from its checkpoint
     if time_budget is not None:
         time_budget.start_loop(step)
     bar = tqdm(total=settings.steps, initial=step, desc="train", unit="step",
                disable=not progress or not accelerator.is_main_process)
     while step < settings.steps:
-        with autocast():
-            loss, scalars = _update(model, optimizer, ema, objective, settings, step, accelerator, constrain)
+        with trainee.autocast():
+            loss, scalars = _update(trainee, settings, step)
         step += 1
         if time_budget is not None and time_budget.due(step):
             settings = _fit_to_time(settings, time_budget, record, out, step, accelerator)
@@ -190,16 +224,15 @@ def train_diffusion(
         losses.append({"loss": loss.item(), **scalars})
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]['loss']:.4f}")
+        model = accelerator.unwrap_model(trainee.model)
         # every process takes part in the digests' gathering
-        digests = _rank_digests(accelerator, accelerator.unwrap_model(model), step) if settings.saves_at(step) else None
+        digests = _rank_digests(accelerator, model, step) if settings.saves_at(step) else None
         if accelerator.is_main_process:
-            _checkpoint(settings, out, step, accelerator.unwrap_model(model), ema, optimizer, scheduler_config, losses,
-                        started, save_model, digests)
+            _checkpoint(settings, out, step, model, trainee.ema, trainee.optimizer, losses, started, save_model, digests)
         if on_step is not None:
             on_step(step, loss.item())
     bar.close()
     accelerator.wait_for_everyone()
-    return out
 
 
 def _ddpm_objective(settings: TrainSettings, model: nn.Module, accelerator) -> Callable:
@@ -242,21 +275,22 @@ def _starting_point(out: Path, settings: TrainSettings, resuming: bool, model, e
     return step, elapsed
 
 
-def _update(model, optimizer, ema, objective, settings: TrainSettings, step: int, accelerator, constrain):
+def _update(trainee: _Trainee, settings: TrainSettings, step: int):
     """One optimiser step at `step`'s learning rate, the constraint and the EMA after it; (loss, scalars)."""
+    model, optimizer, accelerator = trainee.model, trainee.optimizer, trainee.accelerator
     factor = settings.lr_factor(step)
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
-    loss, scalars = objective(model, step, _noise_generator(settings.seed, step, accelerator.process_index))
+    loss, scalars = trainee.objective(model, step, _noise_generator(settings.seed, step, accelerator.process_index))
     if not torch.isfinite(loss):
         raise SDMError(f"the loss became {loss.item()} at step {step}; lower the learning rate or check the data")
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
     accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
     optimizer.step()
-    if constrain is not None:
-        constrain(accelerator.unwrap_model(model))
-    update_ema(ema, accelerator.unwrap_model(model), ema_decay(step, settings.ema_decay))
+    if trainee.constrain is not None:
+        trainee.constrain(accelerator.unwrap_model(model))
+    update_ema(trainee.ema, accelerator.unwrap_model(model), ema_decay(step, settings.ema_decay))
     return loss, scalars
 
 
@@ -321,8 +355,7 @@ def _rank_digests(accelerator, model: nn.Module, step: int) -> list[str]:
     return digests
 
 
-def _checkpoint(settings, out, step, model, ema, optimizer, scheduler_config, losses, started, save_model,
-                digests) -> None:
+def _checkpoint(settings, out, step, model, ema, optimizer, losses, started, save_model, digests) -> None:
     """Logging, checkpoints and sample grids due after `step` (main process only)."""
     last = step == settings.steps
     if step % settings.log_every == 0 or last:
@@ -338,5 +371,5 @@ def _checkpoint(settings, out, step, model, ema, optimizer, scheduler_config, lo
         save_model(ema, out)
     if settings.sample_every and (step % settings.sample_every == 0 or last):
         ema.eval()
-        grid = sample(ema, scheduler_config, 16, progress=False)
+        grid = sample(ema, dict(DDPM_LINEAR_SCHEDULE), 16, progress=False)
         save_grid(grid, out / "samples" / f"step_{step:07d}.png", nrow=4, scale=2)
