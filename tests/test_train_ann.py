@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdm.diffusion.training import batch_indices
+from sdm.diffusion.ddpm_objective import batch_indices
 from sdm.errors import SDMError
 from sdm.models.pretrained import load_model
 from sdm.models.train_ann import TrainConfig, train

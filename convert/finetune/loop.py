@@ -136,8 +136,8 @@ def finetune(snn_dir: str | Path, teacher: nn.Module, scheduler_config: dict, ou
                "T": student.T}
     bar.start("training", done)
     try:
-        train_diffusion(_training_loop_settings(settings, plan.warmup, out, teacher_source), record, build, resume=resume,
-                        progress=False, on_step=stepped,
+        train_diffusion(_training_loop_settings(settings, plan.warmup, out, teacher_source), record, build,
+                        resume=resume, progress=False, on_step=stepped,
                         objective=distillation_objective(pool, settings, device, energy, budget, features,
                                                          scheduler_config, state.num_processes),
                         param_groups=lambda model: holder["groups"], constrain=keep_thresholds_positive,

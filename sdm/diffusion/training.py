@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from sdm.diffusion.checkpoint import STATE_FILE, load_training_state, save_training_state
-from sdm.diffusion.data import load_dataset
+from sdm.diffusion.ddpm_objective import ddpm_objective
 from sdm.diffusion.ema import ema_decay, make_ema, update_ema
-from sdm.diffusion.images import save_grid, to_model_range
+from sdm.diffusion.images import save_grid
 from sdm.diffusion.pipeline import DDPM_LINEAR_SCHEDULE, save_pipeline
-from sdm.diffusion.sampler import make_scheduler, sample
+from sdm.diffusion.sampler import sample
 from sdm.diffusion.train_settings import TrainSettings, autocasts_bf16
 from sdm.diffusion.wall_clock import TimeBudget
 from sdm.errors import ConfigError, SDMError
@@ -71,38 +70,6 @@ def steps_trained(run: str | Path) -> str:
 
 def _noise_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed((seed * 1_000_003 + step) * 1009 + rank)
-
-
-@functools.lru_cache(maxsize=2)
-def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator("cpu").manual_seed(seed * 7919 + epoch))
-
-
-def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor:
-    """Indices of batch `step`: consecutive slices of one seeded permutation per epoch."""
-    parts, position, taken = [], step * batch_size, 0
-    while taken < batch_size:
-        epoch, offset = divmod(position, n)
-        take = min(batch_size - taken, n - offset)
-        parts.append(_epoch_permutation(n, seed, epoch)[offset : offset + take])
-        position, taken = position + take, taken + take
-    return torch.cat(parts)
-
-
-def diffusion_loss(model, images: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator,
-                   hflip: bool) -> torch.Tensor:
-    """The DDPM epsilon objective on one batch of [-1, 1] images."""
-    n = images.shape[0]
-    t = torch.randint(0, len(alphas_cumprod), (n,), generator=generator)
-    noise = torch.randn(images.shape, generator=generator)
-    if hflip:
-        flip = torch.rand(n, generator=generator) < 0.5
-        images = torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
-    device = images.device
-    t, noise = t.to(device), noise.to(device)
-    a = alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
-    pred = model(a.sqrt() * images + (1 - a).sqrt() * noise, t, return_dict=False)[0]
-    return F.mse_loss(pred.float(), noise)
 
 
 def _check_resume(out: Path, record: dict, resume: bool) -> bool:
@@ -157,7 +124,7 @@ def train_diffusion(
     accelerator, autocast = _accelerated(settings, bf16)
     torch.manual_seed(settings.seed)
     model = build_model()
-    objective = objective or _ddpm_objective(settings, model, accelerator)
+    objective = objective or ddpm_objective(settings, model, accelerator)
     optimizer = _optimizer(model, settings, param_groups)
     ema = make_ema(model)
     step, elapsed = _starting_point(out, settings, resuming, model, ema, optimizer, initialise)
@@ -189,7 +156,7 @@ class _Trainee:
     autocast: Callable[[], torch.autocast]
 
 
-def _accelerated(settings: TrainSettings, bf16: bool):
+def _accelerated(settings: TrainSettings, bf16: bool) -> tuple[Accelerator, Callable[[], torch.autocast]]:
     """The run's `Accelerator` and autocast context. Autocast is ours, not accelerate's: its precision is
     process-wide state that a second run in the same process (a test, a notebook) could not change."""
     from accelerate import Accelerator
@@ -228,27 +195,12 @@ def _train_steps(trainee: _Trainee, settings: TrainSettings, record: dict, out: 
         # every process takes part in the digests' gathering
         digests = _rank_digests(accelerator, model, step) if settings.saves_at(step) else None
         if accelerator.is_main_process:
-            _checkpoint(settings, out, step, model, trainee.ema, trainee.optimizer, losses, started, save_model, digests)
+            _checkpoint(settings, out, step, model, trainee.ema, trainee.optimizer, losses, started, save_model,
+                        digests)
         if on_step is not None:
             on_step(step, loss.item())
     bar.close()
     accelerator.wait_for_everyone()
-
-
-def _ddpm_objective(settings: TrainSettings, model: nn.Module, accelerator) -> Callable:
-    """The default objective: DDPM's noise-prediction loss on `settings.data`, each process its share of
-    the step's batch."""
-    size, channels = int(model.config.sample_size), int(model.config.in_channels)
-    data = load_dataset(settings.data, size, channels, fit=settings.fit)
-    alphas = make_scheduler("ddpm", dict(DDPM_LINEAR_SCHEDULE)).alphas_cumprod.float()
-    world, rank = accelerator.num_processes, accelerator.process_index
-
-    def objective(model, step, generator):
-        indices = batch_indices(step, settings.batch_size, len(data), settings.seed)[rank::world]
-        images = to_model_range(data[indices].to(accelerator.device))
-        return diffusion_loss(model, images, alphas, generator, settings.hflip), {}
-
-    return objective
 
 
 def _optimizer(model: nn.Module, settings: TrainSettings, param_groups) -> torch.optim.Optimizer:
