@@ -187,7 +187,7 @@ def _finetuned(model: _Model, run: Run) -> tuple[Path, float]:
     return directory / "snn", json.loads(timing.read_text())["minutes"]
 
 
-def _model_rows(model: _Model, runs: list[Run], out: Path) -> list[dict]:
+def _model_rows(model: _Model, runs: list[Run], tables: Path) -> list[dict]:
     rows = [{"model": model.name, "candidate": "ANN", "code": "", "steps": "", "minutes": "", "FID": f"{model.ann_fid:.3f}",
              "ratio to ANN FID": "1.00", "sample MSE to ANN": "", "eps cosine (t < 100)": "", "energy / image (mJ)": "", "ratio to ANN energy": "1"}]
     curves: dict[str, list[tuple[float, float]]] = {}
@@ -207,9 +207,9 @@ def _model_rows(model: _Model, runs: list[Run], out: Path) -> list[dict]:
         curves[run.spec] = [(0.0, start[run.code, run.budget]), (spent, judged["_fid"])]
         if run.timed and run.minutes >= GRID_MINUTES:
             panels.append((run.spec, judged["_images"]))
-    plot_fid_curves(curves, model.ann_fid, out / f"{model.file_name}.png", xlabel="wall-clock minutes of fine-tuning",
+    plot_fid_curves(curves, model.ann_fid, tables / f"{model.file_name}.png", xlabel="wall-clock minutes of fine-tuning",
                     title=f"{model.name}: FID against time (N = {model.num_samples})", target=1.1)
-    save_comparison([(label, images[:GRID_SEEDS]) for label, images in panels], out / f"{model.file_name}-samples.png")
+    save_comparison([(label, images[:GRID_SEEDS]) for label, images in panels], tables / f"{model.file_name}-samples.png")
     return rows
 
 
