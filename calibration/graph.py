@@ -8,9 +8,11 @@ Calibration observes, and conversion replaces, the nodes this module names.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -63,8 +65,63 @@ class ConversionSite:
         return self.op == ENCODER_OP
 
 
+# Exported graphs kept for reuse, by `_structure_key`: the most recent few, each holding its weights on the
+# meta device (so that it keeps no model's memory alive) until it is bound to a model's own parameters.
+_CAPTURES: OrderedDict[str, fx.GraphModule] = OrderedDict()
+_CAPTURES_KEPT = 4
+
+
 def capture(model: torch.nn.Module, example_batch: int = 2) -> fx.GraphModule:
-    """Export `model(sample, timestep)` to a plain GraphModule that runs at any batch size."""
+    """Export `model(sample, timestep)` to a plain GraphModule that runs at any batch size, holding
+    `model`'s own parameters (not copies).
+
+    An export takes seconds for a small UNet and more for a large one, and one conversion workflow
+    captures the same architecture many times (calibration, each conversion, each load). The graph
+    depends on the model's structure only, not its weights, so captures are kept by that structure
+    and bound to each model's parameters: the same graph, for the cost of a copy."""
+    key = _structure_key(model, example_batch)
+    if key in _CAPTURES:
+        _CAPTURES.move_to_end(key)
+        return _bound(_CAPTURES[key], model)
+    module = _exported(model, example_batch)
+    _CAPTURES[key] = _bound(module, model, to_meta=True)
+    while len(_CAPTURES) > _CAPTURES_KEPT:
+        _CAPTURES.popitem(last=False)
+    return module
+
+
+def _structure_key(model: torch.nn.Module, example_batch: int) -> str:
+    """What decides the exported graph: the model's class and config, each module's type, settings
+    (`extra_repr`), attention processor, hooks and any forward replaced on the instance, and each
+    tensor's name, shape, dtype and device."""
+    parts: list = [type(model).__module__, type(model).__qualname__, example_batch,
+                   json.dumps(dict(getattr(model, "config", {})), sort_keys=True, default=str)]
+    for name, module in model.named_modules():
+        processor = getattr(module, "processor", None)
+        parts.append((name, type(module).__module__, type(module).__qualname__, module.extra_repr(),
+                       type(processor).__qualname__, len(module._forward_hooks), len(module._forward_pre_hooks),
+                       "forward" in vars(module)))
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        parts.append((name, tuple(tensor.shape), str(tensor.dtype), str(tensor.device), tensor.requires_grad))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _bound(module: fx.GraphModule, model: torch.nn.Module, to_meta: bool = False) -> fx.GraphModule:
+    """A copy of the captured `module` whose parameters and buffers are `model`'s own tensors of the same
+    names (or, `to_meta`, stand-ins on the meta device that hold no memory)."""
+    owned = dict([*model.named_parameters(), *model.named_buffers()])
+    memo = {}
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        source = owned[name]
+        if to_meta:
+            meta = source.detach().to("meta")
+            source = torch.nn.Parameter(meta, source.requires_grad) if isinstance(source, torch.nn.Parameter) else meta
+        memo[id(tensor)] = source
+    return copy.deepcopy(module, memo)
+
+
+def _exported(model: torch.nn.Module, example_batch: int) -> fx.GraphModule:
+    """`torch.export` of `model` with a dynamic batch, its shape guards dropped."""
     from torch.export import Dim
 
     size, channels = int(model.config.sample_size), int(model.config.in_channels)

@@ -164,3 +164,36 @@ def test_probes_spread_over_t_plus_low_t(tiny_unet):
     x, t, spread = probe_pairs(tiny_unet, DDPM_LINEAR_SCHEDULE, 16)
     assert spread.sum() == 16 and len(t) == 24
     assert (t[~spread] < 100).all() and t[spread].max() >= 900 and t[spread].min() <= 20
+
+
+def test_a_capture_is_exported_once_per_structure_and_holds_each_models_own_weights(monkeypatch):
+    from diffusers.models.attention_processor import AttnProcessor
+
+    import calibration.graph as unet_graph
+
+    exports = []
+    export = unet_graph._exported
+    monkeypatch.setattr(unet_graph, "_exported", lambda *args: exports.append(1) or export(*args))
+    monkeypatch.setattr(unet_graph, "_CAPTURES", type(unet_graph._CAPTURES)())
+    torch.manual_seed(3)
+    first, second = build_unet("tiny").eval(), build_unet("tiny").eval()
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([999, 400, 2])
+
+    def agrees(model, graph):
+        with torch.no_grad():
+            out = graph(x, t)
+            expected = model(x, t).sample
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        owned = dict(model.named_parameters())
+        return torch.equal(out, expected) and all(p is owned[name] for name, p in graph.named_parameters())
+
+    observed = prepare(first, ConversionConfig())  # inserts observers into its own copy of the graph
+    assert agrees(second, unet_graph.capture(second)) and agrees(first, unet_graph.capture(first))
+    assert len(exports) == 1 and "observer" not in str(unet_graph.capture(first).graph)
+    assert all(p.is_meta for cached in unet_graph._CAPTURES.values() for p in cached.parameters())
+    assert "observer" in str(observed.graph.graph)
+    for attention in [m for m in second.modules() if hasattr(m, "set_processor")]:
+        attention.set_processor(AttnProcessor())  # another attention processor: another graph
+    assert agrees(second, unet_graph.capture(second)) and len(exports) == 2
+    doubled = unet_graph.capture(second.double())  # another dtype: another graph
+    assert len(exports) == 3 and next(doubled.parameters()).dtype == torch.float64
