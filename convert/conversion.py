@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import fx, nn
+from torch import nn
 
 from calibration import CalibrationStats, ConversionConfig, ObservedModel, Thresholds
 from calibration.graph import architecture_fingerprint, is_encoder_site
@@ -11,15 +11,13 @@ from sdm.errors import SDMError
 
 
 def convert(model: ObservedModel | nn.Module, stats: CalibrationStats | Thresholds | None = None, *,
-            config: ConversionConfig | None = None, captured: fx.GraphModule | None = None) -> ConvertedUNet:
+            config: ConversionConfig | None = None) -> ConvertedUNet:
     """Build the spiking network of a calibrated model, as the config given at `prepare()` describes.
 
     `model` is either the `ObservedModel` that calibration ran through (its statistics are used), or
     the float model together with `stats` loaded from disk (statistics, or thresholds already computed).
     The configuration is the one the statistics record; `config`, when given, must equal it (as with
     PyTorch FX's convert): to convert the same statistics at another T or rule, `stats.retarget(T=8)`.
-    `captured`: the float model's graph (`calibration.graph.capture`), which the network then owns, for a
-    caller that converts one model many times (its capture costs seconds).
     """
     if isinstance(model, ObservedModel):
         stats = model.stats() if stats is None else stats
@@ -44,5 +42,4 @@ def convert(model: ObservedModel | nn.Module, stats: CalibrationStats | Threshol
     sites = thresholds.sites
     if not thresholds.config.encodes:  # statistics gathered for encoders as well serve a conversion without them
         sites = {name: th for name, th in sites.items() if not is_encoder_site(name)}
-    return ConvertedUNet(dict(float_model.config), thresholds.config, sites, unet=float_model, source=source,
-                         captured=captured)
+    return ConvertedUNet(dict(float_model.config), thresholds.config, sites, unet=float_model, source=source)

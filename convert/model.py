@@ -19,7 +19,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import fx, nn
+from torch import nn
 
 import calibration.graph as unet_graph
 from calibration.config import THRESHOLD_ONLY, ConversionConfig
@@ -42,10 +42,10 @@ class ConvertedUNet(nn.Module, ConfigMixin):
     config_name = "config.json"
 
     def __init__(self, unet_config: dict, config: ConversionConfig, thresholds: dict[str, dict],
-                 unet: nn.Module | None = None, source: dict | None = None, captured: fx.GraphModule | None = None):
+                 unet: nn.Module | None = None, source: dict | None = None):
         """`config.encode_sites` spike-encodes the analog inputs of synaptic layers whose encoder site
         (`LAYER:input`) matches one of its shell patterns (`encode_analog`: every one); the others stay
-        analog, window-accumulated. `captured`, when given, is `unet`'s graph, taken over as it is."""
+        analog, window-accumulated."""
         super().__init__()
         from diffusers import UNet2DModel
 
@@ -53,9 +53,8 @@ class ConvertedUNet(nn.Module, ConfigMixin):
         unet_config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
         # The export shares the module's parameters: a copy keeps the SNN's weights its own, so that
         # moving, casting or training it leaves the ANN it came from untouched.
-        if captured is None:
-            unet = copy.deepcopy(unet) if unet is not None else UNet2DModel.from_config(unet_config)
-            captured = unet_graph.capture(unet)
+        unet = copy.deepcopy(unet) if unet is not None else UNet2DModel.from_config(unet_config)
+        captured = unet_graph.capture(unet)
         sites = unet_graph.conversion_sites(captured, config.encodes)
         if config.encodes and not any(s.is_encoder and s.name in thresholds for s in sites):
             raise ConfigError("encode_analog", "needs spike-encoder sites in the calibration: calibrate with encoders")

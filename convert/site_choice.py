@@ -18,7 +18,6 @@ and one per change taken. The spikes themselves are left to fine-tuning under th
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -73,18 +72,18 @@ class SiteChoice:
 
 
 class _Conversions:
-    """Converts the ANN for a set of encoded inputs and analog activations, and measures it. The ANN is
-    captured once and its graph copied for each conversion, and the thresholds, which do not depend on
-    which sites spike, are computed once."""
+    """Converts the ANN for a set of encoded inputs and analog activations, and measures it. The
+    thresholds, which do not depend on which sites spike, are computed once (and the ANN's graph is
+    exported once: `calibration.graph.capture` keeps it)."""
 
     def __init__(self, ann, stats: CalibrationStats, probes, spread, denoising_steps: int, batch_size: int):
         self.ann, self.config, self.thresholds = ann, stats.config, stats.thresholds()
         self.measure_args = (probes, spread, denoising_steps, batch_size, ann_macs(ann, *spread))
-        self.captured = unet_graph.capture(ann)
-        sites = unet_graph.conversion_sites(self.captured, encode_analog=True)
+        captured = unet_graph.capture(ann)
+        sites = unet_graph.conversion_sites(captured, encode_analog=True)
         self.encoders = [s.name for s in sites if s.is_encoder]
         self.activations = [s.name for s in sites if not s.is_encoder]
-        readout = unet_graph.readout_sites(self.captured, sites) if self.config.readout == "analog" else []
+        readout = unet_graph.readout_sites(captured, sites) if self.config.readout == "analog" else []
         self.movable = [name for name in self.activations if name not in readout]
 
     def config_of(self, encoded: frozenset, analog: frozenset) -> ConversionConfig:
@@ -93,7 +92,7 @@ class _Conversions:
 
     def measure(self, encoded: frozenset, analog: frozenset) -> Measure:
         thresholds = Thresholds(self.thresholds.fingerprint, self.config_of(encoded, analog), self.thresholds.sites)
-        snn = convert(self.ann, thresholds, captured=copy.deepcopy(self.captured))
+        snn = convert(self.ann, thresholds)
         return Measure.of(self.ann, snn, *self.measure_args)
 
 
