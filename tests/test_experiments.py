@@ -172,3 +172,26 @@ def test_frontier_reads_rows_from_before_the_weighted_code_as_rate_coded():
     rows = frontier.merged_rows([("old.json", old)])
     assert [(r["code"], r["panel"]) for r in rows] == [("", "ANN"), ("rate", "SNN rate T=4"),
                                                         ("weighted", "SNN weighted T=4"), ("rate", "SDM (direct)")]
+
+
+def test_guidance_benchmark_scales_a_converted_models_thresholds(tiny_pipeline, fake_fmnist, tmp_path):
+    from benchmarks import converted_guidance
+    from convert.commands import convert as convert_cli
+
+    converted = _run(convert_cli, ["--ckpt", tiny_pipeline, "--T", 2, "--calib-samples", 16, "--probes", 4,
+                                   "--num-samples", 0, "--out", tmp_path / "conv"])
+    assert converted.exit_code == 0, converted.output
+    args = ["--model", f"{tiny_pipeline}={fake_fmnist}", "--scales", "1,2", "--num-samples", 3, "--work", tmp_path / "work",
+            "--out", tmp_path / "guided"]
+    result = _run(converted_guidance, [*args, "--snn", f"tiny={tmp_path / 'conv' / 'snn'}"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "guided" / "pipeline" / "results.json").read_text())["rows"]
+    assert [(r["SNN"], r["scale"]) for r in rows] == [("ANN", ""), ("tiny", "1"), ("tiny", "2")]
+    # Doubled thresholds: every neuron needs twice the drive per spike, so the network fires less and spends less.
+    assert float(rows[2]["firing rate"]) < float(rows[1]["firing rate"])
+    assert float(rows[2]["energy / image (mJ)"]) < float(rows[1]["energy / image (mJ)"])
+    assert all(float(r["FID"]) >= 0 for r in rows)
+    for name in ("frontier.png", "tiny-samples.png", "table.md"):
+        assert (tmp_path / "guided" / "pipeline" / name).stat().st_size > 0
+    bad = _run(converted_guidance, [*args, "--snn", f"a/b={tmp_path / 'conv' / 'snn'}"])
+    assert bad.exit_code != 0 and "letters, digits" in bad.output and len(bad.output.strip().splitlines()) == 1
