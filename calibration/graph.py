@@ -91,28 +91,40 @@ def capture(model: torch.nn.Module, example_batch: int = 2) -> fx.GraphModule:
 
 
 def _structure_key(model: torch.nn.Module, example_batch: int) -> str:
-    """What decides the exported graph: the model's class and config, each module's type, settings
-    (`extra_repr`), attention processor, hooks and any forward replaced on the instance, and each
-    tensor's name, shape, dtype and device."""
+    """What decides the exported graph: the model's class and config; each module's type, settings
+    (`extra_repr` and its plain attributes: heads, scales, flags such as gradient checkpointing), its
+    attention processor and that processor's settings, its hooks and any forward replaced on the
+    instance; and each tensor's name, shape, dtype and device."""
     parts: list = [type(model).__module__, type(model).__qualname__, example_batch,
                    json.dumps(dict(getattr(model, "config", {})), sort_keys=True, default=str)]
     for name, module in model.named_modules():
         processor = getattr(module, "processor", None)
+        hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
         parts.append((name, type(module).__module__, type(module).__qualname__, module.extra_repr(),
-                       type(processor).__qualname__, len(module._forward_hooks), len(module._forward_pre_hooks),
-                       "forward" in vars(module)))
+                      _plain_settings(module), type(processor).__qualname__, _plain_settings(processor),
+                      [getattr(hook, "__qualname__", type(hook).__qualname__) for hook in hooks],
+                      "forward" in vars(module)))
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         parts.append((name, tuple(tensor.shape), str(tensor.dtype), str(tensor.device), tensor.requires_grad))
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
+def _plain_settings(owner) -> list:
+    """An object's attributes that are plain values (not its train/eval flag, which capture overrides)."""
+    plain = (bool, int, float, str, type(None))
+    return sorted((k, v) for k, v in getattr(owner, "__dict__", {}).items() if k != "training" and isinstance(v, plain))
+
+
 def _bound(module: fx.GraphModule, model: torch.nn.Module, to_meta: bool = False) -> fx.GraphModule:
     """A copy of the captured `module` whose parameters and buffers are `model`'s own tensors of the same
-    names (or, `to_meta`, stand-ins on the meta device that hold no memory)."""
-    owned = dict([*model.named_parameters(), *model.named_buffers()])
+    names (or, `to_meta`, stand-ins on the meta device that hold no memory). Tensors the export lifted
+    out of the forward (constants such as a FIR kernel, held as buffers of the graph) are copied."""
+    owned = dict([*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)])
     memo = {}
     for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        source = owned[name]
+        source = owned.get(name)
+        if source is None:
+            continue
         if to_meta:
             meta = source.detach().to("meta")
             source = torch.nn.Parameter(meta, source.requires_grad) if isinstance(source, torch.nn.Parameter) else meta

@@ -167,6 +167,7 @@ def test_probes_spread_over_t_plus_low_t(tiny_unet):
 
 
 def test_a_capture_is_exported_once_per_structure_and_holds_each_models_own_weights(monkeypatch):
+    from diffusers import UNet2DModel
     from diffusers.models.attention_processor import AttnProcessor
 
     import calibration.graph as unet_graph
@@ -179,10 +180,10 @@ def test_a_capture_is_exported_once_per_structure_and_holds_each_models_own_weig
     first, second = build_unet("tiny").eval(), build_unet("tiny").eval()
     x, t = torch.randn(3, 1, 16, 16), torch.tensor([999, 400, 2])
 
-    def agrees(model, graph):
+    def agrees(model, graph, sample=x):
         with torch.no_grad():
-            out = graph(x, t)
-            expected = model(x, t).sample
+            out = graph(sample, t)
+            expected = model(sample, t).sample
         out = out[0] if isinstance(out, (tuple, list)) else out
         owned = dict(model.named_parameters())
         return torch.equal(out, expected) and all(p is owned[name] for name, p in graph.named_parameters())
@@ -197,3 +198,11 @@ def test_a_capture_is_exported_once_per_structure_and_holds_each_models_own_weig
     assert agrees(second, unet_graph.capture(second)) and len(exports) == 2
     doubled = unet_graph.capture(second.double())  # another dtype: another graph
     assert len(exports) == 3 and next(doubled.parameters()).dtype == torch.float64
+    # FIR resampling builds its kernel in the forward: the export lifts it into a constant of the graph's own.
+    fir = dict(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1,
+               norm_num_groups=4, down_block_types=("SkipDownBlock2D", "DownBlock2D"),
+               up_block_types=("UpBlock2D", "SkipUpBlock2D"))
+    skips = [UNet2DModel(**fir).eval() for _ in range(2)]
+    rgb = torch.randn(3, 3, 16, 16)
+    assert all(agrees(model, unet_graph.capture(model), rgb) for model in skips) and len(exports) == 4
+    assert any("lifted_tensor" in name for name, _ in unet_graph.capture(skips[0]).named_buffers())

@@ -23,3 +23,15 @@ RESCORE=(.venv/bin/python -m benchmarks.finetune_defaults --minutes 4 --num-samp
 "${RESCORE[@]}" --model runs/dev/silu-mnist-deep=$MNIST --candidates defaults@20,rate-defaults@20,defaults:0.4@20,snr-2@20
 "${RESCORE[@]}" --model runs/dev/relu-mnist=$MNIST --candidates defaults@20,rate-defaults@20,defaults:0.4@20
 "${RESCORE[@]}" --model runs/dev/silu-fmnist-cpu --candidates defaults@20,rate-defaults@20,defaults:0.45@20
+# Threshold guidance on the 20-minute runs of both codes (benchmarks/results/converted_guidance/MODEL/), then
+# the weighted runs at 1.05 and N = 2000 (converted_guidance_n2000): sample shards shared with the runs above.
+R=benchmarks/results/finetune_defaults
+for N in 500 2000; do
+  if [ $N = 500 ]; then G=(--scales 0.9,0.95,1.0,1.05,1.1 --num-samples 500); CODES=(defaults rate-defaults)
+  else G=(--scales 1.0,1.05 --num-samples 2000 --out benchmarks/results/converted_guidance_n2000); CODES=(defaults); fi
+  for M in silu-mnist-deep=$MNIST relu-mnist=$MNIST silu-fmnist-cpu; do
+    D=${M%%=*}
+    SNNS=(); for C in "${CODES[@]}"; do L=weighted; [ $C = rate-defaults ] && L=rate; SNNS+=(--snn $L=$R/$D/$C-20min/snn); done
+    .venv/bin/python -m benchmarks.converted_guidance "${G[@]}" --model runs/dev/$M "${SNNS[@]}" --work $R/$D/work
+  done
+done
