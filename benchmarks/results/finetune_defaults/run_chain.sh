@@ -35,3 +35,6 @@ for N in 500 2000; do
     .venv/bin/python -m benchmarks.converted_guidance "${G[@]}" --model runs/dev/$M "${SNNS[@]}" --work $R/$D/work
   done
 done
+# T = 5 for the weighted code on the deep model (BENCHMARKS.md 11.9), in its own directory: the runs above are T = 4.
+.venv/bin/python -m benchmarks.finetune_defaults --T 5 --minutes 4 --num-samples 500 \
+  --out benchmarks/results/finetune_defaults_t5 --model runs/dev/silu-mnist-deep=$MNIST --candidates defaults@20
