@@ -78,7 +78,7 @@ def plot_fid_curves(curves: dict[str, list[tuple[float, float]]], ann_fid: float
     import matplotlib.pyplot as plt
     from matplotlib.ticker import ScalarFormatter
 
-    from sdm.io import atomic_file
+    from sdm.io import save_figure
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     tab20 = plt.get_cmap("tab20").colors
@@ -95,7 +95,4 @@ def plot_fid_curves(curves: dict[str, list[tuple[float, float]]], ann_fid: float
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, never over a curve
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -29,7 +29,7 @@ from convert.workflow import ConversionWorkflow
 from sdm.commands.options import command
 from sdm.diffusion.data import read_images
 from sdm.diffusion.images import save_comparison
-from sdm.io import atomic_file
+from sdm.io import save_figure
 from sdm.metrics.extractors import FMNISTExtractor
 from sdm.models.pretrained import load_model
 from sdm.settings import CommaList
@@ -100,10 +100,7 @@ def _plot_frontier(rows: list[dict], title: str, path: Path) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @command(help="Threshold guidance on converted SNNs: FID and energy per image at each sampling-time scale.")

@@ -27,7 +27,7 @@ from benchmarks.common import provenance, sample_metric, write_table
 from sdm.commands.options import command
 from sdm.diffusion.images import save_comparison
 from sdm.diffusion.training import read_run_config, steps_trained
-from sdm.io import atomic_file
+from sdm.io import save_figure
 from sdm.models.pretrained import EMBEDDED_NAME, load_model
 from sdm.settings import CommaList
 from sdm.snn.energy import E_MAC_PJ, ann_macs
@@ -84,10 +84,7 @@ def plot_sweep(points: list[tuple[float, float]], n: int, path: Path) -> None:
     ax.set_ylabel(f"FID-FMNIST (N = {n})")
     ax.set_title("Threshold guidance on the TSM model")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @command(help="TSM against an equal-steps pre-spike control, and a threshold-guidance sweep, beside the ANN.")

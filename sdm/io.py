@@ -38,6 +38,16 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Lay out a matplotlib figure, write it to `path` as a PNG (whole or not at all) and release it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `path`; it replaces `path` only if the block succeeds."""

@@ -115,7 +115,7 @@ def plot_frontier(rows: list[dict], metric: str, extractor: str, path: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sdm.io import atomic_file
+    from sdm.io import save_figure
 
     style = {"ANN": ("s", "black"), "SDM (direct)": ("^", "tab:green"), "converted SNN": ("o", "tab:blue")}
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -131,10 +131,7 @@ def plot_frontier(rows: list[dict], metric: str, extractor: str, path: Path) -> 
     ax.set_ylabel(f"{metric.upper()} ({extractor})")
     ax.set_xscale("log")
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 def _seconds_per_image(model, scheduler_config: dict, settings: dict, seed: int) -> float:

@@ -74,7 +74,7 @@ def _plot(rows: list[dict], path: Path, metric: str, label: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sdm.io import atomic_file
+    from sdm.io import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     lines: dict[str, list] = {}
@@ -92,10 +92,7 @@ def _plot(rows: list[dict], path: Path, metric: str, label: str) -> None:
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @cli.command(help="Sweep spike code x T x threshold rule x neuron: eps fidelity per cell (and a sample metric with --fid N); writes "

@@ -18,7 +18,7 @@ from convert.model import ConvertedUNet
 from convert.workflow import Probes, judge
 from sdm.diffusion.sampler import SAMPLING, SamplingSettings
 from sdm.diffusion.training import read_run_config
-from sdm.io import atomic_file, write_json
+from sdm.io import save_figure, write_json
 
 
 def _finetune_record(snn_dir: str | Path) -> dict | None:
@@ -77,10 +77,7 @@ def plot_loss(curve: list[dict], path: Path, budget: float | None = None) -> Non
         rate_ax = ax.twinx()
         rate_ax.plot(steps, [e.get("firing_rate") for e in curve], color="tab:orange", label="firing rate")
         rate_ax.set_ylabel("firing rate", color="tab:orange")
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def finetune_report(before: ConvertedUNet, after: ConvertedUNet, teacher: nn.Module, scheduler_config: dict,
