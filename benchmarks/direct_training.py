@@ -18,7 +18,8 @@ here (shards may come from earlier sessions); `sdm-compare` times it.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import click
@@ -33,6 +34,18 @@ from sdm.settings import CommaList
 from sdm.snn.energy import E_MAC_PJ, ann_macs
 
 DEFAULT_SCALES = "0.9,0.95,0.96,0.97,0.98,0.99,1.0,1.01,1.02,1.03,1.04,1.05,1.1"
+CONTROL, TSM = "SDM pre-spike (control)", "SDM TSM"
+
+
+@dataclass
+class _Findings:
+    """What the tables, the sample grid and the paired bootstraps are built from, in measuring order."""
+
+    rows: list = field(default_factory=list)
+    grids: list = field(default_factory=list)
+    record: dict = field(default_factory=dict)
+    drawn: dict = field(default_factory=dict)  # samples at N, for the paired bootstrap
+    pairs: list = field(default_factory=list)
 
 
 def _as_shipped(loaded):
@@ -87,6 +100,102 @@ def plot_sweep(points: list[tuple[float, float]], n: int, path: Path) -> None:
     save_figure(fig, path)
 
 
+def _measure(loaded, n, scale=1.0, *, work, steps):
+    """A model's figures at `n` samples and one threshold scale, and its samples for grids and bootstraps."""
+    result, images, _ = sample_metric(loaded.model, loaded.scheduler_config, n, work, steps=steps,
+                                      threshold_scale=scale)
+    energy, rate = _energy(loaded.model, loaded.scheduler_config, steps, scale)
+    return {"fid": result.value, "energy": energy, "rate": rate}, images
+
+
+def _parameters(loaded):
+    return sum(p.numel() for p in loaded.model.parameters())
+
+
+def _row(name, run, params, m, n):
+    return {"model": name, "parameters": f"{params / 1e6:.2f}M", "training steps": run, "N": n,
+            "FID-FMNIST": f"{m['fid']:.3f}", "energy / image (mJ)": f"{m['energy']:.4g}",
+            "firing rate": "" if m["rate"] is None else f"{m['rate']:.3f}"}
+
+
+def _measure_ann(found, ann, ann_fid, measure, steps, n):
+    """The ANN's row; `--ann-fid` reuses its FID instead of sampling (no grid); energy is still counted."""
+    teacher = load_model(ann)
+    if ann_fid is None:
+        m, images = measure(teacher, n)
+        found.grids.append(("ANN", images[:16]))
+    else:
+        energy, _ = _energy(teacher.model, teacher.scheduler_config, steps, 1.0)
+        m = {"fid": ann_fid, "energy": energy, "rate": None}
+    ann_steps = steps_trained(teacher.path) if read_run_config(teacher.path) else "its model card's"
+    found.rows.append(_row(f"ANN (`{teacher.source}`)", ann_steps, _parameters(teacher), m, n))
+    found.record["ann"] = m
+
+
+def _measure_sdm_runs(found, control, tsm, measure, n):
+    """The control and the TSM run, unguided at N, as the package ships them; paired to test TSM's gain."""
+    for name, run in ((CONTROL, control), (TSM, tsm)):
+        loaded = _as_shipped(load_model(run))
+        m, images = measure(loaded, n)
+        found.rows.append(_row(name, steps_trained(run), _parameters(loaded), m, n))
+        found.drawn[name] = images
+        found.grids.append((name.replace(" (control)", ""), images[:16]))
+        found.record[name] = m
+    found.pairs.append((TSM, CONTROL))
+
+
+def _sweep(loaded, scales, measure, n, path):
+    """Each threshold scale at the sweep's (smaller) N, plotted; its first samples are kept for the grid."""
+    sweep, first_images = [], {}
+    for scale in scales:
+        m, images = measure(loaded, n, scale)
+        sweep.append({"scale": scale, **m})
+        first_images[scale] = images[:16]  # seeds 0..15, whatever N
+    plot_sweep([(s["scale"], s["fid"]) for s in sweep], n, path)
+    return sweep, first_images
+
+
+def _take_best(found, sweep, first_images, loaded, tsm, measure, n, confirm):
+    """The sweep's best scale, unless 1.0, joins the grid and (with `confirm`) is measured again at N against
+    the unguided TSM, so the headline gain is an N-sample figure; returns the note's remark if unconfirmed."""
+    scale = min(sweep, key=lambda s: s["fid"])["scale"]
+    if scale == 1.0:
+        return ""
+    found.grids.append((f"TSM x{scale:g}", first_images[scale]))
+    if not confirm:
+        return f"; the sweep's best scale, {scale:g}, was not measured at N = {n} (--no-confirm-best)"
+    guided = f"{TSM} x{scale:g}"
+    m, found.drawn[guided] = measure(loaded, n, scale)
+    found.pairs.append((guided, TSM))
+    found.rows.append(_row(f"{TSM}, threshold scale {scale:g} (best of the sweep)", steps_trained(tsm),
+                           _parameters(loaded), m, n))
+    found.record["best_guided"] = {"scale": scale, **m}
+    return ""
+
+
+def _write_sweep_table(sweep, out, meta, n, steps):
+    """The sweep's table; each change is against the unguided scale 1.0, if it was swept."""
+    unguided = next((s for s in sweep if s["scale"] == 1.0), None)
+    rows = [{"threshold scale": f"{s['scale']:g}", "FID-FMNIST": f"{s['fid']:.3f}",
+             "change": "" if unguided is None else f"{(s['fid'] - unguided['fid']) / unguided['fid']:+.1%}",
+             "energy / image (mJ)": f"{s['energy']:.4g}", "firing rate": f"{s['rate']:.3f}"} for s in sweep]
+    note = (f"Threshold guidance on the TSM model, N = {n}, DDIM-{steps}, seeds 0..{n - 1}; FID-FMNIST is "
+            "not comparable with Inception FID.")
+    return write_table(rows, out, meta, note, num_samples=n, steps=steps)
+
+
+def _write_headline_table(found, sweep, factors, unconfirmed, out, meta, *, num_samples, sweep_samples, steps,
+                          resamples):
+    """The headline table, its note giving each comparison's paired bootstrap; results.json adds the sweep."""
+    paired = _paired(found.pairs, found.drawn, resamples)
+    note = (f"N = {num_samples}, DDIM-{steps}, seeds 0..{num_samples - 1}; learnt TSM factors p (mean over "
+            f"layers, t = 1..T): {factors}{unconfirmed}; FID-FMNIST is not comparable with Inception FID. "
+            "Paired bootstrap: " + "; ".join(d.describe(a, b) for a, b, d in paired) + ".")
+    return write_table(found.rows, out, meta, note, num_samples=num_samples, steps=steps, record=found.record,
+                       sweep=sweep, sweep_samples=sweep_samples, tsm_factors=factors,
+                       paired_bootstrap={f"{a} - {b}": asdict(d) for a, b, d in paired})
+
+
 @command(help="TSM against an equal-steps pre-spike control, and a threshold-guidance sweep, beside the ANN.")
 @click.option("--ann", default=EMBEDDED_NAME, show_default=True)
 @click.option("--ann-fid", type=float, default=None, help="Reuse the ANN's FID-FMNIST at these seeds and N.")
@@ -106,78 +215,18 @@ def plot_sweep(points: list[tuple[float, float]], n: int, path: Path) -> None:
 def main(ann, ann_fid, control, tsm, scales, num_samples, sweep_samples, steps, confirm_best, resamples, out):
     out = Path(out)
     meta = provenance(__spec__.name)
-    work = out / "work"
-
-    def measure(loaded, n, scale=1.0):
-        result, images, _ = sample_metric(loaded.model, loaded.scheduler_config, n, work, steps=steps,
-                                          threshold_scale=scale)
-        energy, rate = _energy(loaded.model, loaded.scheduler_config, steps, scale)
-        return {"fid": result.value, "energy": energy, "rate": rate}, images
-
-    def row(name, run, params, m, n):
-        return {"model": name, "parameters": f"{params / 1e6:.2f}M", "training steps": run, "N": n,
-                "FID-FMNIST": f"{m['fid']:.3f}", "energy / image (mJ)": f"{m['energy']:.4g}",
-                "firing rate": "" if m["rate"] is None else f"{m['rate']:.3f}"}
-
-    rows, grids, record, drawn = [], [], {}, {}
-    teacher = load_model(ann)
-    params = sum(p.numel() for p in teacher.model.parameters())
-    if ann_fid is None:
-        m, images = measure(teacher, num_samples)
-        grids.append(("ANN", images[:16]))
-    else:
-        energy, _ = _energy(teacher.model, teacher.scheduler_config, steps, 1.0)
-        m = {"fid": ann_fid, "energy": energy, "rate": None}
-    ann_steps = steps_trained(teacher.path) if read_run_config(teacher.path) else "its model card's"
-    rows.append(row(f"ANN (`{teacher.source}`)", ann_steps, params, m, num_samples))
-    record["ann"] = m
-    for name, run in (("SDM pre-spike (control)", control), ("SDM TSM", tsm)):
-        loaded = _as_shipped(load_model(run))
-        params = sum(p.numel() for p in loaded.model.parameters())
-        m, images = measure(loaded, num_samples)
-        rows.append(row(name, steps_trained(run), params, m, num_samples))
-        drawn[name] = images  # at N, for the paired bootstrap
-        grids.append((name.replace(" (control)", ""), images[:16]))
-        record[name] = m
-    pairs = [("SDM TSM", "SDM pre-spike (control)")]
-    loaded = _as_shipped(load_model(tsm))
-    sweep, first_images = [], {}
-    for scale in scales:
-        m, images = measure(loaded, sweep_samples, scale)
-        sweep.append({"scale": scale, **m})
-        first_images[scale] = images[:16]  # seeds 0..15, whatever N
-    plot_sweep([(s["scale"], s["fid"]) for s in sweep], sweep_samples, out / "guidance.png")
-    unguided = next((s for s in sweep if s["scale"] == 1.0), None)
-    best = min(sweep, key=lambda s: s["fid"])
-    unconfirmed = ""
-    if best["scale"] != 1.0:
-        grids.append((f"TSM x{best['scale']:g}", first_images[best["scale"]]))
-        if confirm_best:
-            guided = f"SDM TSM x{best['scale']:g}"
-            m, drawn[guided] = measure(loaded, num_samples, best["scale"])
-            pairs.append((guided, "SDM TSM"))
-            rows.append(row(f"SDM TSM, threshold scale {best['scale']:g} (best of the sweep)", steps_trained(tsm),
-                            params, m, num_samples))
-            record["best_guided"] = {"scale": best["scale"], **m}
-        else:
-            unconfirmed = (f"; the sweep's best scale, {best['scale']:g}, was not measured at N = {num_samples} "
-                           "(--no-confirm-best)")
-    save_comparison(grids, out / "samples.png")
-    sweep_rows = [{"threshold scale": f"{s['scale']:g}", "FID-FMNIST": f"{s['fid']:.3f}",
-                   "change": "" if unguided is None else f"{(s['fid'] - unguided['fid']) / unguided['fid']:+.1%}",
-                   "energy / image (mJ)": f"{s['energy']:.4g}", "firing rate": f"{s['rate']:.3f}"} for s in sweep]
-    sweep_text = write_table(sweep_rows, out / "sweep", meta,
-                             f"Threshold guidance on the TSM model, N = {sweep_samples}, DDIM-{steps}, seeds "
-                             f"0..{sweep_samples - 1}; FID-FMNIST is not comparable with Inception FID.",
-                             num_samples=sweep_samples, steps=steps)
-    paired = _paired(pairs, drawn, resamples)
-    factors = [round(p, 4) for p in loaded.model.mean_tsm_factors()]
-    text = write_table(rows, out, meta, f"N = {num_samples}, DDIM-{steps}, seeds 0..{num_samples - 1}; learnt TSM "
-                       f"factors p (mean over layers, t = 1..T): {factors}{unconfirmed}; FID-FMNIST is not "
-                       "comparable with Inception FID. Paired bootstrap: "
-                       + "; ".join(d.describe(a, b) for a, b, d in paired) + ".",
-                       num_samples=num_samples, steps=steps, record=record, sweep=sweep, sweep_samples=sweep_samples,
-                       tsm_factors=factors, paired_bootstrap={f"{a} - {b}": asdict(d) for a, b, d in paired})
+    measure = partial(_measure, work=out / "work", steps=steps)
+    found = _Findings()
+    _measure_ann(found, ann, ann_fid, measure, steps, num_samples)
+    _measure_sdm_runs(found, control, tsm, measure, num_samples)
+    tsm_model = _as_shipped(load_model(tsm))
+    sweep, first_images = _sweep(tsm_model, scales, measure, sweep_samples, out / "guidance.png")
+    unconfirmed = _take_best(found, sweep, first_images, tsm_model, tsm, measure, num_samples, confirm_best)
+    save_comparison(found.grids, out / "samples.png")
+    sweep_text = _write_sweep_table(sweep, out / "sweep", meta, sweep_samples, steps)
+    factors = [round(p, 4) for p in tsm_model.model.mean_tsm_factors()]
+    text = _write_headline_table(found, sweep, factors, unconfirmed, out, meta, num_samples=num_samples,
+                                 sweep_samples=sweep_samples, steps=steps, resamples=resamples)
     click.echo(f"{text}\n{sweep_text}")
 
 
