@@ -59,6 +59,9 @@ CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defa
     "min-snr": (DEFAULT_CODE, {**EPS_LOSS, "snr_gamma": 5.0}),
     "batch-16": (DEFAULT_CODE, {**EPS_LOSS, "batch_size": 16}),
     "snr-2": (DEFAULT_CODE, {"snr_gamma": 2.0}),
+    # Three times both learning rates: the deep model fits half the steps of the others in the same minutes.
+    "lr-triple": (DEFAULT_CODE, {"lr": 9e-4, "threshold_lr": 9e-3}),
+    "rate-lr-triple": ("rate", {"lr": 9e-4, "threshold_lr": 9e-3}),
     "student-paths": (DEFAULT_CODE, {**EPS_LOSS, "source": "student"}),
     "norms-only": (DEFAULT_CODE, {**EPS_LOSS, "train": "norms"}),
     # The run (400 steps of 16: a pool of 1,600 pairs, 32 trajectories), then with the earlier
