@@ -38,3 +38,10 @@ done
 # T = 5 for the weighted code on the deep model (BENCHMARKS.md 11.9), in its own directory: the runs above are T = 4.
 .venv/bin/python -m benchmarks.finetune_defaults --T 5 --minutes 4 --num-samples 500 \
   --out benchmarks/results/finetune_defaults_t5 --model runs/dev/silu-mnist-deep=$MNIST --candidates defaults@20
+# Three times both learning rates at 20 minutes (BENCHMARKS.md 11.10), in its own directory, one model per
+# invocation; the eighth session made the development models again with examples/dev_models.sh first
+# (silu-fmnist-cpu with STEPS=1000, where the first one stopped).
+for M in silu-mnist-deep=$MNIST relu-mnist=$MNIST silu-fmnist-cpu; do
+  .venv/bin/python -m benchmarks.finetune_defaults --minutes 4 --num-samples 500 --out benchmarks/results/finetune_lr \
+    --model runs/dev/$M --candidates lr-triple@20
+done
