@@ -43,5 +43,5 @@ done
 # (silu-fmnist-cpu with STEPS=1000, where the first one stopped).
 for M in silu-mnist-deep=$MNIST relu-mnist=$MNIST silu-fmnist-cpu; do
   .venv/bin/python -m benchmarks.finetune_defaults --minutes 4 --num-samples 500 --out benchmarks/results/finetune_lr \
-    --model runs/dev/$M --candidates lr-triple@20
+    --model runs/dev/$M --candidates $([ ${M%%=*} = silu-mnist-deep ] && echo defaults@20,)lr-triple@20
 done
