@@ -40,8 +40,9 @@ done
   --out benchmarks/results/finetune_defaults_t5 --model runs/dev/silu-mnist-deep=$MNIST --candidates defaults@20
 # Three times both learning rates at 20 minutes (BENCHMARKS.md 11.10), in its own directory, one model per
 # invocation; the eighth session made the development models again with examples/dev_models.sh first
-# (silu-fmnist-cpu with STEPS=1000, where the first one stopped).
-for M in silu-mnist-deep=$MNIST relu-mnist=$MNIST silu-fmnist-cpu; do
-  .venv/bin/python -m benchmarks.finetune_defaults --minutes 4 --num-samples 500 --out benchmarks/results/finetune_lr \
-    --model runs/dev/$M --candidates $([ ${M%%=*} = silu-mnist-deep ] && echo defaults@20,)lr-triple@20
-done
+# (silu-fmnist-cpu with STEPS=1000, where the first one stopped). On the deep model today's rates ran again
+# beside them, on the same ANN and cores.
+LR=(.venv/bin/python -m benchmarks.finetune_defaults --minutes 4 --num-samples 500 --out benchmarks/results/finetune_lr)
+"${LR[@]}" --model runs/dev/silu-mnist-deep=$MNIST --candidates defaults@20,lr-triple@20
+"${LR[@]}" --model runs/dev/relu-mnist=$MNIST --candidates lr-triple@20
+"${LR[@]}" --model runs/dev/silu-fmnist-cpu --candidates lr-triple@20
