@@ -46,3 +46,10 @@ LR=(.venv/bin/python -m benchmarks.finetune_defaults --minutes 4 --num-samples 5
 "${LR[@]}" --model runs/dev/silu-mnist-deep=$MNIST --candidates defaults@20,lr-triple@20
 "${LR[@]}" --model runs/dev/relu-mnist=$MNIST --candidates lr-triple@20
 "${LR[@]}" --model runs/dev/silu-fmnist-cpu --candidates lr-triple@20
+# The ninth session: the same rates in the rate code and under a budget, the deep model's budget at today's
+# rates beside them on the same ANN (BENCHMARKS.md 11.11); each invocation lists its model's earlier runs too,
+# which are reused, so that its table keeps them.
+"${LR[@]}" --model runs/dev/silu-mnist-deep=$MNIST \
+  --candidates defaults@20,lr-triple@20,rate-lr-triple@20,lr-triple:0.4@20,defaults:0.4@20
+"${LR[@]}" --model runs/dev/relu-mnist=$MNIST --candidates lr-triple@20,rate-lr-triple@20,lr-triple:0.4@20
+"${LR[@]}" --model runs/dev/silu-fmnist-cpu --candidates lr-triple@20,lr-triple:0.45@20
