@@ -38,17 +38,13 @@ done
 # T = 5 for the weighted code on the deep model (BENCHMARKS.md 11.9), in its own directory: the runs above are T = 4.
 .venv/bin/python -m benchmarks.finetune_defaults --T 5 --minutes 4 --num-samples 500 \
   --out benchmarks/results/finetune_defaults_t5 --model runs/dev/silu-mnist-deep=$MNIST --candidates defaults@20
-# Three times both learning rates at 20 minutes (BENCHMARKS.md 11.10), in its own directory, one model per
-# invocation; the eighth session made the development models again with examples/dev_models.sh first
-# (silu-fmnist-cpu with STEPS=1000, where the first one stopped). On the deep model today's rates ran again
-# beside them, on the same ANN and cores.
+# Three times both learning rates at 20 minutes (BENCHMARKS.md 11.10-11.11), in its own directory, one
+# invocation per model listing all of that model's runs (a finished run is reused; its table keeps them).
+# The eighth session made the development models again with examples/dev_models.sh first (silu-fmnist-cpu
+# with STEPS=1000, where the first one stopped) and ran lr-triple@20, with today's rates beside it on the
+# deep model (defaults@20); the ninth added the rate code and the budgets, and today's rates under the deep
+# model's budget on the same ANN (defaults:0.4@20).
 LR=(.venv/bin/python -m benchmarks.finetune_defaults --minutes 4 --num-samples 500 --out benchmarks/results/finetune_lr)
-"${LR[@]}" --model runs/dev/silu-mnist-deep=$MNIST --candidates defaults@20,lr-triple@20
-"${LR[@]}" --model runs/dev/relu-mnist=$MNIST --candidates lr-triple@20
-"${LR[@]}" --model runs/dev/silu-fmnist-cpu --candidates lr-triple@20
-# The ninth session: the same rates in the rate code and under a budget, the deep model's budget at today's
-# rates beside them on the same ANN (BENCHMARKS.md 11.11); each invocation lists its model's earlier runs too,
-# which are reused, so that its table keeps them.
 "${LR[@]}" --model runs/dev/silu-mnist-deep=$MNIST \
   --candidates defaults@20,lr-triple@20,rate-lr-triple@20,lr-triple:0.4@20,defaults:0.4@20
 "${LR[@]}" --model runs/dev/relu-mnist=$MNIST --candidates lr-triple@20,rate-lr-triple@20,lr-triple:0.4@20
