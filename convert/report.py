@@ -12,11 +12,13 @@ from sdm.snn.modes import counting
 
 @torch.no_grad()
 def eps_fidelity(ann: torch.nn.Module, snn: torch.nn.Module, probes: tuple[torch.Tensor, ...],
-                 batch_size: int = 32) -> dict:
+                 batch_size: int = 32, weights: torch.Tensor | None = None) -> dict:
     """SNN against ANN noise predictions on probe pairs, and the SNN's firing rate there.
 
     `probes` is (x_t, t, spread) from `calibration.probe_pairs`: the overall figures use the pairs
-    spread evenly over t, the t < 100 figure every probe below t = 100.
+    spread evenly over t, the t < 100 figure every probe below t = 100. With `weights` (one per probe,
+    e.g. `sdm.diffusion.snr.min_snr_weights`), `eps_rel_mse_weighted` is the spread pairs' relative
+    error with each pair's squared error and reference weighted.
     """
     x, t, spread = probes
     device = next(ann.parameters()).device
@@ -31,6 +33,10 @@ def eps_fidelity(ann: torch.nn.Module, snn: torch.nn.Module, probes: tuple[torch
             refs.append(a.pow(2).sum(1).cpu())
     cos, err, ref = torch.cat(cosines), torch.cat(errors), torch.cat(refs)
     low = t < 100
+    weighted = {}
+    if weights is not None:
+        w = weights.double().cpu()[spread]
+        weighted["eps_rel_mse_weighted"] = round(((w * err[spread]).sum() / (w * ref[spread]).sum()).item(), 6)
     return {
         "eps_cosine": round(cos[spread].mean().item(), 5),
         "eps_rel_mse": round((err[spread].sum() / ref[spread].sum()).item(), 6),
@@ -38,6 +44,7 @@ def eps_fidelity(ann: torch.nn.Module, snn: torch.nn.Module, probes: tuple[torch
         "eps_rel_mse_t_lt_100": round((err[low].sum() / ref[low].sum()).item(), 6) if low.any() else None,
         "probes": {"spread_over_t": int(spread.sum()), "t_lt_100": int(low.sum())},
         "firing_rate": round(counts.rate(), 5),
+        **weighted,
     }
 
 

@@ -6,7 +6,8 @@ A conversion decides two things per site that trade energy for error. An activat
 attention projection) multiplies once per window, or, spike-encoded (`encode_sites`), accumulates.
 What each site is worth differs by orders of magnitude between sites and models (`sdm-convert
 --sensitivity`), so every candidate change is measured on the converted network itself: its energy
-per image (`sdm.snn.energy.energy_report`) and its eps error against the ANN on the probes.
+per image (`sdm.snn.energy.energy_report`) and its eps error against the ANN on the probes, weighed
+over t as fine-tuning weighs its loss.
 
 Over the budget, changes that save energy are taken in order of energy saved per unit of error
 added, until the budget is met; with energy to spare, changes that cut error are taken in order of
@@ -27,6 +28,7 @@ import calibration.graph as unet_graph
 from calibration import CalibrationStats, ConversionConfig, Thresholds
 from convert.conversion import convert
 from convert.report import eps_fidelity
+from sdm.diffusion.snr import min_snr_weights
 from sdm.errors import SDMError
 from sdm.snn.energy import ann_macs, energy_report
 
@@ -38,15 +40,14 @@ IMPROVING = {"analog": "keep the activation analog", "unencode": "keep the input
 @dataclass(frozen=True)
 class Measure:
     energy_ratio: float  # SNN / ANN energy per image
-    error: float         # eps relative MSE: the mean of the figure over all t and the one at t < 100
+    error: float         # eps relative MSE over the probes spread over t, each weighted by Min-SNR-gamma
 
     @classmethod
-    def of(cls, ann, snn, probes, spread, denoising_steps: int, batch_size: int, ann_macs: float) -> Measure:
-        fidelity = eps_fidelity(ann, snn, probes, batch_size=batch_size)
-        late = fidelity["eps_rel_mse_t_lt_100"]
-        error = fidelity["eps_rel_mse"] if late is None else (fidelity["eps_rel_mse"] + late) / 2
+    def of(cls, ann, snn, probes, weights, spread, denoising_steps: int, batch_size: int,
+           ann_macs: float) -> Measure:
+        fidelity = eps_fidelity(ann, snn, probes, batch_size=batch_size, weights=weights)
         report = energy_report(snn, *spread, denoising_steps=denoising_steps, ann_macs_per_step=ann_macs)
-        return cls(float(report["energy_ratio_snn_to_ann"]), float(error))
+        return cls(float(report["energy_ratio_snn_to_ann"]), float(fidelity["eps_rel_mse_weighted"]))
 
 
 @dataclass
@@ -67,8 +68,9 @@ class SiteChoice:
         return {"budget": self.budget, "met": self.met,
                 "start": vars(self.start), "end": vars(self.end), "changes": self.changes,
                 "encode_sites": list(self.config.encode_sites), "analog_sites": list(self.config.analog_sites),
-                "measured_on": "the probes: eps error against the ANN on all of them, energy per image on the "
-                               "spread subset; fine-tuning under the same budget then prices the spikes"}
+                "measured_on": "the probes: eps relative error against the ANN on those spread over t, each "
+                               "weighted by Min-SNR-gamma; energy per image on the spread subset; fine-tuning "
+                               "under the same budget then prices the spikes"}
 
 
 class _Conversions:
@@ -76,9 +78,11 @@ class _Conversions:
     thresholds, which do not depend on which sites spike, are computed once (and the ANN's graph is
     exported once: `calibration.graph.capture` keeps it)."""
 
-    def __init__(self, ann, stats: CalibrationStats, probes, spread, denoising_steps: int, batch_size: int):
+    def __init__(self, ann, stats: CalibrationStats, probes, spread, scheduler_config: dict, denoising_steps: int,
+                 batch_size: int):
         self.ann, self.config, self.thresholds = ann, stats.config, stats.thresholds()
-        self.measure_args = (probes, spread, denoising_steps, batch_size, ann_macs(ann, *spread))
+        weights = min_snr_weights(probes[1], scheduler_config)
+        self.measure_args = (probes, weights, spread, denoising_steps, batch_size, ann_macs(ann, *spread))
         captured = unet_graph.capture(ann)
         sites = unet_graph.conversion_sites(captured, encode_analog=True)
         self.encoders = [s.name for s in sites if s.is_encoder]
@@ -107,17 +111,19 @@ def _apply(kind: str, site: str, encoded: frozenset, analog: frozenset) -> tuple
 
 
 @torch.no_grad()
-def choose_sites(ann, stats: CalibrationStats, budget: float, probes, spread, *, denoising_steps: int,
-                 batch_size: int = 32, progress: bool = True) -> SiteChoice:
+def choose_sites(ann, stats: CalibrationStats, budget: float, probes, spread, *, scheduler_config: dict,
+                 denoising_steps: int, batch_size: int = 32, progress: bool = True) -> SiteChoice:
     """The conversion of `stats` (observed with every encoder site) whose site lists best meet `budget`,
-    a ratio to the ANN's energy per image; starts from the sites that `stats.config` names."""
+    a ratio to the ANN's energy per image; starts from the sites that `stats.config` names. Errors are
+    weighed over t as fine-tuning weighs its loss (`sdm.diffusion.snr`): what a sample shows is decided
+    at high noise, where a plain eps error gives the pairs about 1 % of its weight."""
     if not budget > 0:
         raise SDMError(f"the energy budget must be a positive ratio to the ANN's energy, got {budget}")
     if not stats.encoders_observed:
         raise SDMError("choosing sites under an energy budget needs statistics of every analog input: calibrate "
                        "with encoders (encode_analog at prepare)")
     config = stats.config
-    conversions = _Conversions(ann, stats, probes, spread, denoising_steps, batch_size)
+    conversions = _Conversions(ann, stats, probes, spread, scheduler_config, denoising_steps, batch_size)
     encoded = frozenset(conversions.encoders if config.encode_analog else
                         unet_graph.match_sites(list(config.encode_sites), conversions.encoders, "encode_sites"))
     analog = frozenset(unet_graph.match_sites(list(config.analog_sites), conversions.activations))

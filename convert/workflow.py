@@ -94,7 +94,8 @@ class ConversionWorkflow:
         ANN's energy per image), judged on the probes: `stats` (calibrated with `encoders`, so that any analog
         input may be chosen) retargeted to that choice, and the choice itself."""
         choice = choose_sites(self.ann, stats, budget, self.probes.pairs, self.probes.spread,
-                              denoising_steps=denoising_steps, batch_size=JUDGE_BATCH, progress=self.progress)
+                              scheduler_config=self.scheduler_config, denoising_steps=denoising_steps,
+                              batch_size=JUDGE_BATCH, progress=self.progress)
         return stats.for_config(choice.config), choice
 
     def convert(self, stats: CalibrationStats, *, source: str = "") -> ConvertedUNet:

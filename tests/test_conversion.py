@@ -145,6 +145,25 @@ def test_eps_fidelity_improves_with_T(silu_model):
     assert 0 < high["firing_rate"] < 1 and high["probes"] == {"spread_over_t": 8, "t_lt_100": 5}
 
 
+def test_the_weighted_eps_error_weighs_each_spread_probe_by_hand(silu_model):
+    """Weights that keep two spread probes: the figure is their errors over their references, computed
+    here from the two networks' outputs; the probes off the spread never count."""
+    unet, observed = silu_model
+    x, t, spread = probe_pairs(unet, DDPM_LINEAR_SCHEDULE, 8)
+    snn = _convert(observed, T=2, rule="mse")
+    weights = torch.zeros(len(t))
+    weights[[1, 4]] = torch.tensor([3.0, 1.0])
+    weights[~spread] = 100.0
+    with torch.no_grad():
+        a = unet(x[[1, 4]], t[[1, 4]]).sample.flatten(1).double()
+        s = snn(x[[1, 4]], t[[1, 4]]).sample.flatten(1).double()
+    error, reference = (s - a).pow(2).sum(1), a.pow(2).sum(1)
+    expected = (3 * error[0] + error[1]) / (3 * reference[0] + reference[1])
+    figure = eps_fidelity(unet, snn, (x, t, spread), weights=weights)["eps_rel_mse_weighted"]
+    assert figure == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    assert "eps_rel_mse_weighted" not in eps_fidelity(unet, snn, (x, t, spread))
+
+
 def test_every_activation_call_of_the_cifar10_32_architecture_is_converted():
     torch.manual_seed(0)
     unet = UNet2DModel(**preset_config("cifar10-32")).eval()

@@ -78,7 +78,8 @@ def test_the_chosen_conversion_meets_a_reachable_budget_and_is_what_it_says(cali
     plain, encoded = _ratio(unet, stats, spread), _ratio(unet, stats.retarget(encode_analog=True), spread)
     assert encoded < plain
     budget = (plain + encoded) / 2
-    choice = choose_sites(unet, stats, budget, probes, spread, denoising_steps=3, batch_size=8, progress=False)
+    choice = choose_sites(unet, stats, budget, probes, spread, scheduler_config=DDPM_LINEAR_SCHEDULE, denoising_steps=3,
+                          batch_size=8, progress=False)
     assert choice.met and choice.config.encode_sites and not choice.config.encode_analog
     assert choice.start.energy_ratio == pytest.approx(plain, rel=1e-9)
     # The recorded end is the network a conversion of the chosen config builds, measured again.
@@ -91,6 +92,8 @@ def test_statistics_without_encoders_are_refused(calibrated):
     unet, _, probes, spread = calibrated
     plain = calibrate(prepare(unet), calibration_pairs(unet, DDPM_LINEAR_SCHEDULE, 8), progress=False).stats()
     with pytest.raises(SDMError, match="needs statistics of every analog input"):
-        choose_sites(unet, plain, 0.5, probes, spread, denoising_steps=3, progress=False)
+        choose_sites(unet, plain, 0.5, probes, spread, scheduler_config=DDPM_LINEAR_SCHEDULE, denoising_steps=3,
+                     progress=False)
     with pytest.raises(SDMError, match="positive ratio"):
-        choose_sites(unet, plain, 0.0, probes, spread, denoising_steps=3, progress=False)
+        choose_sites(unet, plain, 0.0, probes, spread, scheduler_config=DDPM_LINEAR_SCHEDULE, denoising_steps=3,
+                     progress=False)

@@ -25,8 +25,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from calibration.inputs import LATE_T, SOURCES, TRAJECTORY_STEPS, noised_pairs
-from sdm.diffusion.sampler import make_scheduler, trajectory
+from sdm.diffusion.sampler import trajectory
 from sdm.diffusion.shards import weights_fingerprint
+from sdm.diffusion.snr import min_snr_weights
 from sdm.io import atomic_file
 from sdm.snn.modes import keeping_counts
 
@@ -169,16 +170,6 @@ class FeatureTargets:
         errors = [F.mse_loss(student_inputs[s].float(), targets[s].float())
                   / targets[s].float().pow(2).mean().clamp(min=1e-12) for s in self.sites]
         return torch.stack(errors).mean()
-
-
-def min_snr_weights(t: torch.Tensor, scheduler_config: dict, gamma: float) -> torch.Tensor:
-    """min(SNR(t), gamma) / SNR(t) for each t, the Min-SNR-gamma weight of an eps error (all 1 for a gamma
-    of 0): 1 at high noise, down to gamma / SNR where the signal dominates."""
-    if not gamma:
-        return torch.ones(len(t))
-    abar = make_scheduler("ddpm", scheduler_config).alphas_cumprod.double()[t.long()]
-    snr = abar / (1 - abar)
-    return (snr.clamp(max=gamma) / snr).float()
 
 
 def distillation_objective(pool, settings, device: str, energy, budget, features: FeatureTargets | None,

@@ -11,6 +11,7 @@ from torch import nn
 from calibration.graph import architecture_fingerprint
 from convert.finetune.distill import PAIR_REUSE, PAIR_SOURCES, pool_size
 from convert.model import ConvertedUNet
+from sdm.diffusion.snr import MIN_SNR_GAMMA
 from sdm.diffusion.train_settings import PRECISIONS
 from sdm.errors import ConfigError
 from sdm.settings import option
@@ -54,7 +55,7 @@ class FinetuneSettings:
     late_share: float = field(default=0.0, metadata=option(
         "--late-share", "Share of each batch drawn from t < 100, the fine-detail steps (0: no share reserved, "
         "every pool pair drawn alike).", type=click.FloatRange(0, 1, max_open=True)))
-    snr_gamma: float = field(default=5.0, metadata=option(
+    snr_gamma: float = field(default=MIN_SNR_GAMMA, metadata=option(
         "--snr-gamma", "Weight each pair's eps error by min(SNR, G) / SNR of its t (Min-SNR-gamma, Hang et al. "
         "2023): the low-noise steps, whose eps errors are largest, stop drowning out the high-noise steps that "
         "decide what a sample shows; 0 weighs every pair 1.", type=click.FloatRange(min=0)))
