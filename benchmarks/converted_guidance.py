@@ -1,7 +1,7 @@
 """Threshold guidance on converted, fine-tuned SNNs: FID and energy per image at each sampling-time scale.
 
     python -m benchmarks.converted_guidance --model runs/dev/silu-mnist-deep=../shared/data/mnist_10k.npz \
-        --snn weighted=benchmarks/results/finetune_defaults/silu-mnist-deep/defaults-20min/snn \
+        --snn weighted=benchmarks/results/finetune_defaults/silu-mnist-deep/lr-3e-4-20min/snn \
         --scales 0.9,0.95,1.0,1.05,1.1 --num-samples 500 \
         --work benchmarks/results/finetune_defaults/silu-mnist-deep/work
 

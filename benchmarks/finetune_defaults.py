@@ -36,7 +36,11 @@ from sdm.commands.options import command
 from sdm.diffusion.data import read_images
 from sdm.diffusion.images import save_comparison
 from sdm.io import write_json
+from sdm.metrics.bootstrap import paired_bootstrap
 from sdm.metrics.extractors import FMNISTExtractor
+from sdm.metrics.fmnist_extractor import load_reference
+from sdm.metrics.frechet import feature_statistics
+from sdm.metrics.quality import reference_features
 from sdm.models.pretrained import load_model
 from sdm.settings import CommaList
 
@@ -44,15 +48,21 @@ DEFAULT_CODE = ConversionConfig.coding
 DENOISING_STEPS = 50  # DDIM steps of the samples that score every run, and of its energy per image
 GRID_MINUTES = 10.0   # runs this long get a panel in a model's sample grid: the ones the targets read
 GRID_SEEDS = 16       # seeds per panel of that grid (a 4 x 4 grid, the same seeds in the same cells)
+# Earlier defaults are written out, so that a rerun repeats a candidate whatever the defaults become.
+# The learning rates before BENCHMARKS.md 11.12 (a third of today's): every candidate measured against
+# those defaults keeps them; the rows named `defaults` in the tables written before 11.12 are `lr-3e-4`.
+RATES_BEFORE_11_12 = {"lr": 3e-4, "threshold_lr": 3e-3}
 # The plain eps loss of the defaults before BENCHMARKS.md 11.6 (a quarter of each batch from t < 100, every
-# pair weighted 1): the candidates measured against those defaults keep it, so that a rerun repeats them.
-EPS_LOSS = {"late_share": 0.25, "snr_gamma": 0.0}
-# Three times both of today's learning rates (BENCHMARKS.md 11.10), written out so that a rerun repeats them
-# whatever the defaults become: the deep model fits half the others' steps in the same minutes.
+# pair weighted 1), at the learning rates of then.
+EPS_LOSS = {"late_share": 0.25, "snr_gamma": 0.0, **RATES_BEFORE_11_12}
+# Three times the earlier rates (BENCHMARKS.md 11.10-11.12), today's defaults: the deep model fits half the
+# others' steps in the same minutes, and larger steps help it most.
 LR_TRIPLE = {"lr": 9e-4, "threshold_lr": 9e-3}
 CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defaults)
     "defaults": (DEFAULT_CODE, {}),
     "rate-defaults": ("rate", {}),
+    "lr-3e-4": (DEFAULT_CODE, RATES_BEFORE_11_12),
+    "rate-lr-3e-4": ("rate", RATES_BEFORE_11_12),
     "eps-loss": (DEFAULT_CODE, EPS_LOSS),
     "rate-eps-loss": ("rate", EPS_LOSS),
     "fp32": (DEFAULT_CODE, {**EPS_LOSS, "precision": "fp32"}),
@@ -61,7 +71,7 @@ CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defa
     "late-0": (DEFAULT_CODE, {**EPS_LOSS, "late_share": 0.0}),
     "min-snr": (DEFAULT_CODE, {**EPS_LOSS, "snr_gamma": 5.0}),
     "batch-16": (DEFAULT_CODE, {**EPS_LOSS, "batch_size": 16}),
-    "snr-2": (DEFAULT_CODE, {"snr_gamma": 2.0}),
+    "snr-2": (DEFAULT_CODE, {"snr_gamma": 2.0, **RATES_BEFORE_11_12}),
     "lr-triple": (DEFAULT_CODE, LR_TRIPLE),
     "rate-lr-triple": ("rate", LR_TRIPLE),
     "student-paths": (DEFAULT_CODE, {**EPS_LOSS, "source": "student"}),
@@ -82,8 +92,8 @@ CANDIDATES = {  # (spike code, FinetuneSettings fields changed from today's defa
 @dataclass(frozen=True)
 class Run:
     """One candidate run, as `--candidates` names it: NAME, NAME@M (M minutes instead of `--minutes`: the
-    targets' longer runs) or NAME:R[@M] (`sdm-convert --energy-budget R`: the sites chosen under the
-    energy ratio R, then fine-tuned under it)."""
+    targets' longer runs; @0: the conversion's row alone, no fine-tuning) or NAME:R[@M] (`sdm-convert
+    --energy-budget R`: the sites chosen under the energy ratio R, then fine-tuned under it)."""
 
     spec: str
     name: str
@@ -94,7 +104,7 @@ class Run:
     def parse(cls, spec: str, minutes: float) -> Run:
         head, _, own = spec.partition("@")
         name, _, budget = head.partition(":")
-        if name not in CANDIDATES or (own and not float(own) > 0) or (budget and not float(budget) > 0):
+        if name not in CANDIDATES or (own and not float(own) >= 0) or (budget and not float(budget) > 0):
             raise ValueError(spec)
         return cls(spec, name, float(own) if own else minutes, float(budget) if budget else None)
 
@@ -105,6 +115,10 @@ class Run:
     @property
     def timed(self) -> bool:
         return "steps" not in CANDIDATES[self.name][1]
+
+    @property
+    def fine_tunes(self) -> bool:
+        return not (self.timed and self.minutes == 0)
 
     def settings(self) -> FinetuneSettings:
         overrides = dict(CANDIDATES[self.name][1], energy_budget=self.budget)
@@ -204,7 +218,7 @@ def _model_rows(model: _Model, runs: list[Run], tables: Path) -> list[dict]:
         rows.append({"model": model.name, "candidate": label, "code": code, "steps": 0, "minutes": "0", **judged})
         start[code, budget] = judged["_fid"]
         panels.append((f"{label}, {code}", judged["_images"]))
-    for run in runs:
+    for run in (run for run in runs if run.fine_tunes):
         snn_dir, spent = _finetuned(model, run)
         judged = model.judge(ConvertedUNet.from_pretrained(snn_dir))
         rows.append({"model": model.name, "candidate": run.spec, "code": run.code, "steps": finetuned_steps(snn_dir),
@@ -216,6 +230,20 @@ def _model_rows(model: _Model, runs: list[Run], tables: Path) -> list[dict]:
                     title=f"{model.name}: FID against time (N = {model.num_samples})", target=1.1)
     save_comparison([(label, images[:GRID_SEEDS]) for label, images in panels], tables / f"{model.file_name}-samples.png")
     return rows
+
+
+def paired_difference(model: _Model, rows: list[dict], a: str, b: str) -> str:
+    """Two runs' FID difference with a paired bootstrap over the seeds they share (`sdm.metrics.bootstrap`),
+    against the reference their FIDs use: how much of the gap another seed set would keep."""
+    images = {row["candidate"]: row["_images"] for row in rows if row["candidate"] in (a, b)}
+    extractor = FMNISTExtractor()
+    features = [extractor.features(images[spec])[0] for spec in (a, b)]
+    if model.reference is None:
+        mu, sigma, _ = load_reference()
+    else:
+        mu, sigma = feature_statistics(reference_features(extractor, model.reference))
+    summary, _ = paired_bootstrap(*features, mu, sigma)
+    return f"Paired bootstrap over the seeds: {summary.describe(a, b)}."
 
 
 @command(help="Fine-tuning defaults, one change at a time, on several DDPMs: FID against wall-clock minutes.")
@@ -230,7 +258,10 @@ def _model_rows(model: _Model, runs: list[Run], tables: Path) -> list[dict]:
 @click.option("--tables", type=click.Path(), default=None,
               help="Where the tables and plots go instead (the runs and shards stay under --out): a rescoring of "
                    "some runs at another --num-samples, reusing the runs and the shards drawn so far.")
-def main(models, candidates, minutes, T, num_samples, out, tables):
+@click.option("--paired", type=CommaList(candidate), default=None,
+              help="A,B: two of --candidates whose FID difference each model's table states with a paired "
+                   "bootstrap over the seeds.")
+def main(models, candidates, minutes, T, num_samples, out, tables, paired):
     out = Path(out)
     tables = Path(tables) if tables else out
     meta = provenance(__spec__.name)
@@ -240,12 +271,15 @@ def main(models, candidates, minutes, T, num_samples, out, tables):
             "compare the ratios to each model's ANN). Sample MSE to ANN: the mean pixel MSE between each SNN sample and the "
             "ANN's sample of the same seed.")
     rows, runs = [], [Run.parse(spec, minutes) for spec in candidates]
+    if paired and (len(paired) != 2 or not set(paired) <= {run.spec for run in runs if run.fine_tunes}):
+        raise click.BadParameter(f"{','.join(paired)}: name two fine-tuned runs of --candidates", param_hint="--paired")
     for spec in models:
         model = _Model(spec, T, num_samples, out)
-        model_rows = [{k: v for k, v in row.items() if not k.startswith("_")}
-                      for row in _model_rows(model, runs, tables)]
+        full_rows = _model_rows(model, runs, tables)
+        model_rows = [{k: v for k, v in row.items() if not k.startswith("_")} for row in full_rows]
         described = {run.spec: CANDIDATES[run.name] for run in runs}
-        write_table(model_rows, tables / model.file_name, meta, note, candidates=described, minutes=minutes)
+        model_note = f"{note} {paired_difference(model, full_rows, *paired)}" if paired else note
+        write_table(model_rows, tables / model.file_name, meta, model_note, candidates=described, minutes=minutes)
         rows += model_rows
         text = write_table(rows, tables, meta, note, candidates=described, minutes=minutes)
     click.echo(text)

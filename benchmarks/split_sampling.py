@@ -3,7 +3,7 @@ another below it.
 
     python -m benchmarks.split_sampling --ann runs/dev/silu-mnist-deep \
         --first benchmarks/results/finetune_defaults/silu-mnist-deep/converted-weighted \
-        --second benchmarks/results/finetune_defaults/silu-mnist-deep/defaults-4min/snn --num-samples 256
+        --second benchmarks/results/finetune_defaults/silu-mnist-deep/lr-3e-4-4min/snn --num-samples 256
 
 Each row samples the same seeds (DDIM-50) with `--second` at t >= a split and `--first` below it, or the
 other way round, and reports the mean pixel MSE to the ANN's sample of the same seed and the share of
