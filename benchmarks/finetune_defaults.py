@@ -38,9 +38,7 @@ from sdm.diffusion.images import save_comparison
 from sdm.io import write_json
 from sdm.metrics.bootstrap import paired_bootstrap
 from sdm.metrics.extractors import FMNISTExtractor
-from sdm.metrics.fmnist_extractor import load_reference
-from sdm.metrics.frechet import feature_statistics
-from sdm.metrics.quality import reference_features
+from sdm.metrics.quality import fid_reference, reference_features
 from sdm.models.pretrained import load_model
 from sdm.settings import CommaList
 
@@ -238,10 +236,8 @@ def paired_difference(model: _Model, rows: list[dict], a: str, b: str) -> str:
     images = {row["candidate"]: row["_images"] for row in rows if row["candidate"] in (a, b)}
     extractor = FMNISTExtractor()
     features = [extractor.features(images[spec])[0] for spec in (a, b)]
-    if model.reference is None:
-        mu, sigma, _ = load_reference()
-    else:
-        mu, sigma = feature_statistics(reference_features(extractor, model.reference))
+    reference = reference_features(extractor, model.reference) if model.reference is not None else None
+    mu, sigma, _ = fid_reference(extractor, reference)
     summary, _ = paired_bootstrap(*features, mu, sigma)
     return f"Paired bootstrap over the seeds: {summary.describe(a, b)}."
 

@@ -84,6 +84,21 @@ def reference_features(extractor, images: np.ndarray) -> np.ndarray:
     return features
 
 
+def fid_reference(extractor, reference: np.ndarray | None,
+                  reference_name: str | None = None) -> tuple[np.ndarray, np.ndarray, str | None] | None:
+    """(mu, sigma, what they describe) that a FID of `extractor`'s features is measured against: the
+    statistics of `reference` (real images' pool features, `reference_features`), else the Fashion-MNIST
+    extractor's shipped statistics; None where there are neither."""
+    if reference is not None:
+        return (*feature_statistics(reference), reference_name)
+    if extractor.suffix == "-FMNIST":
+        from sdm.metrics.fmnist_extractor import load_reference
+
+        mu, sigma, info = load_reference()
+        return mu, sigma, f"{info['reference']} (N={info['n']}, shipped statistics)"
+    return None
+
+
 def evaluate_quality(images: np.ndarray, extractor, *, metrics=METRICS, reference: np.ndarray | None = None,
                      reference_name: str | None = None, kid_subset_size: int = 1000) -> tuple[list[QualityResult], list[str]]:
     """The requested metrics of uint8 samples, and notes on what could not be computed."""
@@ -99,16 +114,12 @@ def evaluate_quality(images: np.ndarray, extractor, *, metrics=METRICS, referenc
                                      against, extractor.comparable))
 
     if "fid" in metrics:
-        if ref is not None:
-            result("FID", frechet_distance(*feature_statistics(pool), *feature_statistics(ref)), None, reference_name)
-        elif extractor.suffix == "-FMNIST":
-            from sdm.metrics.fmnist_extractor import load_reference
-
-            mu, sigma, info = load_reference()
-            result("FID", frechet_distance(*feature_statistics(pool), mu, sigma), None,
-                   f"{info['reference']} (N={info['n']}, shipped statistics)")
-        else:
+        against = fid_reference(extractor, ref, reference_name)
+        if against is None:
             notes.append("FID needs --reference (real images)")
+        else:
+            mu, sigma, label = against
+            result("FID", frechet_distance(*feature_statistics(pool), mu, sigma), None, label)
     if "kid" in metrics:
         if ref is None:
             notes.append("KID needs --reference (real images)")
